@@ -1,0 +1,245 @@
+"""Configuration: pydantic-settings models, one per plugin, validated once.
+
+Each field of a settings model is a ``--flag`` (underscores become dashes) and a
+``SPEGEL_<FIELD>`` environment variable; a flag wins over the environment. The
+core validates everything once and hands a frozen :class:`SpegelConfig` to hooks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from spegel_core.errors import ConfigError, PluginError
+
+T = TypeVar("T", bound=BaseModel)
+
+_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """``"20ms"``, ``"3s"``, ``"15m"``, ``"1.5"`` (seconds) or a number -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 20ms, 3s or 15m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value).strip())
+        if not match:
+            raise ValueError(f"invalid duration {str(value)[:40]!r} (use e.g. 20ms, 3s, 15m)")
+        seconds = float(match["value"]) * _UNITS[match["unit"]]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A listen address ``host:port``; an empty host means every interface."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: object) -> Address:
+        if isinstance(value, Address):
+            return value
+        text = str(value).strip()
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+        else:
+            host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"invalid address {text[:60]!r} (expected HOST:PORT or :PORT)")
+        number = int(port)
+        if not 0 <= number < 65536:
+            raise ValueError(f"invalid port {number} in {text[:60]!r}")
+        if host and not re.fullmatch(r"[A-Za-z0-9.\-:]+", host):
+            raise ValueError(f"invalid host in {text[:60]!r}")
+        return cls(host, number)
+
+    @property
+    def bind_host(self) -> str:
+        return self.host or "0.0.0.0"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+AddressField = Annotated[Address, BeforeValidator(Address.parse)]
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+
+class SpegelSettings(BaseSettings):
+    """Base of every settings model: ``SPEGEL_`` env prefix, frozen, no unknown keys."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPEGEL_", frozen=True, extra="forbid", validate_default=True
+    )
+
+
+class CoreSettings(SpegelSettings):
+    """Settings of the core (the node, the mirror, the routing glue)."""
+
+    registry_addr: AddressField = Field(
+        default=Address("", 5000), description="Address the OCI mirror listens on."
+    )
+    router_addr: AddressField = Field(
+        default=Address("", 5001), description="Address the router listens on (UDP)."
+    )
+    metrics_addr: AddressField = Field(
+        default=Address("", 9090), description="Address of the metrics endpoint."
+    )
+    content_store: str = Field(default="oci-layout", description="Content store to use.")
+    router: str = Field(default="none", description="Router to find peers with ('none': local only).")
+    bootstrap_kind: CommaList = Field(default_factory=list, description="Bootstrap sources.")
+    mirrored_registries: CommaList = Field(
+        default_factory=list,
+        description="Registries served (URLs or hosts); empty means every registry.",
+    )
+    registry_filters: CommaList = Field(
+        default_factory=list, description="Regexes of references never advertised nor resolved."
+    )
+    mirror_resolve_timeout: Duration = Field(
+        default=0.02, description="How long to wait for a provider before giving up (e.g. 20ms)."
+    )
+    mirror_resolve_retries: int = Field(default=3, ge=0, le=100, description="Providers to try.")
+    resolve_tags: bool = Field(default=True, description="Advertise and resolve tags.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="Log format.")
+    drain_timeout: Duration = Field(
+        default=10.0, description="On SIGTERM, how long in-flight responses may take."
+    )
+    data_dir: Path | None = Field(default=None, description="Where to keep state across restarts.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("registry_filters")
+    @classmethod
+    def _compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+        return value
+
+    @field_validator("mirrored_registries")
+    @classmethod
+    def _registries(cls, value: list[str]) -> list[str]:
+        from spegel_core.registry_urls import registry_host
+
+        return [registry_host(item) for item in value]
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def env_name(field_name: str) -> str:
+    return "SPEGEL_" + field_name.upper()
+
+
+class SettingsRegistry:
+    """Collects the settings models plugins declare (``spegel_add_settings``)."""
+
+    def __init__(self) -> None:
+        self._models: list[type[SpegelSettings]] = [CoreSettings]
+        self._owners: dict[str, str] = {}
+        for name in CoreSettings.model_fields:
+            self._owners[name] = "core"
+
+    def add(self, model: type[SpegelSettings], *, owner: str = "plugin") -> None:
+        if model in self._models:
+            return
+        if not (isinstance(model, type) and issubclass(model, BaseSettings)):
+            raise PluginError(f"settings model of {owner} must subclass SpegelSettings")
+        for name in model.model_fields:
+            if name in self._owners:
+                raise PluginError(
+                    f"setting {flag_name(name)} of {owner} is already declared by "
+                    f"{self._owners[name]}"
+                )
+            self._owners[name] = owner
+        self._models.append(model)
+
+    @property
+    def models(self) -> list[type[SpegelSettings]]:
+        return list(self._models)
+
+    def fields(self) -> Iterable[tuple[type[SpegelSettings], str, Any]]:
+        for model in self._models:
+            for name, info in model.model_fields.items():
+                yield model, name, info
+
+
+@dataclass(frozen=True)
+class SpegelConfig:
+    """The validated configuration handed to every hook."""
+
+    core: CoreSettings
+    sections: Mapping[type[BaseModel], BaseModel] = field(default_factory=dict)
+
+    def get(self, model: type[T]) -> T:
+        if model is CoreSettings:
+            return self.core  # type: ignore[return-value]
+        try:
+            section = self.sections[model]
+        except KeyError:
+            raise PluginError(f"settings model {model.__name__} was not registered") from None
+        assert isinstance(section, model)
+        return section
+
+
+def load_config(registry: SettingsRegistry, values: Mapping[str, object]) -> SpegelConfig:
+    """Validate ``values`` (from flags; missing ones come from ``SPEGEL_*`` or defaults).
+
+    Raises :class:`ConfigError` naming the first offending flag.
+    """
+    sections: dict[type[BaseModel], BaseModel] = {}
+    for model in registry.models:
+        own = {name: values[name] for name in model.model_fields if name in values}
+        try:
+            sections[model] = model(**own)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+    core = sections.pop(CoreSettings)
+    assert isinstance(core, CoreSettings)
+    return SpegelConfig(core=core, sections=sections)
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    error = exc.errors()[0]
+    loc = error.get("loc") or ("?",)
+    name = str(loc[0])
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    value = error.get("input")
+    if error.get("type") == "extra_forbidden":
+        return ConfigError(flag_name(name), "unknown setting")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+    return ConfigError(f"{flag_name(name)} / {env_name(name)}", f"{message}{shown}")

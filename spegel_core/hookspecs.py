@@ -1,0 +1,144 @@
+"""Hook specifications: the extension points of spegel.
+
+Hooks are synchronous and run at start-up (factories and registrations). The
+request path never calls a hook: it awaits methods of the objects the provider
+hooks returned (see :mod:`spegel_core.protocols`).
+
+Grouped by lifecycle: settings, configure, providers, registries, shutdown.
+Third-party plugins are found through the ``spegel`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from spegel_core import hookspec
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from spegel_core.config import SettingsRegistry, SpegelConfig
+    from spegel_core.protocols import ContentStore, Discovery, MetricsSink, Router
+    from spegel_core.registries import DiscoveryRegistry, MetricsRegistry
+
+
+# -- settings ---------------------------------------------------------------
+@hookspec
+def spegel_add_settings(registry: SettingsRegistry) -> None:
+    """Declare the plugin's settings model.
+
+    Called once after all plugins are registered and before the command line is
+    parsed. Each field of the pydantic model becomes a ``--flag`` and a
+    ``SPEGEL_*`` environment variable; the validated instance is later found with
+    ``config.get(Model)``.
+
+    All implementations are called.
+
+    :param registry: call ``registry.add(Model)`` with a pydantic-settings model.
+    """
+
+
+# -- configure ----------------------------------------------------------------
+@hookspec
+def spegel_configure(config: SpegelConfig) -> None:
+    """Perform start-up checks and initialisation after configuration is validated.
+
+    Called once per process, before any provider hook. Raise
+    :class:`spegel_core.errors.ConfigError` to refuse a setting.
+
+    All implementations are called.
+
+    :param config: the frozen configuration.
+    """
+
+
+# -- providers ------------------------------------------------------------------
+@hookspec(firstresult=True)
+def spegel_make_content_store(config: SpegelConfig) -> ContentStore | None:
+    """Create the content store named by ``--content-store``.
+
+    Called once when a node starts. An implementation returns a (not yet started)
+    store if ``config.core.content_store`` names the store it provides, else None.
+
+    Stops at first non-None result. Built-in stores are ``trylast`` so an
+    installed plugin can override them.
+
+    :param config: the frozen configuration.
+    :returns: a :class:`~spegel_core.protocols.ContentStore` or None.
+    """
+
+
+@hookspec
+def spegel_register_discovery(config: SpegelConfig, registry: DiscoveryRegistry) -> None:
+    """Register bootstrap-peer sources.
+
+    Called once when a node starts, before the router is made. An implementation
+    calls ``registry.add(kind, discovery)`` when ``kind`` is one of
+    ``config.core.bootstrap_kind``. Several kinds may be active together.
+
+    All implementations are called.
+
+    :param config: the frozen configuration.
+    :param registry: collects :class:`~spegel_core.protocols.Discovery` objects.
+    """
+
+
+@hookspec(firstresult=True)
+def spegel_make_router(
+    config: SpegelConfig, discovery: list[Discovery], metrics: MetricsSink
+) -> Router | None:
+    """Create the router named by ``--router``.
+
+    Called once when a node starts, after discovery is registered. An
+    implementation returns a (not yet started) router if ``config.core.router``
+    names it, else None.
+
+    Stops at first non-None result. Built-in routers are ``trylast``.
+
+    :param config: the frozen configuration.
+    :param discovery: every registered bootstrap source.
+    :param metrics: where the router emits its events.
+    :returns: a :class:`~spegel_core.protocols.Router` or None.
+    """
+
+
+# -- registries -------------------------------------------------------------------
+@hookspec
+def spegel_register_metrics(config: SpegelConfig, registry: MetricsRegistry) -> None:
+    """Register metrics sinks that receive the typed events of the core.
+
+    Called once when a node starts. An implementation calls ``registry.add(sink)``
+    with an object whose ``emit(event)`` must not block. Errors raised by a sink
+    are logged and dropped: they never reach a request.
+
+    All implementations are called.
+
+    :param config: the frozen configuration.
+    :param registry: collects :class:`~spegel_core.protocols.MetricsSink` objects.
+    """
+
+
+@hookspec
+def spegel_add_routes(app: FastAPI, config: SpegelConfig) -> None:
+    """Add routes to the mirror application (debug pages, metrics on the mirror port).
+
+    Called once while the application is built, after the /v2 routes exist.
+
+    All implementations are called.
+
+    :param app: the FastAPI application.
+    :param config: the frozen configuration.
+    """
+
+
+# -- shutdown -----------------------------------------------------------------------
+@hookspec
+def spegel_unconfigure(config: SpegelConfig) -> None:
+    """Undo what ``spegel_configure`` did.
+
+    Called once when the process ends, after every store and router is closed.
+
+    All implementations are called.
+
+    :param config: the frozen configuration.
+    """

@@ -1,0 +1,1 @@
+"""OCI wire facts: references, digests, media types."""

@@ -1,0 +1,255 @@
+"""The async interfaces of the hot path, and the value types they exchange.
+
+Hooks (``spegel_core.hookspecs``) run at start-up and return objects that satisfy
+these protocols; requests only ever await methods of those objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from spegel_core.oci.reference import Reference
+
+
+# ---------------------------------------------------------------------------
+# Content store
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ContentInfo:
+    """What a store knows about one piece of content.
+
+    ``path`` is a regular file holding exactly the content's bytes, when the store
+    has one: the mirror then serves it zero-copy with ``sendfile``.
+    """
+
+    digest: str
+    size: int
+    media_type: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A tag reference the store holds and the digest it points to."""
+
+    reference: Reference
+    digest: str
+
+
+class StoreEventKind(enum.Enum):
+    IMAGE_CREATED = "image_created"
+    IMAGE_DELETED = "image_deleted"
+    CONTENT_CREATED = "content_created"
+    CONTENT_DELETED = "content_deleted"
+    #: The store lost its backend (or got it back); consumers should list again.
+    RESYNC = "resync"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    kind: StoreEventKind
+    #: A digest for content events, a tag reference string for image events, "" for RESYNC.
+    key: str = ""
+    #: For image events: the digest the tag pointed to, when known.
+    digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    ready: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class ContentStore(Protocol):
+    """Where a node's content lives (containerd, an OCI layout, a plugin's own)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect and load whatever is needed to answer; called once in the lifespan."""
+
+    async def aclose(self) -> None:
+        """Release every resource; safe to call twice."""
+
+    async def list_images(self) -> list[Image]:
+        """Every tag reference held, with its digest."""
+
+    async def list_digests(self) -> list[str]:
+        """Every digest whose bytes are held locally (indexes, manifests, configs, layers)."""
+
+    async def resolve(self, reference: Reference) -> str:
+        """Digest of a tag reference; raises :class:`spegel_core.errors.NotFound`."""
+
+    async def stat(self, digest: str) -> ContentInfo:
+        """Size, media type and (if any) file path; raises ``NotFound`` if not held."""
+
+    def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes (to the end when None) from ``offset``."""
+
+    def subscribe(self) -> AsyncIterator[StoreEvent]:
+        """Events as content comes and goes; ends when the store is closed."""
+
+    def status(self) -> StoreStatus:
+        """Whether the store can answer now, and why not."""
+
+
+# ---------------------------------------------------------------------------
+# Discovery and routing
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """A router address (UDP for Kademlia) of a peer to bootstrap from."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A node that holds some content: where its mirror listens."""
+
+    host: str
+    port: int
+    node_id: bytes = b""
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@runtime_checkable
+class Discovery(Protocol):
+    """A source of bootstrap peers (headless DNS, a static list, a plugin's own)."""
+
+    name: str
+    #: Seconds between refreshes once the router has a healthy table.
+    refresh_interval: float
+
+    async def bootstrap_peers(self) -> list[PeerAddress]:
+        """Current bootstrap addresses; never raises for a transient failure (returns [])."""
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouterStatus:
+    node_id: str
+    address: str
+    peers: int
+    advertised_keys: int
+    detail: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Finds which peers hold a key and tells others which keys this node holds."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def advertise(self, keys: Sequence[str]) -> None:
+        """Announce (and keep re-announcing) that this node holds ``keys``."""
+
+    async def withdraw(self, keys: Sequence[str]) -> None:
+        """Stop announcing ``keys``."""
+
+    def lookup(self, key: str, count: int, timeout: float) -> AsyncIterator[Peer]:
+        """Yield up to ``count`` providers of ``key`` as they are found, within ``timeout`` s."""
+
+    def status(self) -> RouterStatus: ...
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+class Source(enum.Enum):
+    LOCAL = "local"
+    PEER = "peer"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRequest:
+    """One answered mirror request."""
+
+    registry: str
+    kind: str  # "manifest" | "blob"
+    source: Source
+    status: int
+    bytes: int
+    duration_s: float
+    method: str = "GET"
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveDuration:
+    router: str
+    duration_s: float
+    found: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BytesServed:
+    source: Source
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertisedKeys:
+    kind: str  # "tag" | "digest" | "content"
+    registry: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCount:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DhtMessage:
+    type: str
+    outcome: str  # "sent" | "received" | "timeout" | "error"
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedDatagram:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DnsQuery:
+    duration_s: float
+    result: str  # "ok" | "nxdomain" | "timeout" | "error"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConnection:
+    connected: bool
+
+
+MetricEvent = (
+    MirrorRequest | ResolveDuration | BytesServed | AdvertisedKeys | PeerCount | DhtMessage
+    | DroppedDatagram | DnsQuery | StoreConnection
+)
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    """Receives typed events. Must not block; errors are logged and dropped by the core."""
+
+    def emit(self, event: MetricEvent) -> None: ...
