@@ -1,0 +1,240 @@
+"""A content store over an OCI image layout directory.
+
+Tags come from the name annotations of ``index.json`` (and of nested indexes);
+blobs are the files ``blobs/<algorithm>/<encoded>``, served zero-copy through
+:attr:`ContentInfo.path`. A poller re-reads the layout every interval and turns
+what changed into :class:`~spegel_core.protocols.StoreEvent`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat as stat_module
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+
+from spegel_core.errors import BlobUnknown, ManifestUnknown, RangeInvalid, RangeNotSatisfiable
+from spegel_core.oci.digest import parse_digest
+from spegel_core.oci.reference import Reference
+from spegel_core.protocols import ContentInfo, Image, StoreEvent, StoreEventKind, StoreStatus
+from spegel_core.store_events import EventHub, EventStream
+from spegel_oci_layout.layout import (
+    LayoutCorrupt,
+    LayoutMissing,
+    LayoutState,
+    blob_path,
+    load_layout,
+    scan_blobs,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["READ_CHUNK", "OCILayoutStore"]
+
+#: Size of the chunks :meth:`OCILayoutStore.read` yields.
+READ_CHUNK = 1024 * 1024
+
+
+class OCILayoutStore:
+    """:class:`~spegel_core.protocols.ContentStore` over an OCI image layout.
+
+    Args:
+        root: the layout directory (holding ``index.json`` and ``blobs/``).
+        poll_interval: seconds between checks of the layout for changes.
+    """
+
+    name = "oci-layout"
+
+    def __init__(self, root: Path, *, poll_interval: float = 1.0) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self.root = Path(root)
+        self.poll_interval = poll_interval
+        self._state = LayoutState()
+        self._hub = EventHub()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+        self._missing = False
+        self._problem = ""
+        self._bad_index_hash: str | None = None
+        self._logged_skipped: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the layout and start polling it; a second call does nothing."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        await self.refresh()
+        self._task = asyncio.create_task(self._poll(), name=f"oci-layout-poll {self.root}")
+        log.info("OCI layout store at %s: %d images, %d blobs", self.root,
+                 len(self._state.images), len(self._state.blobs))
+
+    async def aclose(self) -> None:
+        """Stop polling and end every subscription; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._hub.close()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def __aenter__(self) -> OCILayoutStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except Exception:  # the poller must outlive any surprise in a layout
+                log.exception("polling the OCI layout %s failed", self.root)
+
+    async def refresh(self) -> None:
+        """Re-read the layout now and publish what changed (the poller calls this)."""
+        async with self._lock:
+            try:
+                state = await asyncio.to_thread(load_layout, self.root, self._state)
+            except LayoutMissing as exc:
+                if not self._missing:
+                    log.warning("OCI layout unavailable: %s", exc)
+                self._missing = True
+                self._problem = str(exc)
+                return
+            except LayoutCorrupt as exc:
+                if exc.index_hash != self._bad_index_hash:
+                    log.warning("%s; keeping the previous %d images", exc,
+                                len(self._state.images))
+                self._bad_index_hash = exc.index_hash
+                self._missing = False
+                self._problem = str(exc)
+                return
+            except OSError as exc:
+                log.warning("cannot read OCI layout %s: %s", self.root, exc)
+                self._problem = f"cannot read layout: {exc}"
+                return
+            if self._missing:
+                log.info("OCI layout %s is back", self.root)
+            self._missing = False
+            self._problem = ""
+            self._bad_index_hash = None
+            if state is not self._state:
+                previous, self._state = self._state, state
+                self._publish_changes(previous, state)
+
+    def _publish_changes(self, old: LayoutState, new: LayoutState) -> None:
+        for value in sorted(new.skipped - self._logged_skipped):
+            self._logged_skipped.add(value)
+            log.debug("skipping name annotation %r: not a full tag reference", value)
+        events: list[StoreEvent] = []
+        for digest in sorted(new.blobs - old.blobs):
+            events.append(StoreEvent(StoreEventKind.CONTENT_CREATED, digest))
+        for key, image in sorted(old.images.items()):
+            current = new.images.get(key)
+            if current is None or current.digest != image.digest:
+                events.append(StoreEvent(StoreEventKind.IMAGE_DELETED, key, image.digest))
+        for key, image in sorted(new.images.items()):
+            previous = old.images.get(key)
+            if previous is None or previous.digest != image.digest:
+                events.append(StoreEvent(StoreEventKind.IMAGE_CREATED, key, image.digest))
+        for digest in sorted(old.blobs - new.blobs):
+            events.append(StoreEvent(StoreEventKind.CONTENT_DELETED, digest))
+        for event in events:
+            self._hub.publish(event)
+
+    # -- content -----------------------------------------------------------------
+    async def list_images(self) -> list[Image]:
+        """Every tag reference in the layout, sorted."""
+        return [image for _, image in sorted(self._state.images.items())]
+
+    async def list_digests(self) -> list[str]:
+        """Every blob file present now (valid digest names only), sorted."""
+        return sorted(await asyncio.to_thread(scan_blobs, self.root))
+
+    async def resolve(self, reference: Reference) -> str:
+        """The digest ``reference`` is tagged with; raises :class:`ManifestUnknown`."""
+        if reference.tag is None:
+            if reference.digest is not None and reference.digest in self._state.blobs:
+                return reference.digest
+            raise ManifestUnknown(f"manifest {reference} is not in the OCI layout")
+        key = str(Reference(reference.registry, reference.repository, reference.tag))
+        image = self._state.images.get(key)
+        if image is None:
+            raise ManifestUnknown(f"tag {key} is not in the OCI layout")
+        return image.digest
+
+    def _path(self, digest: str) -> Path:
+        return blob_path(self.root, parse_digest(digest))
+
+    async def stat(self, digest: str) -> ContentInfo:
+        """Size, media type and file of a blob; raises :class:`BlobUnknown`."""
+        path = self._path(digest)
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise BlobUnknown(f"blob {digest} is not in the OCI layout") from exc
+        if not stat_module.S_ISREG(info.st_mode):
+            raise BlobUnknown(f"blob {digest} is not a regular file")
+        return ContentInfo(digest=digest, size=info.st_size,
+                           media_type=self._state.media_types.get(digest), path=str(path))
+
+    async def read(self, digest: str, offset: int = 0,
+                   length: int | None = None) -> AsyncIterator[bytes]:
+        """Yield ``length`` bytes (to the end when None) from ``offset``, in 1 MiB chunks.
+
+        Stops early at the end of the blob. Raises :class:`DigestInvalid`,
+        :class:`BlobUnknown`, :class:`RangeInvalid` or :class:`RangeNotSatisfiable`.
+        """
+        path = self._path(digest)
+        if offset < 0 or (length is not None and length < 0):
+            raise RangeInvalid(f"invalid range: offset {offset}, length {length}")
+        try:
+            file = open(path, "rb")  # noqa: ASYNC230, SIM115 - small reads, closed below
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise BlobUnknown(f"blob {digest} is not in the OCI layout") from exc
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            if offset > size:
+                raise RangeNotSatisfiable(f"offset {offset} is past the end ({size})", size=size)
+            file.seek(offset)
+            remaining = size - offset if length is None else length
+            while remaining > 0:
+                chunk = file.read(min(READ_CHUNK, remaining))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+                yield chunk
+
+    # -- events and status ---------------------------------------------------------
+    def subscribe(self) -> EventStream:
+        """Every change seen from now on; the iterator ends when the store is closed."""
+        return self._hub.subscribe()
+
+    def status(self) -> StoreStatus:
+        """Ready once started, unless the layout directory is gone."""
+        if self._closed:
+            return StoreStatus(False, "closed")
+        if not self._started:
+            return StoreStatus(False, "not started")
+        if self._missing:
+            return StoreStatus(False, self._problem)
+        return StoreStatus(True, self._problem)
+
+    def __repr__(self) -> str:
+        state = ("closed" if self._closed else "missing" if self._missing
+                 else "running" if self._started else "new")
+        return (f"<OCILayoutStore {state} root={str(self.root)!r} "
+                f"images={len(self._state.images)} blobs={len(self._state.blobs)} "
+                f"subscribers={self._hub.subscribers}>")
