@@ -1,0 +1,47 @@
+"""Automation: ``nox`` runs tests, lint and typecheck; the rest on demand (``nox -s NAME``)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite (real containerd, registry, skopeo and DNS where a test needs them)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """Only the tests that run several node processes."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/e2e", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff on everything."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the core and the built-in plugins."""
+    session.install("-e", ".[typecheck,test]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmark against the Debian docker-registry; writes docs/benchmarks.md.
+
+    Pass options after ``--``, e.g. ``nox -s bench -- --blob-mib 512 --rounds 3``.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tests.bench.run", *session.posargs)

@@ -1,0 +1,1 @@
+"""The ``spegel`` command line."""

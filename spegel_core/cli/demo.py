@@ -1,0 +1,174 @@
+"""``spegel demo``: a sample image, local nodes on loopback addresses, a verified pull."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from spegel_core.pull import MirrorClient, PullError
+
+DEMO_REFERENCE = "docker.io/library/demo:v1"
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, default=1, help="Nodes to start (default 1).")
+    parser.add_argument("--first-ip", default="127.0.0.2",
+                        help="Loopback address of the first node (default 127.0.0.2).")
+    parser.add_argument("--port", type=int, default=5000, help="Mirror port of every node.")
+    parser.add_argument("--layer-mib", type=float, default=16.0,
+                        help="Size of each of the two sample layers in MiB (default 16).")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="Keep layouts and logs here (default: a temporary directory).")
+
+
+@dataclass
+class DemoNode:
+    index: int
+    ip: str
+    port: int
+    layout: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+
+def _ip(first: str, offset: int) -> str:
+    parts = [int(p) for p in first.split(".")]
+    parts[3] += offset
+    if parts[0] != 127 or parts[3] > 254:
+        raise SystemExit("spegel demo: --first-ip must be a 127.x.y.z loopback address")
+    return ".".join(map(str, parts))
+
+
+def _start(node: DemoNode, extra: list[str]) -> None:
+    command = [
+        sys.executable, "-m", "spegel_core.cli.main", "registry",
+        "--registry-addr", f"{node.ip}:{node.port}",
+        "--router-addr", f"{node.ip}:{node.port + 1}",
+        "--content-store", "oci-layout", "--oci-layout-path", str(node.layout),
+        "--log-level", "WARNING", *extra,
+    ]
+    with open(node.log, "wb") as log:
+        node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_ready(node: DemoNode, timeout: float = 20.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        assert node.process is not None
+        if node.process.poll() is not None:
+            raise SystemExit(
+                f"spegel demo: node {node.index} exited with {node.process.returncode}; "
+                f"log:\n{node.log.read_text()[-2000:]}"
+            )
+        try:
+            with urllib.request.urlopen(f"{node.url}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.02)
+    raise SystemExit(f"spegel demo: node {node.index} not ready after {timeout:.0f}s")
+
+
+def _stop(node: DemoNode) -> int | None:
+    if node.process is None or node.process.poll() is not None:
+        return node.process.returncode if node.process else None
+    node.process.send_signal(signal.SIGTERM)
+    try:
+        return node.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        node.process.kill()
+        return node.process.wait()
+
+
+class ProgressBar:
+    def __init__(self, label: str, width: int = 30) -> None:
+        self.label, self.width = label, width
+        self.tty = sys.stdout.isatty()
+        self._last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 100
+        if percent == self._last or (not self.tty and percent % 25 and percent != 100):
+            return
+        self._last = percent
+        filled = self.width * percent // 100
+        bar = "#" * filled + "." * (self.width - filled)
+        text = f"  {self.label} [{bar}] {percent:3d}%  {done / 2**20:7.1f} MiB"
+        print(("\r" if self.tty else "") + text, end="" if self.tty else "\n", flush=True)
+
+    def finish(self) -> None:
+        if self.tty:
+            print()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from spegel_core.oci.image_builder import build_image
+
+    if args.nodes < 1 or args.nodes > 50:
+        raise SystemExit("spegel demo: --nodes must be between 1 and 50")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spegel-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    nodes = [DemoNode(i + 1, _ip(args.first_ip, i), args.port, workdir / f"node-{i + 1}",
+                      workdir / f"node-{i + 1}.log") for i in range(args.nodes)]
+    for node in nodes:
+        node.layout.mkdir(exist_ok=True)
+    layer = int(args.layer_mib * 2**20)
+    print(f"spegel demo: building {DEMO_REFERENCE} (2 platforms, 2 layers of "
+          f"{args.layer_mib:g} MiB) into {nodes[0].layout}")
+    image = build_image(nodes[0].layout, DEMO_REFERENCE, layer_sizes=(layer, layer))
+    print(f"  index {image.index_digest}, {len(image.blobs)} blobs, "
+          f"{image.total_size / 2**20:.1f} MiB")
+    target = nodes[-1]
+    try:
+        for node in nodes:
+            _start(node, [])
+        for node in nodes:
+            took = _wait_ready(node)
+            print(f"  node {node.index} on {node.url} ready in {took * 1000:.0f} ms")
+        print(f"spegel demo: pulling {DEMO_REFERENCE} through node {target.index} ({target.url})")
+        bar = ProgressBar("pull")
+        client = MirrorClient(target.ip, target.port)
+        started = time.perf_counter()
+        try:
+            result = client.pull(DEMO_REFERENCE, progress=bar)
+        except PullError as exc:
+            bar.finish()
+            print(f"spegel demo: pull failed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            client.close()
+        bar.finish()
+        elapsed = time.perf_counter() - started
+        by_source: dict[str, int] = {}
+        for digest, source in result.sources.items():
+            by_source[source] = by_source.get(source, 0) + image.blobs.get(digest, 0)
+        print("spegel demo: summary")
+        print(f"  digests verified : {len(result.verified)} "
+              f"(index {(result.digest == image.index_digest and 'matches') or 'DIFFERS'})")
+        print(f"  bytes            : {result.bytes} ({result.bytes / 2**20:.1f} MiB)")
+        print(f"  time             : {elapsed * 1000:.0f} ms "
+              f"({result.bytes / max(elapsed, 1e-9) / 1e9:.2f} GB/s)")
+        for source, count in sorted(by_source.items()):
+            print(f"  from {source:<11} : {count / 2**20:.1f} MiB")
+        ok = result.digest == image.index_digest
+        return 0 if ok else 1
+    finally:
+        codes = [_stop(node) for node in nodes]
+        print(f"spegel demo: nodes stopped (exit codes {codes}); logs in {workdir}")
+        if args.workdir is None and all(code == 0 for code in codes):
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,96 @@
+"""``spegel``: run a node, list plugins, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from spegel_core import __version__
+from spegel_core.cli.options import add_settings_arguments, disabled_plugins, settings_values
+from spegel_core.config import load_config
+from spegel_core.errors import ConfigError, PluginError
+from spegel_core.plugin_manager import PluginManager, create_plugin_manager
+
+log = logging.getLogger(__name__)
+
+
+def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
+    registry = pm.settings_registry()
+    parser = argparse.ArgumentParser(
+        prog="spegel", description="Cluster-local peer-to-peer OCI registry mirror."
+    )
+    parser.add_argument("--version", action="version", version=f"spegel {__version__}")
+    parser.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
+                        help="Do not load this plugin (repeatable; env SPEGEL_DISABLE_PLUGIN).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    registry_cmd = commands.add_parser("registry", help="Run the mirror on this node.")
+    add_settings_arguments(registry_cmd, registry)
+
+    plugins_cmd = commands.add_parser("plugins", help="List registered plugins and their hooks.")
+    plugins_cmd.add_argument("--json", action="store_true", help="Print JSON.")
+
+    demo_cmd = commands.add_parser(
+        "demo", help="Build a sample image and pull it through local nodes."
+    )
+    from spegel_core.cli.demo import add_demo_arguments
+
+    add_demo_arguments(demo_cmd)
+    return parser, registry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        pm = create_plugin_manager(disabled=disabled_plugins(args_list))
+        parser, registry = build_parser(pm)
+    except PluginError as exc:
+        print(f"spegel: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(args_list)
+    try:
+        if args.command == "plugins":
+            return cmd_plugins(pm, as_json=args.json)
+        if args.command == "demo":
+            from spegel_core.cli.demo import run_demo
+
+            return run_demo(args)
+        config = load_config(registry, settings_values(args, registry))  # type: ignore[arg-type]
+        return cmd_registry(pm, config)
+    except (ConfigError, PluginError) as exc:
+        print(f"spegel: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_plugins(pm: PluginManager, *, as_json: bool) -> int:
+    infos = pm.plugin_infos()
+    if as_json:
+        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        return 0
+    width = max((len(info.name) for info in infos), default=4)
+    for info in infos:
+        origin = "builtin" if info.source == "builtin" else f"{info.source} {info.version}"
+        print(f"{info.name:<{width}}  {origin:<20}  {', '.join(info.hooks)}")
+    return 0
+
+
+def cmd_registry(pm: PluginManager, config: object) -> int:
+    from spegel_core.config import SpegelConfig
+    from spegel_core.logs import configure_logging
+    from spegel_core.mirror.app import create_app
+    from spegel_core.server.run import serve
+
+    assert isinstance(config, SpegelConfig)
+    configure_logging(config.core.log_level, config.core.log_format)
+    app = create_app(config, pm)
+    log.info("spegel %s mirror on %s", __version__, config.core.registry_addr)
+    return serve(app, config.core.registry_addr, drain_timeout=config.core.drain_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from spegel_core import __version__
+from spegel_core.config import SpegelConfig
+from spegel_core.mirror import health, routes_v2
+from spegel_core.mirror.errors import install_error_handlers
+from spegel_core.mirror.service import MirrorService
+from spegel_core.node import Node
+from spegel_core.plugin_manager import PluginManager
+from spegel_core.protocols import ContentStore
+
+
+def create_app(config: SpegelConfig, pm: PluginManager, *,
+               store: ContentStore | None = None) -> FastAPI:
+    """Build the mirror for ``config``.
+
+    Provider hooks run here, so invalid settings raise before any server starts;
+    the store and router are opened in the lifespan and closed through an
+    ``AsyncExitStack``.
+    """
+    node = Node.build(config, pm, store=store)
+    service = MirrorService(config, node.store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await node.open(stack)
+            yield
+
+    app = FastAPI(
+        title="spegel mirror",
+        version=__version__,
+        description="Pull-only OCI distribution API served from this node and its peers.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.node = node
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(routes_v2.router)
+    pm.add_routes(app, config)
+    return app

@@ -1,0 +1,24 @@
+"""Dependencies of the routes (``Annotated`` aliases)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from spegel_core.mirror.service import MirrorService
+from spegel_core.node import Node
+
+
+def get_node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def get_service(request: Request) -> MirrorService:
+    service: MirrorService = request.app.state.service
+    return service
+
+
+NodeDep = Annotated[Node, Depends(get_node)]
+ServiceDep = Annotated[MirrorService, Depends(get_service)]

@@ -1,0 +1,53 @@
+"""One place that maps errors to OCI error bodies."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spegel_core.errors import OCIError, RangeNotSatisfiable
+
+log = logging.getLogger(__name__)
+
+
+def oci_error_response(status: int, code: str, message: str,
+                       headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"errors": [{"code": code, "message": message, "detail": None}]}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _oci_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OCIError)
+    headers = None
+    if isinstance(exc, RangeNotSatisfiable):
+        headers = {"Content-Range": f"bytes */{exc.size}"}
+    return oci_error_response(exc.status, exc.code, exc.message, headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(exc.status_code, "UNKNOWN")
+    return oci_error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return oci_error_response(400, "INVALID_REQUEST", f"{where}: {first.get('msg', 'invalid')}")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error serving %s %s", request.method, request.url.path)
+    return oci_error_response(500, "UNKNOWN", "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OCIError, _oci_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

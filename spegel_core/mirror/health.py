@@ -1,0 +1,26 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from spegel_core.mirror.deps import NodeDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez", summary="The process is alive")
+async def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The mirror can answer from the local store")
+async def readyz(node: NodeDep) -> JSONResponse:
+    status = node.store.status()
+    ready = node.started and status.ready
+    body: dict[str, object] = {"ready": ready, "store": status.detail or "ok"}
+    if node.router is not None:
+        router_status = node.router.status()
+        body["router"] = {"peers": router_status.peers, "detail": router_status.detail}
+    return JSONResponse(body, status_code=200 if ready else 503)

@@ -1,0 +1,142 @@
+"""The pull-only OCI distribution API: ``/v2/``, manifests and blobs."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from spegel_core.errors import NameInvalid, Unsupported
+from spegel_core.mirror.deps import NodeDep, ServiceDep
+from spegel_core.mirror.ranges import parse_range
+from spegel_core.mirror.responses import FileRangeResponse, StoreStreamResponse
+from spegel_core.oci.digest import parse_digest
+from spegel_core.oci.reference import (
+    DEFAULT_REGISTRY,
+    Reference,
+    parse_manifest_reference,
+    parse_name,
+)
+from spegel_core.protocols import BytesServed, MirrorRequest, Source
+from spegel_core.registry_urls import registry_host
+
+router = APIRouter(tags=["oci"])
+
+MIRRORED_HEADER = "X-Spegel-Mirrored"
+OCTET_STREAM = "application/octet-stream"
+
+NsQuery = Annotated[
+    str | None,
+    Query(max_length=300, description="Registry the content comes from (default docker.io)."),
+]
+RangeHeader = Annotated[str | None, Header(description="A single byte range: bytes=START-END")]
+MirroredHeader = Annotated[
+    str | None,
+    Header(alias=MIRRORED_HEADER, description="Set by peers: answer from local content only."),
+]
+
+
+def _registry(ns: str | None) -> str:
+    if ns is None or ns == "":
+        return DEFAULT_REGISTRY
+    try:
+        return registry_host(ns)
+    except ValueError:
+        raise NameInvalid(f"invalid ns {ns[:80]!r}") from None
+
+
+@router.api_route("/v2/", methods=["GET", "HEAD"], summary="API version check")
+async def v2_root() -> JSONResponse:
+    return JSONResponse({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
+
+
+@router.api_route(
+    "/v2/{name:path}/manifests/{reference}",
+    methods=["GET", "HEAD"],
+    summary="Fetch a manifest by tag or digest",
+    responses={404: {"description": "MANIFEST_UNKNOWN"}, 400: {"description": "invalid input"}},
+)
+async def get_manifest(
+    request: Request, name: str, reference: str, node: NodeDep, service: ServiceDep,
+    ns: NsQuery = None, mirrored: MirroredHeader = None,
+) -> Response:
+    started = time.perf_counter()
+    registry = _registry(ns)
+    parse_name(name)
+    tag, digest = parse_manifest_reference(reference)
+    service.check_registry(registry)
+    if tag is not None:
+        digest = await service.resolve_tag(Reference(registry, name, tag=tag))
+    assert digest is not None
+    manifest = await service.local_manifest(digest)
+    headers = {
+        "Docker-Content-Digest": manifest.digest,
+        "Content-Length": str(len(manifest.data)),
+    }
+    body = b"" if request.method == "HEAD" else manifest.data
+    response = Response(body, media_type=manifest.media_type, headers=headers)
+    _record(node, registry, "manifest", request, len(body), started)
+    return response
+
+
+@router.api_route(
+    "/v2/{name:path}/blobs/{digest}",
+    methods=["GET", "HEAD"],
+    summary="Fetch a blob, optionally one byte range",
+    responses={
+        206: {"description": "Partial content"},
+        404: {"description": "BLOB_UNKNOWN"},
+        416: {"description": "Range not satisfiable"},
+    },
+)
+async def get_blob(
+    request: Request, name: str, digest: str, node: NodeDep, service: ServiceDep,
+    ns: NsQuery = None, range: RangeHeader = None, mirrored: MirroredHeader = None,
+) -> Response:
+    started = time.perf_counter()
+    registry = _registry(ns)
+    parse_name(name)
+    parse_digest(digest)
+    service.check_registry(registry)
+    info = await service.local_blob(digest)
+    byte_range = parse_range(range, info.size)
+    offset, count, status = 0, info.size, 200
+    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes"}
+    if byte_range is not None:
+        offset, count, status = byte_range.start, byte_range.length, 206
+        headers["Content-Range"] = byte_range.content_range(info.size)
+    response: Response
+    if info.path is not None:
+        response = FileRangeResponse(info.path, offset, count, status_code=status,
+                                     headers=headers, media_type=OCTET_STREAM)
+    else:
+        response = StoreStreamResponse(node.store.read(digest, offset, count), count,
+                                       status_code=status, headers=headers,
+                                       media_type=OCTET_STREAM)
+    sent = 0 if request.method == "HEAD" else count
+    _record(node, registry, "blob", request, sent, started)
+    return response
+
+
+@router.api_route(
+    "/v2/{rest:path}",
+    methods=["POST", "PUT", "PATCH", "DELETE"],
+    summary="Push and delete are not supported (pull-only mirror)",
+    status_code=405,
+    responses={405: {"description": "UNSUPPORTED"}},
+)
+async def push_unsupported(rest: str) -> Response:
+    raise Unsupported("this mirror is pull-only")
+
+
+def _record(node: NodeDep, registry: str, kind: str, request: Request, sent: int,
+            started: float) -> None:
+    node.metrics.emit(MirrorRequest(
+        registry=registry, kind=kind, source=Source.LOCAL, status=200, bytes=sent,
+        duration_s=time.perf_counter() - started, method=request.method,
+        path=request.url.path,
+    ))
+    if sent:
+        node.metrics.emit(BytesServed(Source.LOCAL, sent))

@@ -1,0 +1,77 @@
+"""A node: the objects the provider hooks made, opened and closed together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from spegel_core.config import SpegelConfig
+from spegel_core.plugin_manager import PluginManager
+from spegel_core.protocols import ContentStore, Discovery, Router
+from spegel_core.registries import MetricsHub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """Everything one spegel instance runs. Built synchronously (so bad settings
+    fail before the server starts), opened in the app's lifespan."""
+
+    config: SpegelConfig
+    pm: PluginManager
+    store: ContentStore
+    metrics: MetricsHub
+    discovery: list[Discovery] = field(default_factory=list)
+    router: Router | None = None
+    started: bool = False
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @classmethod
+    def build(cls, config: SpegelConfig, pm: PluginManager,
+              store: ContentStore | None = None) -> Node:
+        """Run the provider hooks; raises ConfigError/PluginError for bad settings."""
+        pm.configure(config)
+        metrics = MetricsHub(pm.metrics_sinks(config))
+        store = store if store is not None else pm.make_content_store(config)
+        discovery = pm.discoveries(config)
+        router = pm.make_router(config, discovery, metrics)
+        return cls(config=config, pm=pm, store=store, metrics=metrics, discovery=discovery,
+                   router=router)
+
+    async def open(self, stack: AsyncExitStack) -> None:
+        """Start the store and the router; register their closing on ``stack``."""
+        stack.callback(self.pm.unconfigure, self.config)
+        await self.store.start()
+        stack.push_async_callback(_shielded, self.store.aclose)
+        for source in self.discovery:
+            stack.push_async_callback(_shielded, source.aclose)
+        if self.router is not None:
+            await self.router.start()
+            stack.push_async_callback(_shielded, self.router.aclose)
+        stack.push_async_callback(self._cancel_background)
+        self.started = True
+        log.info("node started: store=%s router=%s", self.store.name,
+                 self.router.name if self.router else "none")
+
+    def spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _cancel_background(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
+
+
+async def _shielded(close: object) -> None:
+    """Run a close coroutine function so that cancellation cannot cut it short."""
+    try:
+        await asyncio.shield(close())  # type: ignore[operator]
+    except Exception:
+        log.exception("error while closing %r", close)

@@ -1,0 +1,1 @@
+"""Running the mirror under uvicorn (uvloop + httptools) with zero-copy file sends."""

@@ -1,0 +1,243 @@
+"""``nox -s bench``: the mirror against the Debian docker-registry, interleaved in one run.
+
+Both serve the same blobs (the registry after a ``skopeo copy``, the mirror from an
+OCI layout). Ratios lead; absolute figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from spegel_core.oci.image_builder import build_image
+from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
+from spegel_core.testing.upstream import UpstreamRegistry
+from tests.bench.client import RawClient
+from tests.bench.procstat import PeakRss, cpu_seconds, rss_mb
+
+REFERENCE = "docker.io/library/bench:v1"
+BEGIN, END = "<!-- bench:local:begin -->", "<!-- bench:local:end -->"
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    pid: int
+    query: str
+
+    def path(self, kind: str, digest: str) -> str:
+        return f"/v2/library/bench/{kind}/{digest}{self.query}"
+
+
+def _stream(target: Target, digest: str, size: int) -> tuple[float, float]:
+    """One fresh-connection GET: (GB/s, server CPU seconds per GB)."""
+    client = RawClient(target.host, target.port)
+    cpu0 = cpu_seconds(target.pid)
+    timing = client.get(target.path("blobs", digest))
+    cpu1 = cpu_seconds(target.pid)
+    client.close()
+    assert timing.status == 200 and timing.bytes == size, (target.name, timing)
+    return size / timing.total_s / 1e9, (cpu1 - cpu0) / (size / 1e9)
+
+
+def _concurrent(target: Target, digest: str, size: int, clients: int,
+                per_client: int) -> tuple[float, float]:
+    """Aggregate GB/s of ``clients`` parallel streams, and peak server RSS (MB)."""
+    def worker(_: int) -> int:
+        client = RawClient(target.host, target.port)
+        total = 0
+        for _ in range(per_client):
+            timing = client.get(target.path("blobs", digest))
+            assert timing.status == 200 and timing.bytes == size
+            total += timing.bytes
+        client.close()
+        return total
+
+    with PeakRss(target.pid) as peak, ThreadPoolExecutor(clients) as pool:
+        started = time.perf_counter()
+        moved = sum(pool.map(worker, range(clients)))
+        elapsed = time.perf_counter() - started
+    return moved / elapsed / 1e9, peak.peak
+
+
+def _ttfb(target: Target, digest: str, samples: int) -> tuple[float, float]:
+    client = RawClient(target.host, target.port)
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    client.get(target.path("manifests", digest), {"Accept": accept})  # warm the connection
+    times = []
+    for _ in range(samples):
+        timing = client.get(target.path("manifests", digest), {"Accept": accept})
+        assert timing.status == 200
+        times.append(timing.ttfb_s * 1000)
+    client.close()
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+def _interleaved(targets: list[Target], rounds: int, fn: object) -> dict[str, list[object]]:
+    results: dict[str, list[object]] = {t.name: [] for t in targets}
+    for r in range(rounds):
+        for target in targets if r % 2 == 0 else list(reversed(targets)):
+            results[target.name].append(fn(target))  # type: ignore[operator]
+    return results
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="spegel-bench-"))
+    layout = workdir / "layout"
+    layout.mkdir(parents=True, exist_ok=True)
+    big, small = int(args.blob_mib * 2**20), int(args.small_mib * 2**20)
+    print(f"bench: building blobs of {args.blob_mib:g} and {args.small_mib:g} MiB", flush=True)
+    image = build_image(layout, REFERENCE, platforms=(("linux", "amd64"),),
+                        layer_sizes=(big, small), raw_layers=True, seed=7)
+    big_digest, small_digest = image.layer_digests[0], image.layer_digests[1]
+    manifest_digest = image.manifest_digests[0]
+    upstream = UpstreamRegistry(workdir / "upstream", port=args.registry_port)
+    node = NodeProcess(free_loopback_ip(5000), 5000,
+                       ["--content-store", "oci-layout", "--oci-layout-path", str(layout),
+                        "--log-level", "WARNING"], workdir / "node.log")
+    try:
+        upstream.start()
+        print("bench: uploading the same blobs to docker-registry", flush=True)
+        for digest in [*image.layer_digests, *image.config_digests]:
+            upstream.push_blob_file("library/bench", _blob_path(layout, digest), digest)
+        for digest in [*image.manifest_digests, image.index_digest]:
+            upstream.put_manifest("library/bench", digest, _blob_path(layout, digest).read_bytes(),
+                                  image.media_types[digest])
+        node.start()
+        node.wait_ready()
+        assert upstream.process is not None and node.process is not None
+        targets = [
+            Target("spegel", node.ip, node.port, node.process.pid, "?ns=docker.io"),
+            Target("registry", upstream.host, upstream.port, upstream.process.pid, ""),
+        ]
+        for target in targets:  # warm page cache and code paths
+            _stream(target, small_digest, small)
+            _stream(target, big_digest, big)
+        time.sleep(0.5)
+        idle = {t.name: rss_mb(t.pid) for t in targets}
+        print("bench: single stream, big blob", flush=True)
+        single_big = _interleaved(targets, args.rounds, lambda t: _stream(t, big_digest, big))
+        print("bench: single stream, small blob", flush=True)
+        single_small = _interleaved(targets, args.rounds,
+                                    lambda t: _stream(t, small_digest, small))
+        print(f"bench: {args.clients} concurrent clients", flush=True)
+        concurrent = _interleaved(targets, args.rounds, lambda t: _concurrent(
+            t, small_digest, small, args.clients, args.per_client))
+        print("bench: manifest time to first byte", flush=True)
+        ttfb = _interleaved(targets, 1, lambda t: _ttfb(t, manifest_digest, args.samples))
+    finally:
+        node.stop()
+        upstream.stop()
+
+    def med(values: list[object], index: int) -> float:
+        return statistics.median(v[index] for v in values)  # type: ignore[index]
+
+    results: dict[str, object] = {"machine": _machine(), "blob_mib": args.blob_mib,
+                                  "small_mib": args.small_mib, "rounds": args.rounds,
+                                  "clients": args.clients}
+    for name in ("spegel", "registry"):
+        results[name] = {
+            "single_big_gbps": med(single_big[name], 0),
+            "single_big_cpu_s_per_gb": med(single_big[name], 1),
+            "single_small_gbps": med(single_small[name], 0),
+            "concurrent_gbps": med(concurrent[name], 0),
+            "loaded_rss_mb": max(v[1] for v in concurrent[name]),  # type: ignore[index]
+            "idle_rss_mb": idle[name],
+            "ttfb_p50_ms": ttfb[name][0][0],  # type: ignore[index]
+            "ttfb_p99_ms": ttfb[name][0][1],  # type: ignore[index]
+        }
+    return results
+
+
+def _blob_path(layout: Path, digest: str) -> Path:
+    algorithm, _, encoded = digest.partition(":")
+    return layout / "blobs" / algorithm / encoded
+
+
+def _machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+ROWS = [
+    ("single_big_gbps", "GB/s, one stream, {blob_mib:g} MiB blob", True),
+    ("single_small_gbps", "GB/s, one stream, {small_mib:g} MiB blob", True),
+    ("concurrent_gbps", "GB/s, {clients} concurrent clients, {small_mib:g} MiB blob", True),
+    ("single_big_cpu_s_per_gb", "server CPU seconds per GB (one stream)", False),
+    ("ttfb_p50_ms", "manifest time to first byte, median (ms)", False),
+    ("ttfb_p99_ms", "manifest time to first byte, p99 (ms)", False),
+    ("idle_rss_mb", "RSS idle (MB)", False),
+    ("loaded_rss_mb", "RSS peak under concurrent load (MB)", False),
+]
+
+
+def table(results: dict[str, object]) -> str:
+    spegel, registry = results["spegel"], results["registry"]
+    assert isinstance(spegel, dict) and isinstance(registry, dict)
+    lines = ["| measure | spegel | docker-registry | spegel / registry |",
+             "|---|---:|---:|---:|"]
+    for key, label, _higher_better in ROWS:
+        a, b = spegel[key], registry[key]
+        ratio = a / b if b else float("nan")
+        lines.append(f"| {label.format(**results)} | {a:.2f} | {b:.2f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, results: dict[str, object], command: str) -> None:
+    section = (f"{BEGIN}\nMeasured {time.strftime('%Y-%m-%d')} on {results['machine']}; "
+               f"medians of {results['rounds']} interleaved rounds.\n\n"
+               f"Command: `{command}`\n\n{table(results)}\n{END}")
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Local serving\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--blob-mib", type=float, default=512)
+    parser.add_argument("--small-mib", type=float, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--per-client", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--registry-port", type=int, default=15000)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--write", type=Path, default=None,
+                        help="Update this markdown file (e.g. docs/benchmarks.md).")
+    args = parser.parse_args(argv)
+    results = run(args)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.write:
+        write_doc(args.write, results, "nox -s bench -- " + " ".join(argv or sys.argv[1:]))
+        print(f"bench: wrote {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
