@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from spegel_core.errors import ConfigError, PluginError
 
@@ -77,7 +77,7 @@ class Address:
         return f"{host}:{self.port}"
 
 
-AddressField = Annotated[Address, BeforeValidator(Address.parse)]
+AddressField = Annotated[Address, NoDecode, BeforeValidator(Address.parse)]
 
 
 def _split_list(value: object) -> object:
@@ -227,6 +227,8 @@ def load_config(registry: SettingsRegistry, values: Mapping[str, object]) -> Spe
             sections[model] = model(**own)
         except ValidationError as exc:
             raise _config_error(exc) from None
+        except SettingsError as exc:  # an environment value that cannot even be decoded
+            raise ConfigError("environment", str(exc)) from None
     core = sections.pop(CoreSettings)
     assert isinstance(core, CoreSettings)
     return SpegelConfig(core=core, sections=sections)

@@ -77,6 +77,13 @@ class Unsupported(OCIError):
     code = "UNSUPPORTED"
 
 
+class EndpointUnknown(OCIError):
+    """A path that is not part of the pull API (tags/list, catalog, typos)."""
+
+    status = 404
+    code = "NOT_FOUND"
+
+
 class NotFound(OCIError):
     """Content is not here (locally, or anywhere when the peer path has run)."""
 

@@ -48,9 +48,9 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     first, _, last = parts[0].partition("-")
     if first:
         start = int(first)
-        end = int(last) if last else size - 1
-        if end < start:
+        if last and int(last) < start:
             raise RangeInvalid(f"malformed Range {text[:60]!r}: end before start")
+        end = int(last) if last else size - 1
         if start >= size:
             raise RangeNotSatisfiable(f"range starts at {start} but size is {size}", size=size)
         return ByteRange(start, min(end, size - 1))

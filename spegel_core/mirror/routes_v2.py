@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from spegel_core.errors import NameInvalid, Unsupported
+from spegel_core.errors import EndpointUnknown, NameInvalid, Unsupported
 from spegel_core.mirror.deps import NodeDep, ServiceDep
 from spegel_core.mirror.ranges import parse_range
 from spegel_core.mirror.responses import FileRangeResponse, StoreStreamResponse
@@ -47,17 +47,30 @@ def _registry(ns: str | None) -> str:
         raise NameInvalid(f"invalid ns {ns[:80]!r}") from None
 
 
-@router.api_route("/v2/", methods=["GET", "HEAD"], summary="API version check")
+@router.get("/v2/", summary="API version check", operation_id="v2_root")
+@router.head("/v2/", summary="API version check", operation_id="v2_root_head")
 async def v2_root() -> JSONResponse:
     return JSONResponse({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
 
 
-@router.api_route(
-    "/v2/{name:path}/manifests/{reference}",
-    methods=["GET", "HEAD"],
-    summary="Fetch a manifest by tag or digest",
-    responses={404: {"description": "MANIFEST_UNKNOWN"}, 400: {"description": "invalid input"}},
-)
+_MANIFEST_ROUTE = {
+    "summary": "Fetch a manifest by tag or digest",
+    "responses": {404: {"description": "MANIFEST_UNKNOWN"}, 400: {"description": "invalid input"}},
+}
+_BLOB_ROUTE = {
+    "summary": "Fetch a blob, optionally one byte range",
+    "responses": {
+        206: {"description": "Partial content"},
+        404: {"description": "BLOB_UNKNOWN"},
+        416: {"description": "Range not satisfiable"},
+    },
+}
+
+
+@router.get("/v2/{name:path}/manifests/{reference}", operation_id="get_manifest",
+            **_MANIFEST_ROUTE)  # type: ignore[arg-type]
+@router.head("/v2/{name:path}/manifests/{reference}", operation_id="head_manifest",
+             **_MANIFEST_ROUTE)  # type: ignore[arg-type]
 async def get_manifest(
     request: Request, name: str, reference: str, node: NodeDep, service: ServiceDep,
     ns: NsQuery = None, mirrored: MirroredHeader = None,
@@ -81,16 +94,10 @@ async def get_manifest(
     return response
 
 
-@router.api_route(
-    "/v2/{name:path}/blobs/{digest}",
-    methods=["GET", "HEAD"],
-    summary="Fetch a blob, optionally one byte range",
-    responses={
-        206: {"description": "Partial content"},
-        404: {"description": "BLOB_UNKNOWN"},
-        416: {"description": "Range not satisfiable"},
-    },
-)
+@router.get("/v2/{name:path}/blobs/{digest}", operation_id="get_blob",
+            **_BLOB_ROUTE)  # type: ignore[arg-type]
+@router.head("/v2/{name:path}/blobs/{digest}", operation_id="head_blob",
+             **_BLOB_ROUTE)  # type: ignore[arg-type]
 async def get_blob(
     request: Request, name: str, digest: str, node: NodeDep, service: ServiceDep,
     ns: NsQuery = None, range: RangeHeader = None, mirrored: MirroredHeader = None,
@@ -126,9 +133,15 @@ async def get_blob(
     summary="Push and delete are not supported (pull-only mirror)",
     status_code=405,
     responses={405: {"description": "UNSUPPORTED"}},
+    operation_id="push_unsupported",
 )
 async def push_unsupported(rest: str) -> Response:
     raise Unsupported("this mirror is pull-only")
+
+
+@router.api_route("/v2/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
+async def unknown_endpoint(rest: str) -> Response:
+    raise EndpointUnknown("no such endpoint in the pull API")
 
 
 def _record(node: NodeDep, registry: str, kind: str, request: Request, sent: int,
