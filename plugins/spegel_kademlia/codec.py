@@ -1,0 +1,440 @@
+"""The versioned binary datagram codec of the DHT (pure: no I/O).
+
+Wire format, integers big-endian::
+
+    header, 47 bytes
+      magic         2   b"SK"
+      version       1   1
+      type          1   MessageType
+      flags         1   bit 0: the auth trailer is present; other bits must be 0
+      request id    8   random per request, echoed by its response
+      sender id    32   node id of the sender
+      mirror port   2   where the sender's mirror (HTTP) listens
+    payload             depends on the type, below
+    auth trailer, 40 bytes, present iff flag bit 0
+      timestamp     8   unix time of sending, milliseconds
+      mac          32   HMAC-SHA256(cluster key, every byte before the mac)
+
+    PING, PONG          (empty)
+    FIND_NODE           target id 32
+    NODES               count 1, count x entry
+    ADD_PROVIDER        key id 32, provider id 32, mirror port 2, ttl seconds 4 (0: remove)
+    ADD_PROVIDER_ACK    accepted 1 (0 or 1)
+    GET_PROVIDERS       key id 32, wanted 1
+    PROVIDERS           count 1, count x entry (port = mirror port),
+                        count 1, count x entry (closer contacts, port = UDP port)
+    entry               node id 32, family 1 (4 or 6), address 4 or 16, port 2
+
+A provider's address is never read from a payload that announces it: ADD_PROVIDER has
+none, the receiver records the datagram's source address.
+
+Size: a datagram is at most :data:`MAX_DATAGRAM` bytes (1280-byte IPv6 minimum MTU less
+40 + 8 bytes of IPv6 and UDP headers), so it never fragments. :meth:`Codec.encode`
+refuses anything larger; :meth:`Codec.fit` trims NODES and PROVIDERS to fit by dropping
+entries from the end of each list (closer contacts first, then providers), so callers
+order lists best first. Twenty contacts always fit, even IPv6 with the auth trailer; a
+PROVIDERS answer carries about a dozen providers, which is more than a lookup asks for.
+
+Authentication: with a cluster key every datagram carries the trailer and a datagram
+without one is dropped; without a key a datagram carrying one is dropped too, so a
+half-configured cluster fails loudly (counted drops) rather than silently. Timestamps
+must be within ``max_skew`` (30 s) of the receiver's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from spegel_kademlia.ids import ID_BYTES, Contact
+from spegel_kademlia.messages import (
+    AddProvider,
+    AddProviderAck,
+    Body,
+    FindNode,
+    GetProviders,
+    Message,
+    MessageType,
+    Nodes,
+    Ping,
+    Pong,
+    ProviderInfo,
+    Providers,
+)
+
+MAGIC = b"SK"
+VERSION = 1
+#: Largest datagram sent or accepted: IPv6 minimum MTU less the IPv6 and UDP headers.
+MAX_DATAGRAM = 1280 - 40 - 8
+FLAG_AUTH = 0x01
+
+_HEADER = struct.Struct("!2sBBBQ32sH")
+_TRAILER_TS = struct.Struct("!Q")
+_MAC_BYTES = 32
+_TRAILER_BYTES = _TRAILER_TS.size + _MAC_BYTES
+_MAX_COUNT = 255
+
+_Entry = TypeVar("_Entry", Contact, ProviderInfo)
+
+
+class DecodeError(Exception):
+    """A datagram that is not a valid message; ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class EncodeError(ValueError):
+    """A message that cannot be encoded (bad field, or too large for one datagram)."""
+
+
+class Codec:
+    """Encodes and decodes messages, optionally authenticated with a cluster key.
+
+    :param key: HMAC-SHA256 cluster pre-shared key, or None for no authentication.
+    :param max_skew: accepted clock difference in seconds for authenticated datagrams.
+    :param max_size: the largest datagram encoded or decoded.
+    :param clock: wall clock in seconds (for tests).
+    """
+
+    def __init__(
+        self,
+        key: bytes | None = None,
+        *,
+        max_skew: float = 30.0,
+        max_size: int = MAX_DATAGRAM,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if key is not None and len(key) < 16:
+            raise ValueError("a cluster key needs at least 16 bytes")
+        self._key = key
+        self.max_skew = max_skew
+        self.max_size = max_size
+        self._clock = clock
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether datagrams carry (and must carry) a MAC."""
+        return self._key is not None
+
+    @property
+    def overhead(self) -> int:
+        """Bytes of every datagram outside the payload (header and trailer)."""
+        return _HEADER.size + (_TRAILER_BYTES if self._key is not None else 0)
+
+    # -- encoding ---------------------------------------------------------------------
+    def encode(self, message: Message) -> bytes:
+        """The datagram of ``message``; raises :class:`EncodeError` if invalid or too big."""
+        _check_id(message.sender, "sender id")
+        _check_port(message.mirror_port, "mirror port", allow_zero=True)
+        if not 0 <= message.request_id < 1 << 64:
+            raise EncodeError("request id out of range")
+        flags = FLAG_AUTH if self._key is not None else 0
+        parts = [
+            _HEADER.pack(MAGIC, VERSION, message.type, flags, message.request_id,
+                         message.sender, message.mirror_port),
+            _encode_body(message.body),
+        ]
+        if self._key is not None:
+            parts.append(_TRAILER_TS.pack(int(self._clock() * 1000) & ((1 << 64) - 1)))
+            data = b"".join(parts)
+            data += hmac.new(self._key, data, hashlib.sha256).digest()
+        else:
+            data = b"".join(parts)
+        if len(data) > self.max_size:
+            raise EncodeError(f"{message.type.label} of {len(data)} bytes exceeds {self.max_size}")
+        return data
+
+    def size(self, message: Message) -> int:
+        """Encoded size of ``message`` in bytes (without encoding it)."""
+        return self.overhead + _body_size(message.body)
+
+    def fit(self, message: Message) -> Message:
+        """``message`` with NODES / PROVIDERS lists trimmed from the end to fit one datagram."""
+        body = message.body
+        room = self.max_size - self.overhead
+        if isinstance(body, Nodes):
+            contacts = _take_fitting(body.contacts, room - 1)
+            return message if contacts == body.contacts else replace(message, body=Nodes(contacts))
+        if isinstance(body, Providers):
+            providers = _take_fitting(body.providers, room - 2)
+            used = sum(_entry_size(p.host) for p in providers)
+            contacts = _take_fitting(body.contacts, room - 2 - used)
+            if providers == body.providers and contacts == body.contacts:
+                return message
+            return replace(message, body=Providers(providers, contacts))
+        return message
+
+    # -- decoding ---------------------------------------------------------------------
+    def decode(self, data: bytes, source: tuple[Any, ...]) -> Message:
+        """Parse a datagram received from ``source`` (``(host, port, ...)``).
+
+        Raises :class:`DecodeError` for anything malformed, and nothing else.
+        """
+        if isinstance(data, bytearray | memoryview):
+            data = bytes(data)
+        elif not isinstance(data, bytes):
+            raise DecodeError("type", "not bytes")
+        host, port = _source(source)
+        if len(data) > self.max_size:
+            raise DecodeError("size", f"{len(data)} bytes")
+        if len(data) < _HEADER.size:
+            raise DecodeError("short", "no header")
+        magic, version, type_byte, flags, request_id, sender, mirror_port = _HEADER.unpack_from(
+            data
+        )
+        if magic != MAGIC:
+            raise DecodeError("magic")
+        if version != VERSION:
+            raise DecodeError("version", str(version))
+        try:
+            mtype = MessageType(type_byte)
+        except ValueError:
+            raise DecodeError("type", str(type_byte)) from None
+        if flags & ~FLAG_AUTH:
+            raise DecodeError("flags", hex(flags))
+        end = len(data)
+        if flags & FLAG_AUTH:
+            if self._key is None:
+                raise DecodeError("auth_unexpected")
+            end = self._verify(data)
+        elif self._key is not None:
+            raise DecodeError("auth_missing")
+        reader = _Reader(data, _HEADER.size, end)
+        body = _DECODERS[mtype](reader)
+        if reader.pos != end:
+            raise DecodeError("trailing", f"{end - reader.pos} bytes")
+        return Message(body, request_id, sender, mirror_port, host, port)
+
+    def _verify(self, data: bytes) -> int:
+        assert self._key is not None
+        end = len(data) - _TRAILER_BYTES
+        if end < _HEADER.size:
+            raise DecodeError("short", "no auth trailer")
+        expected = hmac.new(self._key, data[: len(data) - _MAC_BYTES], hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, data[len(data) - _MAC_BYTES :]):
+            raise DecodeError("mac")
+        (millis,) = _TRAILER_TS.unpack_from(data, end)
+        if abs(millis / 1000 - self._clock()) > self.max_skew:
+            raise DecodeError("stale", f"timestamp {millis}")
+        return end
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _check_id(value: bytes, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != ID_BYTES:
+        raise EncodeError(f"{what} must be {ID_BYTES} bytes")
+
+
+def _check_port(value: int, what: str, *, allow_zero: bool = False) -> None:
+    if not (0 if allow_zero else 1) <= value <= 0xFFFF:
+        raise EncodeError(f"{what} {value} out of range")
+
+
+def _pack_ip(host: str) -> bytes:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise EncodeError(f"not an IP address: {host!r}") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bytes((ip.version,)) + ip.packed
+
+
+def _entry_size(host: str) -> int:
+    if ":" in host:
+        try:
+            mapped = ipaddress.IPv6Address(host).ipv4_mapped is not None
+        except ValueError:
+            mapped = False
+        return ID_BYTES + 1 + (4 if mapped else 16) + 2
+    return ID_BYTES + 1 + 4 + 2
+
+
+def _take_fitting(items: tuple[_Entry, ...], room: int) -> tuple[_Entry, ...]:
+    used = 0
+    for n, item in enumerate(items[:_MAX_COUNT]):
+        used += _entry_size(item.host)
+        if used > room:
+            return items[:n]
+    return items[:_MAX_COUNT]
+
+
+def _pack_entries(items: tuple[Contact, ...] | tuple[ProviderInfo, ...]) -> bytes:
+    if len(items) > _MAX_COUNT:
+        raise EncodeError(f"{len(items)} entries exceed {_MAX_COUNT}")
+    out = [bytes((len(items),))]
+    for item in items:
+        _check_id(item.node_id, "node id")
+        _check_port(item.port, "port")
+        out.append(item.node_id + _pack_ip(item.host) + item.port.to_bytes(2, "big"))
+    return b"".join(out)
+
+
+def _encode_body(body: Body) -> bytes:
+    match body:
+        case Ping() | Pong():
+            return b""
+        case FindNode(target):
+            _check_id(target, "target")
+            return target
+        case Nodes(contacts):
+            return _pack_entries(contacts)
+        case AddProvider(key, provider_id, mirror_port, ttl):
+            _check_id(key, "key")
+            _check_id(provider_id, "provider id")
+            _check_port(mirror_port, "mirror port")
+            if not 0 <= ttl < 1 << 32:
+                raise EncodeError(f"ttl {ttl} out of range")
+            return key + provider_id + struct.pack("!HI", mirror_port, ttl)
+        case AddProviderAck(accepted):
+            return b"\x01" if accepted else b"\x00"
+        case GetProviders(key, wanted):
+            _check_id(key, "key")
+            if not 0 <= wanted <= _MAX_COUNT:
+                raise EncodeError(f"wanted {wanted} out of range")
+            return key + bytes((wanted,))
+        case Providers(providers, contacts):
+            return _pack_entries(providers) + _pack_entries(contacts)
+    raise EncodeError(f"unknown body {type(body).__name__}")
+
+
+def _body_size(body: Body) -> int:
+    match body:
+        case Nodes(contacts):
+            return 1 + sum(_entry_size(c.host) for c in contacts)
+        case Providers(providers, contacts):
+            return (2 + sum(_entry_size(p.host) for p in providers)
+                    + sum(_entry_size(c.host) for c in contacts))
+        case FindNode():
+            return ID_BYTES
+        case AddProvider():
+            return 2 * ID_BYTES + 6
+        case AddProviderAck():
+            return 1
+        case GetProviders():
+            return ID_BYTES + 1
+    return 0
+
+
+def _source(source: tuple[Any, ...]) -> tuple[str, int]:
+    try:
+        host, port = source[0], source[1]
+        ip = ipaddress.ip_address(host)
+    except (TypeError, IndexError, KeyError, ValueError):
+        raise DecodeError("source", repr(source)[:60]) from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise DecodeError("source", repr(source)[:60])
+    return str(ip), port
+
+
+class _Reader:
+    """Bounds-checked reads from ``data[pos:end]``; every failure is a DecodeError."""
+
+    __slots__ = ("data", "end", "pos")
+
+    def __init__(self, data: bytes, pos: int, end: int) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = end
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > self.end:
+            raise DecodeError("short", f"wanted {n} bytes at {self.pos}")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def entry(self) -> tuple[bytes, str, int]:
+        node_id = self.take(ID_BYTES)
+        family = self.u8()
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+        if family == 4:
+            ip = ipaddress.IPv4Address(self.take(4))
+        elif family == 6:
+            ip = ipaddress.IPv6Address(self.take(16))
+            if ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+        else:
+            raise DecodeError("address", f"family {family}")
+        port = self.u16()
+        if port == 0 or ip.is_unspecified or ip.is_multicast:
+            raise DecodeError("address", f"{ip} port {port}")
+        return node_id, str(ip), port
+
+    def entries(self) -> list[tuple[bytes, str, int]]:
+        return [self.entry() for _ in range(self.u8())]
+
+
+def _decode_ping(reader: _Reader) -> Body:
+    return Ping()
+
+
+def _decode_pong(reader: _Reader) -> Body:
+    return Pong()
+
+
+def _decode_find_node(reader: _Reader) -> Body:
+    return FindNode(reader.take(ID_BYTES))
+
+
+def _decode_nodes(reader: _Reader) -> Body:
+    return Nodes(tuple(Contact(*e) for e in reader.entries()))
+
+
+def _decode_add_provider(reader: _Reader) -> Body:
+    key = reader.take(ID_BYTES)
+    provider_id = reader.take(ID_BYTES)
+    port = reader.u16()
+    ttl = reader.u32()
+    if port == 0:
+        raise DecodeError("address", "mirror port 0")
+    return AddProvider(key, provider_id, port, ttl)
+
+
+def _decode_ack(reader: _Reader) -> Body:
+    value = reader.u8()
+    if value > 1:
+        raise DecodeError("value", f"accepted {value}")
+    return AddProviderAck(bool(value))
+
+
+def _decode_get_providers(reader: _Reader) -> Body:
+    return GetProviders(reader.take(ID_BYTES), reader.u8())
+
+
+def _decode_providers(reader: _Reader) -> Body:
+    providers = tuple(ProviderInfo(*e) for e in reader.entries())
+    contacts = tuple(Contact(*e) for e in reader.entries())
+    return Providers(providers, contacts)
+
+
+_DECODERS: dict[MessageType, Callable[[_Reader], Body]] = {
+    MessageType.PING: _decode_ping,
+    MessageType.PONG: _decode_pong,
+    MessageType.FIND_NODE: _decode_find_node,
+    MessageType.NODES: _decode_nodes,
+    MessageType.ADD_PROVIDER: _decode_add_provider,
+    MessageType.ADD_PROVIDER_ACK: _decode_ack,
+    MessageType.GET_PROVIDERS: _decode_get_providers,
+    MessageType.PROVIDERS: _decode_providers,
+}

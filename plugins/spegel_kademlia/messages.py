@@ -1,0 +1,140 @@
+"""The DHT's messages: types, bodies and the envelope (plain values, no encoding).
+
+The wire format is in :mod:`spegel_kademlia.codec`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from spegel_kademlia.ids import Contact
+
+
+class MessageType(enum.IntEnum):
+    """The message types; the value is the type byte on the wire."""
+
+    PING = 1
+    PONG = 2
+    FIND_NODE = 3
+    NODES = 4
+    ADD_PROVIDER = 5
+    ADD_PROVIDER_ACK = 6
+    GET_PROVIDERS = 7
+    PROVIDERS = 8
+
+    @property
+    def label(self) -> str:
+        """Lower-case name, as used in metric labels."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    """A provider in a PROVIDERS answer: its node id and where its mirror listens."""
+
+    node_id: bytes
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness probe; answered by :class:`Pong`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Answer to :class:`Ping`."""
+
+
+@dataclass(frozen=True, slots=True)
+class FindNode:
+    """Ask for the contacts closest to ``target``; answered by :class:`Nodes`."""
+
+    target: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Nodes:
+    """Contacts closest to a FIND_NODE target, closest first."""
+
+    contacts: tuple[Contact, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AddProvider:
+    """Record that the sender provides ``key`` for ``ttl`` seconds (0: remove the record)."""
+
+    key: bytes
+    provider_id: bytes
+    mirror_port: int
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddProviderAck:
+    """Answer to :class:`AddProvider`; ``accepted`` is False when the store was full."""
+
+    accepted: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GetProviders:
+    """Ask for providers of ``key`` (up to ``wanted``) and closer contacts."""
+
+    key: bytes
+    wanted: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Providers:
+    """Known providers of a key, and contacts closer to it, each list best first."""
+
+    providers: tuple[ProviderInfo, ...] = ()
+    contacts: tuple[Contact, ...] = ()
+
+
+Body = Ping | Pong | FindNode | Nodes | AddProvider | AddProviderAck | GetProviders | Providers
+
+_TYPES: dict[type[Any], MessageType] = {
+    Ping: MessageType.PING,
+    Pong: MessageType.PONG,
+    FindNode: MessageType.FIND_NODE,
+    Nodes: MessageType.NODES,
+    AddProvider: MessageType.ADD_PROVIDER,
+    AddProviderAck: MessageType.ADD_PROVIDER_ACK,
+    GetProviders: MessageType.GET_PROVIDERS,
+    Providers: MessageType.PROVIDERS,
+}
+#: Types that answer a request (matched by request id).
+RESPONSE_TYPES = frozenset(
+    {MessageType.PONG, MessageType.NODES, MessageType.ADD_PROVIDER_ACK, MessageType.PROVIDERS}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One datagram: the header fields and a body.
+
+    ``source_host``/``source_port`` are where a decoded datagram came from (empty for a
+    message about to be sent).
+    """
+
+    body: Body
+    request_id: int
+    sender: bytes
+    mirror_port: int
+    source_host: str = ""
+    source_port: int = 0
+
+    @property
+    def type(self) -> MessageType:
+        """The message type of the body."""
+        return _TYPES[type(self.body)]
+
+    @property
+    def is_response(self) -> bool:
+        """Whether this message answers a request."""
+        return self.type in RESPONSE_TYPES

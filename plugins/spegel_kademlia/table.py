@@ -1,0 +1,193 @@
+"""The routing table: k-buckets by XOR distance, with ping-before-evict (pure: no I/O).
+
+Bucket ``i`` holds up to ``k`` contacts whose distance to the own id has ``i + 1``
+bits (see :func:`~spegel_kademlia.ids.bucket_index`), least recently seen first. A full
+bucket never drops a live contact for a newcomer: :meth:`RoutingTable.add` parks the
+newcomer in the bucket's replacement cache and returns the least recently seen contact
+for the caller to ping. A contact that answers is seen again (moved to the tail); one
+that fails ``max_failures`` times in a row is evicted and the most recently seen
+replacement takes its place.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from spegel_kademlia.ids import ID_BITS, Contact, bucket_index
+
+
+@dataclass(slots=True)
+class _Entry:
+    contact: Contact
+    failures: int = 0
+
+
+class RoutingTable:
+    """k-buckets of contacts around ``own_id``.
+
+    :param own_id: this node's id; it is never added.
+    :param k: contacts per bucket (and per replacement cache unless ``replacements``).
+    :param max_failures: consecutive failures after which a contact is evicted.
+    :param replacements: size of each bucket's replacement cache.
+    :param clock: monotonic seconds, for bucket refresh bookkeeping.
+    """
+
+    def __init__(
+        self,
+        own_id: bytes,
+        *,
+        k: int = 20,
+        max_failures: int = 3,
+        replacements: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if k < 1 or max_failures < 1:
+            raise ValueError("k and max_failures must be at least 1")
+        self.own_id = own_id
+        self.k = k
+        self.max_failures = max_failures
+        self.replacements = k if replacements is None else replacements
+        self._clock = clock
+        self._buckets: list[OrderedDict[bytes, _Entry]] = [OrderedDict() for _ in range(ID_BITS)]
+        self._spare: list[OrderedDict[bytes, Contact]] = [OrderedDict() for _ in range(ID_BITS)]
+        now = clock()
+        self._refreshed = [now] * ID_BITS
+        self._size = 0
+
+    # -- membership -------------------------------------------------------------------
+    def add(self, contact: Contact) -> Contact | None:
+        """Record that ``contact`` was seen alive.
+
+        Returns None when the contact is (now) in its bucket, or, when the bucket is
+        full, the least recently seen contact of that bucket, which the caller should
+        ping: if it answers, ``add`` it again; if not, :meth:`mark_failed` it.
+        """
+        if contact.node_id == self.own_id:
+            return None
+        index = bucket_index(self.own_id, contact.node_id)
+        bucket = self._buckets[index]
+        entry = bucket.get(contact.node_id)
+        if entry is not None:
+            entry.contact = contact
+            entry.failures = 0
+            bucket.move_to_end(contact.node_id)
+            return None
+        spare = self._spare[index]
+        if len(bucket) < self.k:
+            spare.pop(contact.node_id, None)
+            bucket[contact.node_id] = _Entry(contact)
+            self._size += 1
+            return None
+        if self.replacements:
+            spare[contact.node_id] = contact
+            spare.move_to_end(contact.node_id)
+            while len(spare) > self.replacements:
+                spare.popitem(last=False)
+        return next(iter(bucket.values())).contact
+
+    def remove(self, node_id: bytes) -> bool:
+        """Evict ``node_id`` now, promoting a replacement; True if it was in a bucket."""
+        if node_id == self.own_id:
+            return False
+        index = bucket_index(self.own_id, node_id)
+        self._spare[index].pop(node_id, None)
+        if self._buckets[index].pop(node_id, None) is None:
+            return False
+        self._size -= 1
+        spare = self._spare[index]
+        if spare:
+            _, replacement = spare.popitem(last=True)
+            self._buckets[index][replacement.node_id] = _Entry(replacement)
+            # A promoted contact has not been seen for a while: least recent first.
+            self._buckets[index].move_to_end(replacement.node_id, last=False)
+            self._size += 1
+        return True
+
+    def mark_failed(self, node_id: bytes) -> bool:
+        """Count a failed request to ``node_id``; True if that evicted it."""
+        if node_id == self.own_id:
+            return False
+        index = bucket_index(self.own_id, node_id)
+        entry = self._buckets[index].get(node_id)
+        if entry is None:
+            self._spare[index].pop(node_id, None)
+            return False
+        entry.failures += 1
+        if entry.failures >= self.max_failures:
+            return self.remove(node_id)
+        return False
+
+    def get(self, node_id: bytes) -> Contact | None:
+        """The contact of ``node_id`` if it is in a bucket."""
+        if node_id == self.own_id:
+            return None
+        entry = self._buckets[bucket_index(self.own_id, node_id)].get(node_id)
+        return None if entry is None else entry.contact
+
+    def failures(self, node_id: bytes) -> int:
+        """Consecutive failures of ``node_id`` (0 when unknown)."""
+        if node_id == self.own_id:
+            return 0
+        entry = self._buckets[bucket_index(self.own_id, node_id)].get(node_id)
+        return 0 if entry is None else entry.failures
+
+    # -- queries ----------------------------------------------------------------------
+    def closest(self, target: bytes, n: int | None = None, *,
+                exclude: bytes | None = None) -> list[Contact]:
+        """Up to ``n`` (default ``k``) contacts closest to ``target``, closest first."""
+        count = self.k if n is None else n
+        t = int.from_bytes(target, "big")
+        candidates = (c for c in self if c.node_id != exclude)
+        return heapq.nsmallest(count, candidates,
+                               key=lambda c: int.from_bytes(c.node_id, "big") ^ t)
+
+    def bucket(self, index: int) -> list[Contact]:
+        """Contacts of bucket ``index``, least recently seen first."""
+        return [entry.contact for entry in self._buckets[index].values()]
+
+    def replacement_cache(self, index: int) -> list[Contact]:
+        """Replacement candidates of bucket ``index``, most recent last."""
+        return list(self._spare[index].values())
+
+    def __iter__(self) -> Iterator[Contact]:
+        for bucket in self._buckets:
+            for entry in bucket.values():
+                yield entry.contact
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, node_id: object) -> bool:
+        return isinstance(node_id, bytes) and self.get(node_id) is not None
+
+    @property
+    def nonempty_buckets(self) -> int:
+        """How many buckets hold at least one contact."""
+        return sum(1 for bucket in self._buckets if bucket)
+
+    # -- refresh bookkeeping ----------------------------------------------------------
+    def touch_bucket(self, target: bytes) -> None:
+        """Note that a lookup for ``target`` just refreshed the bucket it falls in."""
+        if target != self.own_id:
+            self._refreshed[bucket_index(self.own_id, target)] = self._clock()
+
+    def stale_buckets(self, interval: float) -> list[int]:
+        """Buckets from the closest non-empty one outwards not refreshed for ``interval`` s.
+
+        Buckets closer than the closest contact are left out: they are empty because
+        no such node exists, and a self lookup covers them.
+        """
+        lowest = next((i for i, bucket in enumerate(self._buckets) if bucket), None)
+        if lowest is None:
+            return []
+        now = self._clock()
+        return [i for i in range(lowest, ID_BITS) if now - self._refreshed[i] >= interval]
+
+    def __repr__(self) -> str:
+        return (f"<RoutingTable {self.own_id.hex()[:12]} contacts={self._size} "
+                f"buckets={self.nonempty_buckets} k={self.k}>")
+
