@@ -43,6 +43,7 @@ must be within ``max_skew`` (30 s) of the receiver's clock.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -239,24 +240,53 @@ def _check_port(value: int, what: str, *, allow_zero: bool = False) -> None:
         raise EncodeError(f"{what} {value} out of range")
 
 
-def _pack_ip(host: str) -> bytes:
+# The addresses of one cluster are few and recur in every answer: cache their conversions.
+@functools.lru_cache(maxsize=4096)
+def _packed_ip(host: str) -> bytes | None:
+    """Family byte + packed address of an IP literal (IPv4-mapped as IPv4); None if not one."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise EncodeError(f"not an IP address: {host!r}") from None
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return bytes((ip.version,)) + ip.packed
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip_text(packed: bytes) -> str | None:
+    """Text of a family byte + packed address; None for unspecified or multicast ones."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if packed[0] == 4:
+        ip = ipaddress.IPv4Address(packed[1:])
+    else:
+        ip = ipaddress.IPv6Address(packed[1:])
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+    return None if ip.is_unspecified or ip.is_multicast else str(ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_host(host: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def _pack_ip(host: str) -> bytes:
+    packed = _packed_ip(host) if isinstance(host, str) else None
+    if packed is None:
+        raise EncodeError(f"not an IP address: {host!r}")
+    return packed
+
+
 def _entry_size(host: str) -> int:
-    if ":" in host:
-        try:
-            mapped = ipaddress.IPv6Address(host).ipv4_mapped is not None
-        except ValueError:
-            mapped = False
-        return ID_BYTES + 1 + (4 if mapped else 16) + 2
-    return ID_BYTES + 1 + 4 + 2
+    packed = _packed_ip(host) if isinstance(host, str) else None
+    return ID_BYTES + (17 if packed is None else len(packed)) + 2
 
 
 def _take_fitting(items: tuple[_Entry, ...], room: int) -> tuple[_Entry, ...]:
@@ -328,14 +358,12 @@ def _body_size(body: Body) -> int:
 def _source(source: tuple[Any, ...]) -> tuple[str, int]:
     try:
         host, port = source[0], source[1]
-        ip = ipaddress.ip_address(host)
-    except (TypeError, IndexError, KeyError, ValueError):
+    except (TypeError, IndexError, KeyError):
         raise DecodeError("source", repr(source)[:60]) from None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+    text = _source_host(host) if isinstance(host, str) else None
+    if text is None or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise DecodeError("source", repr(source)[:60])
-    return str(ip), port
+    return text, port
 
 
 class _Reader:
@@ -367,19 +395,16 @@ class _Reader:
     def entry(self) -> tuple[bytes, str, int]:
         node_id = self.take(ID_BYTES)
         family = self.u8()
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address
         if family == 4:
-            ip = ipaddress.IPv4Address(self.take(4))
+            text = _ip_text(b"\x04" + self.take(4))
         elif family == 6:
-            ip = ipaddress.IPv6Address(self.take(16))
-            if ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
+            text = _ip_text(b"\x06" + self.take(16))
         else:
             raise DecodeError("address", f"family {family}")
         port = self.u16()
-        if port == 0 or ip.is_unspecified or ip.is_multicast:
-            raise DecodeError("address", f"{ip} port {port}")
-        return node_id, str(ip), port
+        if port == 0 or text is None:
+            raise DecodeError("address", f"{text} port {port}")
+        return node_id, text, port
 
     def entries(self) -> list[tuple[bytes, str, int]]:
         return [self.entry() for _ in range(self.u8())]

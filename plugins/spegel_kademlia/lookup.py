@@ -2,10 +2,11 @@
 
 A driver asks :meth:`Lookup.next_queries` whom to query, sends the queries, and feeds
 back :meth:`Lookup.on_response` / :meth:`Lookup.on_timeout`; it may call
-:meth:`Lookup.hedge` when a query is late, which releases that query's slot to one more
-contact. The lookup is done when the ``k`` closest contacts that have not failed have
-all answered, or (GET_PROVIDERS) once ``count`` providers are known, or when nobody is
-left to ask.
+:meth:`Lookup.hedge` when a query is late, which gives that query's slot and its place
+among the closest to one more contact. The lookup is done when the ``k`` closest
+contacts that are neither failed nor late have all answered, or (GET_PROVIDERS) once
+``count`` providers are known, or when nobody is left to ask: a dead contact costs a
+lookup the hedge delay, not the RPC timeout. A late answer still counts.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ class QueryState(enum.Enum):
 
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
-    #: Still awaited, but no longer holding a parallelism slot (it was hedged).
+    #: Still awaited, but hedged: it holds no slot and no place among the closest.
     LATE = "late"
     RESPONDED = "responded"
     FAILED = "failed"
 
 
 _OUTSTANDING = (QueryState.IN_FLIGHT, QueryState.LATE)
+_GONE = (QueryState.FAILED, QueryState.LATE)
 
 
 class Lookup:
@@ -175,10 +177,10 @@ class Lookup:
             bisect.insort(self._order, (int.from_bytes(node_id, "big") ^ self._target, node_id))
 
     def _window(self) -> list[bytes]:
-        """The ``k`` closest contacts that have not failed."""
+        """The ``k`` closest contacts that have neither failed nor turned late."""
         out: list[bytes] = []
         for _, node_id in self._order:
-            if self._states[node_id] is not QueryState.FAILED:
+            if self._states[node_id] not in _GONE:
                 out.append(node_id)
                 if len(out) == self.k:
                     break

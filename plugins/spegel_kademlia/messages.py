@@ -138,3 +138,8 @@ class Message:
     def is_response(self) -> bool:
         """Whether this message answers a request."""
         return self.type in RESPONSE_TYPES
+
+
+def message_type(body: Body) -> MessageType:
+    """The message type of a body."""
+    return _TYPES[type(body)]

@@ -56,7 +56,7 @@ class RoutingTable:
         self._spare: list[OrderedDict[bytes, Contact]] = [OrderedDict() for _ in range(ID_BITS)]
         now = clock()
         self._refreshed = [now] * ID_BITS
-        self._size = 0
+        self._members: dict[bytes, Contact] = {}
 
     # -- membership -------------------------------------------------------------------
     def add(self, contact: Contact) -> Contact | None:
@@ -75,12 +75,13 @@ class RoutingTable:
             entry.contact = contact
             entry.failures = 0
             bucket.move_to_end(contact.node_id)
+            self._members[contact.node_id] = contact
             return None
         spare = self._spare[index]
         if len(bucket) < self.k:
             spare.pop(contact.node_id, None)
             bucket[contact.node_id] = _Entry(contact)
-            self._size += 1
+            self._members[contact.node_id] = contact
             return None
         if self.replacements:
             spare[contact.node_id] = contact
@@ -97,14 +98,14 @@ class RoutingTable:
         self._spare[index].pop(node_id, None)
         if self._buckets[index].pop(node_id, None) is None:
             return False
-        self._size -= 1
+        del self._members[node_id]
         spare = self._spare[index]
         if spare:
             _, replacement = spare.popitem(last=True)
             self._buckets[index][replacement.node_id] = _Entry(replacement)
             # A promoted contact has not been seen for a while: least recent first.
             self._buckets[index].move_to_end(replacement.node_id, last=False)
-            self._size += 1
+            self._members[replacement.node_id] = replacement
         return True
 
     def mark_failed(self, node_id: bytes) -> bool:
@@ -123,10 +124,7 @@ class RoutingTable:
 
     def get(self, node_id: bytes) -> Contact | None:
         """The contact of ``node_id`` if it is in a bucket."""
-        if node_id == self.own_id:
-            return None
-        entry = self._buckets[bucket_index(self.own_id, node_id)].get(node_id)
-        return None if entry is None else entry.contact
+        return self._members.get(node_id)
 
     def failures(self, node_id: bytes) -> int:
         """Consecutive failures of ``node_id`` (0 when unknown)."""
@@ -141,7 +139,7 @@ class RoutingTable:
         """Up to ``n`` (default ``k``) contacts closest to ``target``, closest first."""
         count = self.k if n is None else n
         t = int.from_bytes(target, "big")
-        candidates = (c for c in self if c.node_id != exclude)
+        candidates = (c for c in self._members.values() if c.node_id != exclude)
         return heapq.nsmallest(count, candidates,
                                key=lambda c: int.from_bytes(c.node_id, "big") ^ t)
 
@@ -154,15 +152,13 @@ class RoutingTable:
         return list(self._spare[index].values())
 
     def __iter__(self) -> Iterator[Contact]:
-        for bucket in self._buckets:
-            for entry in bucket.values():
-                yield entry.contact
+        return iter(list(self._members.values()))
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._members)
 
     def __contains__(self, node_id: object) -> bool:
-        return isinstance(node_id, bytes) and self.get(node_id) is not None
+        return node_id in self._members
 
     @property
     def nonempty_buckets(self) -> int:
@@ -188,6 +184,6 @@ class RoutingTable:
         return [i for i in range(lowest, ID_BITS) if now - self._refreshed[i] >= interval]
 
     def __repr__(self) -> str:
-        return (f"<RoutingTable {self.own_id.hex()[:12]} contacts={self._size} "
+        return (f"<RoutingTable {self.own_id.hex()[:12]} contacts={len(self._members)} "
                 f"buckets={self.nonempty_buckets} k={self.k}>")
 

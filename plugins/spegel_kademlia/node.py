@@ -1,0 +1,469 @@
+"""KademliaRouter: the DHT node behind spegel's :class:`~spegel_core.protocols.Router`.
+
+It wires the pure pieces (codec, routing table, lookups, stores) to one UDP socket and
+runs three background tasks: bootstrap (with backoff while the table is empty, then a
+re-bootstrap every discovery refresh interval), maintenance (bucket refresh, record
+expiry) and reprovide (keys due again, paced by a semaphore shared with
+:meth:`KademliaRouter.advertise`, so announcing never crowds out lookups, which take no
+slot at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any
+
+from spegel_core.errors import ConfigError
+from spegel_core.protocols import (
+    Discovery,
+    MetricEvent,
+    MetricsSink,
+    Peer,
+    PeerAddress,
+    PeerCount,
+    RouterStatus,
+)
+from spegel_kademlia.bootstrap import bootstrap_addresses, resolve
+from spegel_kademlia.codec import Codec
+from spegel_kademlia.handlers import answer
+from spegel_kademlia.ids import Contact, key_id, random_id, random_id_in_bucket
+from spegel_kademlia.lookup import Lookup
+from spegel_kademlia.messages import (
+    AddProvider,
+    AddProviderAck,
+    Body,
+    FindNode,
+    GetProviders,
+    Message,
+    Ping,
+    ProviderInfo,
+)
+from spegel_kademlia.rpc import (
+    RpcEndpoint,
+    RpcError,
+    RpcTimeout,
+    UdpProtocol,
+)
+from spegel_kademlia.search import drive
+from spegel_kademlia.settings import KademliaSettings
+from spegel_kademlia.store import AdvertisedKeys, ProviderStore
+from spegel_kademlia.table import RoutingTable
+
+log = logging.getLogger(__name__)
+
+_DISCOVERY_TIMEOUT = 10.0
+_BOOTSTRAP_SAMPLE = 16
+_BOOTSTRAP_BACKOFF_MIN = 0.25
+_DEFAULT_REBOOTSTRAP = 30 * 60.0
+_MAX_EVICTION_PINGS = 32
+_WITHDRAW_BUDGET = 4096
+_REPROVIDE_BATCH = 256
+_IDLE_WAKE = 60.0
+
+
+class _NullSink:
+    def emit(self, event: MetricEvent) -> None:
+        pass
+
+
+class KademliaRouter:
+    """A Kademlia node: finds providers of keys and announces this node's keys.
+
+    :param host: address to bind the UDP socket to (``0.0.0.0`` for every interface).
+    :param port: UDP port (0 picks a free one; see :attr:`address` after start).
+    :param mirror_port: port of this node's mirror, announced in provider records.
+    :param discovery: sources of bootstrap addresses.
+    :param metrics: receives ``DhtMessage``, ``DroppedDatagram`` and ``PeerCount`` events.
+    :param settings: tuning; defaults to :class:`KademliaSettings` defaults.
+    :param node_id: 32-byte node id (random if None).
+    :param cluster_key: HMAC-SHA256 pre-shared key, or None for unauthenticated datagrams.
+    """
+
+    name = "kademlia"
+
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 5001,
+        mirror_port: int,
+        discovery: Sequence[Discovery] = (),
+        metrics: MetricsSink | None = None,
+        settings: KademliaSettings | None = None,
+        node_id: bytes | None = None,
+        cluster_key: bytes | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = s = settings or KademliaSettings.model_construct()
+        self.node_id = node_id or random_id()
+        self.mirror_port = mirror_port
+        self._host = host
+        self._port = port
+        self._discovery = list(discovery)
+        self._metrics: MetricsSink = metrics or _NullSink()
+        self._rng = rng or random.Random()
+        self.table = RoutingTable(self.node_id, k=s.kademlia_k,
+                                  max_failures=s.kademlia_max_failures)
+        self.providers = ProviderStore(ttl=s.kademlia_provider_ttl)
+        self.advertised = AdvertisedKeys(interval=s.kademlia_reprovide_interval,
+                                         jitter=s.kademlia_reprovide_jitter, rng=self._rng)
+        self._rpc = RpcEndpoint(Codec(cluster_key), self.node_id, mirror_port,
+                                self._on_message, self._metrics)
+        self._state = "new"
+        self._address: tuple[str, int] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pinging: set[bytes] = set()
+        self._unstored: set[str] = set()
+        self._provide_slots = asyncio.Semaphore(s.kademlia_reprovide_concurrency)
+        self._wake_bootstrap = asyncio.Event()
+        self._wake_reprovide = asyncio.Event()
+        self._last_peer_count = 0
+        self._bootstraps = 0
+        self._provided = 0
+        self._provide_failures = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind the socket and start the background tasks; returns at once."""
+        if self._state != "new":
+            raise RuntimeError(f"{self!r} can only be started once")
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UdpProtocol(self._rpc), local_addr=(self._host, self._port))
+        except OSError as exc:
+            raise ConfigError("--router-addr", f"cannot listen on UDP {self._host}:"
+                                               f"{self._port}: {exc.strerror or exc}") from exc
+        sockname = transport.get_extra_info("sockname")
+        self._address = (str(sockname[0]), int(sockname[1]))
+        self._state = "running"
+        self._spawn(self._bootstrap_loop(), "bootstrap")
+        self._spawn(self._maintenance_loop(), "maintenance")
+        self._spawn(self._reprovide_loop(), "reprovide")
+        log.info("kademlia node %s listening on udp %s", self.node_id.hex()[:12], self.address)
+
+    async def aclose(self) -> None:
+        """Tell the closest nodes our records are gone, stop the tasks, close the socket."""
+        if self._state == "closed":
+            return
+        if self._state == "running":
+            self._send_withdrawals(list(self.advertised))
+        self._state = "closed"
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        self._rpc.close()
+        if tasks:
+            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+
+    async def __aenter__(self) -> KademliaRouter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the socket is bound to (the requested one before start)."""
+        host, port = self._address or (self._host, self._port)
+        return str(PeerAddress(host, port))
+
+    @property
+    def bound(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the bound socket, None before start."""
+        return self._address
+
+    # -- Router API -------------------------------------------------------------------------
+    async def advertise(self, keys: Sequence[str]) -> None:
+        """Announce ``keys`` now (returns when done) and every reprovide interval after."""
+        new = self.advertised.add(keys)
+        if self._state != "running":
+            for key in new:
+                self._unstored.add(key)
+                self.advertised.reschedule(key, 0.0)
+            return
+        await self._provide_all(new)
+
+    async def withdraw(self, keys: Sequence[str]) -> None:
+        """Stop announcing ``keys``; tell the closest known nodes to drop their records."""
+        gone = self.advertised.remove(keys)
+        self._unstored.difference_update(gone)
+        if self._state == "running":
+            self._send_withdrawals(gone)
+
+    async def lookup(
+        self, key: str, count: int, timeout: float  # noqa: ASYNC109 (Router's signature)
+    ) -> AsyncIterator[Peer]:
+        """Yield up to ``count`` providers of ``key`` (never this node) within ``timeout`` s."""
+        if count <= 0 or self._state == "closed":
+            return
+        deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
+        kid = key_id(key)
+        seen = {self.node_id}
+        for record in self.providers.get(kid):
+            if record.node_id not in seen:
+                seen.add(record.node_id)
+                yield Peer(record.host, record.port, record.node_id)
+                if len(seen) > count:
+                    return
+        if self._state != "running":
+            return
+        s = self.settings
+        lookup = Lookup(kid, self.table.closest(kid), k=s.kademlia_k, alpha=s.kademlia_alpha,
+                        own_id=self.node_id, count=count + 1 - len(seen),
+                        ignore_providers=seen)
+        self.table.touch_bucket(kid)
+        body = GetProviders(kid, min(255, max(count, s.kademlia_lookup_count)))
+        async with aclosing(self._drive(lookup, body, deadline)) as found:
+            async for providers in found:
+                for provider in providers:
+                    if provider.node_id not in seen:
+                        seen.add(provider.node_id)
+                        yield Peer(provider.host, provider.port, provider.node_id)
+                        if len(seen) > count:
+                            return
+
+    def status(self) -> RouterStatus:
+        """Node id, address, routing table size, advertised keys and health."""
+        peers = len(self.table)
+        if self._state == "running":
+            detail = "ok" if peers else ("bootstrapping" if not self._bootstraps else "no peers")
+        else:
+            detail = {"new": "not started", "closed": "closed"}[self._state]
+        return RouterStatus(
+            node_id=self.node_id.hex(), address=self.address, peers=peers,
+            advertised_keys=len(self.advertised), detail=detail,
+            extra={"provider_records": len(self.providers), "buckets":
+                   self.table.nonempty_buckets, "bootstrap_attempts": self._bootstraps,
+                   "provides": self._provided, "provide_failures": self._provide_failures,
+                   "unstored_keys": len(self._unstored), "datagrams_sent": self._rpc.sent,
+                   "datagrams_received": self._rpc.received,
+                   "datagrams_dropped": self._rpc.dropped, "rpc_timeouts": self._rpc.timeouts},
+        )
+
+    def __repr__(self) -> str:
+        return (f"<KademliaRouter {self.node_id.hex()[:12]} udp={self.address} "
+                f"state={self._state} peers={len(self.table)} keys={len(self.advertised)} "
+                f"records={len(self.providers)} tasks={len(self._tasks)}>")
+
+    # -- answering ------------------------------------------------------------------------
+    def _on_message(self, message: Message) -> None:
+        self._saw(Contact(message.sender, message.source_host, message.source_port))
+        if message.is_response:
+            return
+        reply = answer(message, self.table, self.providers, k=self.settings.kademlia_k,
+                       rng=self._rng)
+        if reply is not None:
+            self._rpc.send((message.source_host, message.source_port), reply,
+                           message.request_id)
+
+    def _saw(self, contact: Contact) -> None:
+        head = self.table.add(contact)
+        if (head is not None and head.node_id not in self._pinging
+                and len(self._pinging) < _MAX_EVICTION_PINGS and self._state == "running"):
+            self._pinging.add(head.node_id)
+            self._spawn(self._ping_head(head), "evict-check")
+        self._peers_changed()
+
+    async def _ping_head(self, head: Contact) -> None:
+        try:
+            await self._request(head, Ping(), retries=self.settings.kademlia_rpc_retries)
+        except RpcError:
+            pass  # counted as a failure; evicted once it has failed often enough
+        finally:
+            self._pinging.discard(head.node_id)
+
+    def _peers_changed(self) -> None:
+        count = len(self.table)
+        if count != self._last_peer_count:
+            self._last_peer_count = count
+            self._metrics.emit(PeerCount(count))
+            if count == 0 and self._state == "running":
+                self._wake_bootstrap.set()
+
+    # -- asking ---------------------------------------------------------------------------
+    async def _request(self, contact: Contact, body: Body, *, retries: int) -> Message:
+        try:
+            return await self._rpc.request(
+                contact.address, body, attempt_timeout=self.settings.kademlia_rpc_timeout,
+                retries=retries, node_id=contact.node_id)
+        except RpcTimeout:
+            self.table.mark_failed(contact.node_id)
+            self._peers_changed()
+            raise
+
+    def _drive(self, lookup: Lookup, body: Body, deadline: float
+               ) -> AsyncGenerator[list[ProviderInfo]]:
+        async def query(contact: Contact) -> Message:
+            return await self._request(contact, body, retries=0)  # lookups hedge instead
+
+        return drive(lookup, query, hedge_after=self.settings.kademlia_hedge_after,
+                     deadline=deadline)
+
+    async def _find_node(self, target: bytes) -> list[Contact]:
+        s = self.settings
+        lookup = Lookup(target, self.table.closest(target), k=s.kademlia_k,
+                        alpha=s.kademlia_alpha, own_id=self.node_id)
+        self.table.touch_bucket(target)
+        deadline = asyncio.get_running_loop().time() + max(1.0, 10 * s.kademlia_rpc_timeout)
+        async with aclosing(self._drive(lookup, FindNode(target), deadline)) as steps:
+            async for _ in steps:
+                pass
+        return lookup.result
+
+    # -- announcing -------------------------------------------------------------------------
+    async def _provide_all(self, keys: list[str]) -> None:
+        pending = iter(keys)
+
+        async def worker() -> None:
+            for key in pending:
+                if key in self.advertised:
+                    async with self._provide_slots:
+                        await self._provide(key)
+
+        workers = min(len(keys), self.settings.kademlia_reprovide_concurrency)
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+    async def _provide(self, key: str) -> None:
+        s = self.settings
+        kid = self.advertised.key_id(key)
+        closest = await self._find_node(kid) if len(self.table) else []
+        body = AddProvider(kid, self.node_id, self.mirror_port, int(s.kademlia_provider_ttl))
+        results = await asyncio.gather(
+            *(self._request(c, body, retries=s.kademlia_rpc_retries) for c in closest),
+            return_exceptions=True)
+        acks = 0
+        for result in results:
+            if isinstance(result, Message):
+                acks += isinstance(result.body, AddProviderAck) and result.body.accepted
+            elif not isinstance(result, RpcError | asyncio.CancelledError):
+                log.error("ADD_PROVIDER failed unexpectedly", exc_info=result)
+        if acks:
+            self._provided += 1
+            self._unstored.discard(key)
+            log.debug("provided %s to %d/%d nodes", key, acks, len(closest))
+        elif key in self.advertised:
+            self._provide_failures += 1
+            self._unstored.add(key)
+            self.advertised.reschedule(key, s.kademlia_bootstrap_backoff_max)
+
+    def _send_withdrawals(self, keys: Sequence[str]) -> None:
+        """Best effort: ADD_PROVIDER ttl 0 to the closest nodes we know, unacknowledged.
+
+        Records elsewhere (in large clusters the routing table does not know every
+        holder) simply expire.
+        """
+        budget = _WITHDRAW_BUDGET
+        for key in keys:
+            kid = key_id(key)
+            body = AddProvider(kid, self.node_id, self.mirror_port, 0)
+            for contact in self.table.closest(kid):
+                if budget <= 0:
+                    return
+                self._rpc.send(contact.address, body, secrets.randbits(64))
+                budget -= 1
+
+    # -- background tasks -----------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"kademlia-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("kademlia task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            pass
+
+    async def _bootstrap_loop(self) -> None:
+        backoff = _BOOTSTRAP_BACKOFF_MIN
+        rebootstrap = max(5.0, min((d.refresh_interval for d in self._discovery),
+                                   default=_DEFAULT_REBOOTSTRAP))
+        while True:
+            self._wake_bootstrap.clear()
+            try:
+                ok = await self._bootstrap_once()
+            except Exception:  # a bug in one attempt must not end bootstrapping for good
+                log.exception("bootstrap attempt failed")
+                ok = False
+            if ok:
+                backoff, wait = _BOOTSTRAP_BACKOFF_MIN, rebootstrap
+            else:
+                wait = backoff * self._rng.uniform(0.5, 1.0)
+                backoff = min(backoff * 2, self.settings.kademlia_bootstrap_backoff_max)
+                log.info("no DHT peers yet; bootstrapping again in %.1fs", wait)
+            await self._wait(self._wake_bootstrap, wait)
+
+    async def _bootstrap_once(self) -> bool:
+        self._bootstraps += 1
+        was_empty = len(self.table) == 0
+        addresses = await bootstrap_addresses(self._discovery,
+                                              per_source_timeout=_DISCOVERY_TIMEOUT)
+        sample = self._rng.sample(addresses, min(len(addresses), _BOOTSTRAP_SAMPLE))
+        await asyncio.gather(*(self._ping_address(a) for a in sample))
+        if not len(self.table):
+            return False
+        await self._find_node(self.node_id)
+        await self._refresh(0.0)
+        if was_empty:
+            log.info("joined the DHT: %d contacts", len(self.table))
+            for key in list(self._unstored):
+                self.advertised.reschedule(key, 0.0)
+            self._wake_reprovide.set()
+        return True
+
+    async def _ping_address(self, address: PeerAddress) -> None:
+        family = socket.AF_INET6 if ":" in (self._address or ("",))[0] else socket.AF_INET
+        target = await resolve(address, family)
+        if target is None:
+            return
+        try:
+            await self._rpc.request(target, Ping(),
+                                    attempt_timeout=self.settings.kademlia_rpc_timeout,
+                                    retries=self.settings.kademlia_rpc_retries)
+        except RpcError:
+            log.debug("bootstrap peer %s did not answer", address)
+
+    async def _refresh(self, interval: float) -> None:
+        for index in self.table.stale_buckets(interval):
+            await self._find_node(random_id_in_bucket(self.node_id, index))
+
+    async def _maintenance_loop(self) -> None:
+        interval = self.settings.kademlia_refresh_interval
+        while True:
+            await asyncio.sleep(min(_IDLE_WAKE, interval / 4))
+            self.providers.sweep()
+            if len(self.table):
+                try:
+                    await self._refresh(interval)
+                except Exception:  # keep maintaining; the next round may succeed
+                    log.exception("bucket refresh failed")
+
+    async def _reprovide_loop(self) -> None:
+        while True:
+            delay = self.advertised.next_due_in()
+            wait = _IDLE_WAKE if delay is None else min(delay, _IDLE_WAKE)
+            if wait > 0:
+                await self._wait(self._wake_reprovide, wait)
+            self._wake_reprovide.clear()
+            batch = self.advertised.take_due(_REPROVIDE_BATCH)
+            if batch:
+                try:
+                    await self._provide_all(batch)
+                except Exception:  # keep reproviding the other keys
+                    log.exception("reprovide of %d keys failed", len(batch))

@@ -1,0 +1,43 @@
+"""The plugin hooks of the Kademlia router (``--router kademlia``)."""
+
+from __future__ import annotations
+
+from spegel_core import hookimpl
+from spegel_core.config import SettingsRegistry, SpegelConfig
+from spegel_core.protocols import Discovery, MetricsSink, Router
+from spegel_kademlia.ids import load_or_create_node_id
+from spegel_kademlia.node import KademliaRouter
+from spegel_kademlia.settings import KademliaSettings
+
+#: The value of ``--router`` that selects this router.
+ROUTER_NAME = "kademlia"
+
+
+@hookimpl
+def spegel_add_settings(registry: SettingsRegistry) -> None:
+    """Declare the ``--kademlia-*`` settings."""
+    registry.add(KademliaSettings, owner="kademlia")
+
+
+@hookimpl(trylast=True)
+def spegel_make_router(
+    config: SpegelConfig, discovery: list[Discovery], metrics: MetricsSink
+) -> Router | None:
+    """A :class:`KademliaRouter` on ``--router-addr`` when ``--router kademlia``.
+
+    Provider records carry the mirror port of ``--registry-addr``; the address other
+    nodes reach this one at is whatever source address they see, so binding 0.0.0.0
+    needs no advertised-address setting. The node id persists under ``--data-dir``.
+    """
+    if config.core.router != ROUTER_NAME:
+        return None
+    address = config.core.router_addr
+    return KademliaRouter(
+        host=address.bind_host,
+        port=address.port,
+        mirror_port=config.core.registry_addr.port,
+        discovery=discovery,
+        metrics=metrics,
+        settings=config.get(KademliaSettings),
+        node_id=load_or_create_node_id(config.core.data_dir),
+    )

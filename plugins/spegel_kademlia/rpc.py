@@ -1,0 +1,246 @@
+"""The thin UDP edge: a datagram protocol, and requests matched to responses by id.
+
+:class:`RpcEndpoint` owns no socket logic beyond ``sendto``: any object with
+``sendto(data, addr)`` and ``close()`` can be attached (an asyncio datagram transport in
+production, an in-memory fake in tests). Every datagram that fails to decode, comes
+from this node itself, or answers no outstanding request is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from spegel_core.protocols import DhtMessage, DroppedDatagram, MetricsSink
+from spegel_kademlia.codec import Codec, DecodeError, EncodeError
+from spegel_kademlia.messages import Body, Message, message_type
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """What the endpoint needs of a datagram transport."""
+
+    def sendto(self, data: bytes, addr: Any = None, /) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RpcError(Exception):
+    """A request failed: base of :class:`RpcTimeout` and :class:`RpcClosed`."""
+
+
+class RpcTimeout(RpcError):
+    """No (matching) response arrived in time."""
+
+
+class RpcClosed(RpcError):
+    """The endpoint is closed (or not open yet)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Message]
+    host: str
+    port: int
+    node_id: bytes | None
+
+
+def normalize_host(host: str) -> str:
+    """The canonical text of an IP literal (IPv4-mapped IPv6 becomes IPv4); else as is."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+class RpcEndpoint:
+    """Sends messages, matches responses to requests, hands everything else on.
+
+    :param codec: encodes and decodes datagrams.
+    :param node_id: this node's id (sender of every message; datagrams from it are dropped).
+    :param mirror_port: this node's mirror port, carried in every header.
+    :param on_message: called with every valid request and every matched response.
+    :param metrics: receives ``DhtMessage`` and ``DroppedDatagram`` events.
+    """
+
+    def __init__(
+        self,
+        codec: Codec,
+        node_id: bytes,
+        mirror_port: int,
+        on_message: Callable[[Message], None],
+        metrics: MetricsSink,
+    ) -> None:
+        self.codec = codec
+        self.node_id = node_id
+        self.mirror_port = mirror_port
+        self._on_message = on_message
+        self._metrics = metrics
+        self._transport: Transport | None = None
+        self._closed = False
+        self._pending: dict[int, _Pending] = {}
+        self.sent = 0
+        self.received = 0
+        self.dropped = 0
+        self.timeouts = 0
+
+    # -- transport ----------------------------------------------------------------------
+    def connection_made(self, transport: Transport) -> None:
+        """Attach the transport datagrams are sent through."""
+        self._transport = transport
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Close the transport and fail every outstanding request; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(RpcClosed("endpoint closed"))
+
+    @property
+    def outstanding(self) -> int:
+        """Requests awaiting a response."""
+        return len(self._pending)
+
+    # -- sending ------------------------------------------------------------------------
+    def send(self, address: tuple[str, int], body: Body, request_id: int) -> bool:
+        """Encode and send one datagram (trimmed to fit); False if it could not be sent."""
+        label = message_type(body).label
+        if self._transport is None or self._closed:
+            return False
+        message = Message(body, request_id, self.node_id, self.mirror_port)
+        try:
+            data = self.codec.encode(self.codec.fit(message))
+            self._transport.sendto(data, address)
+        except (EncodeError, OSError, ValueError, TypeError) as exc:
+            log.warning("cannot send %s to %s: %s", label, address, exc)
+            self._metrics.emit(DhtMessage(label, "error"))
+            return False
+        self.sent += 1
+        self._metrics.emit(DhtMessage(label, "sent"))
+        return True
+
+    async def request(
+        self,
+        address: tuple[str, int],
+        body: Body,
+        *,
+        attempt_timeout: float,
+        retries: int = 0,
+        node_id: bytes | None = None,
+    ) -> Message:
+        """Send ``body`` and await the response from ``address`` (and ``node_id``, if given).
+
+        Each attempt waits ``attempt_timeout`` seconds; a retry reuses the request id, so a late
+        answer to the first attempt still counts. Raises :class:`RpcTimeout` or
+        :class:`RpcClosed`.
+        """
+        if self._transport is None or self._closed:
+            raise RpcClosed("endpoint not open")
+        request_id = secrets.randbits(64)
+        while request_id in self._pending:
+            request_id = secrets.randbits(64)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(future, normalize_host(address[0]), address[1],
+                                             node_id)
+        try:
+            for _ in range(retries + 1):
+                if not self.send(address, body, request_id):
+                    raise RpcError(f"cannot send to {address}")
+                try:
+                    async with asyncio.timeout(attempt_timeout):
+                        return await asyncio.shield(future)
+                except TimeoutError:
+                    continue
+            self.timeouts += 1
+            self._metrics.emit(DhtMessage(message_type(body).label, "timeout"))
+            raise RpcTimeout(f"{message_type(body).label} to {address} timed out")
+        finally:
+            del self._pending[request_id]
+            if not future.done():
+                future.cancel()
+
+    # -- receiving ----------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Decode a datagram and route it: matched response, request, or dropped."""
+        try:
+            message = self.codec.decode(data, addr)
+        except DecodeError as exc:
+            log.debug("dropped datagram from %s: %s", addr, exc)
+            self._drop(exc.reason)
+            return
+        if message.sender == self.node_id:
+            self._drop("self")
+            return
+        if message.is_response:
+            pending = self._pending.get(message.request_id)
+            if pending is None or pending.future.done() or not _matches(pending, message):
+                self._drop("unexpected_response")
+                return
+            pending.future.set_result(message)
+        self.received += 1
+        self._metrics.emit(DhtMessage(message.type.label, "received"))
+        try:
+            self._on_message(message)
+        except Exception:  # one bad datagram must never take the node's receive path down
+            log.exception("error handling %s from %s", message.type.label, addr)
+            self._drop("handler_error")
+
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        self._metrics.emit(DroppedDatagram(reason))
+
+    def __repr__(self) -> str:
+        return (f"<RpcEndpoint sent={self.sent} received={self.received} "
+                f"dropped={self.dropped} timeouts={self.timeouts} "
+                f"outstanding={len(self._pending)} closed={self._closed}>")
+
+
+def _matches(pending: _Pending, message: Message) -> bool:
+    if pending.port != message.source_port:
+        return False
+    if pending.host != message.source_host and is_ip(pending.host):
+        return False
+    return pending.node_id is None or pending.node_id == message.sender
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP literal (not a name to resolve)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    """The asyncio side of the endpoint: forwards datagrams, logs socket errors."""
+
+    def __init__(self, endpoint: RpcEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._endpoint.connection_made(cast(Transport, transport))
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._endpoint.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp socket error: %s", exc)
