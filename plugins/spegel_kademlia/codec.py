@@ -38,7 +38,9 @@ PROVIDERS answer carries about a dozen providers, which is more than a lookup as
 Authentication: with a cluster key every datagram carries the trailer and a datagram
 without one is dropped; without a key a datagram carrying one is dropped too, so a
 half-configured cluster fails loudly (counted drops) rather than silently. Timestamps
-must be within ``max_skew`` (30 s) of the receiver's clock.
+must be within ``max_skew`` (30 s) of the receiver's clock, and a keyed codec remembers
+the MACs it accepted for twice that long, so a captured datagram cannot be replayed
+(from another address, say) while its timestamp is fresh.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ class Codec:
         self.max_skew = max_skew
         self.max_size = max_size
         self._clock = clock
+        self._seen: dict[bytes, float] = {}  # accepted MACs (prefix) -> when to forget
+        self.replay_cache_size = 65536
 
     @property
     def authenticated(self) -> bool:
@@ -224,8 +228,19 @@ class Codec:
         if not hmac.compare_digest(expected, data[len(data) - _MAC_BYTES :]):
             raise DecodeError("mac")
         (millis,) = _TRAILER_TS.unpack_from(data, end)
-        if abs(millis / 1000 - self._clock()) > self.max_skew:
+        now = self._clock()
+        if abs(millis / 1000 - now) > self.max_skew:
             raise DecodeError("stale", f"timestamp {millis}")
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] > now and len(seen) < self.replay_cache_size:
+                break
+            del seen[oldest]
+        tag = expected[:16]
+        if tag in seen:
+            raise DecodeError("replay")
+        seen[tag] = now + 2 * self.max_skew
         return end
 
 

@@ -5,8 +5,10 @@ back :meth:`Lookup.on_response` / :meth:`Lookup.on_timeout`; it may call
 :meth:`Lookup.hedge` when a query is late, which gives that query's slot and its place
 among the closest to one more contact. The lookup is done when the ``k`` closest
 contacts that are neither failed nor late have all answered, or (GET_PROVIDERS) once
-``count`` providers are known, or when nobody is left to ask: a dead contact costs a
-lookup the hedge delay, not the RPC timeout. A late answer still counts.
+``count`` providers are known, or when nobody is left to ask. Late contacts are waited
+for only while fewer than ``k`` others have answered, so a dead contact costs a lookup
+the hedge delay, not the RPC timeout, and a slow network still gets its answers. A late
+answer always counts.
 """
 
 from __future__ import annotations
@@ -139,7 +141,11 @@ class Lookup:
         """Whether the lookup has converged (or found enough providers)."""
         if self.count is not None and len(self._providers) >= self.count:
             return True
-        return all(self._states[node_id] is QueryState.RESPONDED for node_id in self._window())
+        window = self._window()
+        if any(self._states[node_id] is not QueryState.RESPONDED for node_id in window):
+            return False
+        # Late contacts are only skipped when k others answered in their place.
+        return len(window) >= self.k or QueryState.LATE not in self._states.values()
 
     @property
     def result(self) -> list[Contact]:

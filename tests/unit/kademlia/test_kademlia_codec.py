@@ -139,6 +139,21 @@ def test_timestamp_window() -> None:
         assert info.value.reason == "stale"
 
 
+def test_authenticated_datagrams_cannot_be_replayed() -> None:
+    now = [1_800_000_000.0]
+    codec = Codec(KEY, clock=lambda: now[0])
+    data = codec.encode(sample_message())
+    assert codec.decode(data, SOURCE).type is MessageType.PING
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data, ("10.6.6.6", 5001))
+    assert info.value.reason == "replay"
+    assert codec.decode(codec.encode(sample_message(Pong())), SOURCE).type is MessageType.PONG
+    now[0] += 61  # forgotten once stale anyway
+    with pytest.raises(DecodeError) as info:
+        codec.decode(data, SOURCE)
+    assert info.value.reason == "stale"
+
+
 def test_tampered_authenticated_datagram_is_rejected() -> None:
     codec = Codec(KEY)
     data = bytearray(codec.encode(sample_message(FindNode(b"\x05" * 32))))
@@ -227,5 +242,6 @@ def test_fuzz_decode_only_raises_decode_error(keyed: bool) -> None:
         except DecodeError:
             continue
         decoded += 1
-        assert codec.decode(codec.encode(message), SOURCE).body == message.body
+        fresh = Codec(KEY if keyed else None)
+        assert fresh.decode(fresh.encode(message), SOURCE).body == message.body
     assert decoded > 0 or keyed

@@ -162,3 +162,28 @@ def test_not_done_while_a_close_contact_is_outstanding() -> None:
 def test_empty_lookup_is_done_at_once() -> None:
     lookup = Lookup(bytes(32), [])
     assert lookup.done and lookup.next_queries() == [] and lookup.result == []
+
+
+def test_late_contacts_are_skipped_only_once_k_others_answered() -> None:
+    seeds = [Contact(bytes([n]) * 32, f"10.0.0.{n}", 1) for n in range(1, 5)]
+    lookup = Lookup(bytes(32), seeds, k=2, alpha=1)
+    [first] = lookup.next_queries()
+    assert lookup.hedge(first) == seeds[1]
+    lookup.on_response(seeds[1])
+    assert not lookup.done  # only one answer in the window of two
+    assert lookup.next_queries() == [seeds[2]]
+    lookup.on_response(seeds[2])
+    assert lookup.done and lookup.result == [seeds[1], seeds[2]]
+    # The late one answers after all: it counts and takes its place again.
+    lookup.on_response(first)
+    assert lookup.result == [seeds[0], seeds[1]]
+
+
+def test_all_late_and_nobody_left_waits_for_them() -> None:
+    a = Contact(b"\x01" * 32, "10.0.0.1", 1)
+    lookup = Lookup(bytes(32), [a], k=3)
+    assert lookup.next_queries() == [a]
+    assert lookup.hedge(a) is None
+    assert not lookup.done  # a slow network is not a dead one
+    lookup.on_timeout(a)
+    assert lookup.done and lookup.result == []

@@ -1,0 +1,99 @@
+"""The lookup driver: parallel queries, hedging a late one, deadline, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from spegel_kademlia.ids import Contact
+from spegel_kademlia.lookup import Lookup
+from spegel_kademlia.messages import Message, Nodes, ProviderInfo, Providers
+from spegel_kademlia.rpc import RpcTimeout
+from spegel_kademlia.search import drive
+
+TARGET = bytes(32)
+OWN = b"\xff" * 32
+
+
+def contact(n: int) -> Contact:
+    return Contact(n.to_bytes(32, "big"), f"10.0.0.{n}", 5001)
+
+
+def reply(body: Nodes | Providers, sender: Contact) -> Message:
+    return Message(body, 1, sender.node_id, 5000, sender.host, sender.port)
+
+
+async def run(lookup: Lookup, delays: dict[int, float], *, hedge_after: float = 0.02,
+              budget: float = 1.0, providers: dict[int, ProviderInfo] | None = None,
+              ) -> tuple[list[ProviderInfo], list[int], float]:
+    asked: list[int] = []
+
+    async def query(c: Contact) -> Message:
+        n = int.from_bytes(c.node_id, "big")
+        asked.append(n)
+        delay = delays.get(n, 0.0)
+        if delay < 0:
+            await asyncio.sleep(-delay)
+            raise RpcTimeout("dead")
+        await asyncio.sleep(delay)
+        found = (providers or {}).get(n)
+        return reply(Providers((found,) if found else (), ()), c)
+
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    found: list[ProviderInfo] = []
+    async for batch in drive(lookup, query, hedge_after=hedge_after,
+                             deadline=loop.time() + budget):
+        found += batch
+    return found, asked, time.perf_counter() - started
+
+
+async def test_a_late_query_is_hedged_and_does_not_hold_the_lookup() -> None:
+    seeds = [contact(n) for n in range(1, 6)]
+    lookup = Lookup(TARGET, seeds, k=3, alpha=2, own_id=OWN)
+    # Contact 1 (the closest) is dead: its RPC would time out after 0.5 s.
+    _, asked, elapsed = await run(lookup, {1: -0.5})
+    assert lookup.done
+    assert asked[:2] == [1, 2] and 3 in asked and 4 in asked
+    assert elapsed < 0.2  # hedged after 20 ms instead of waiting 500 ms
+    assert [c.port for c in lookup.result] == [5001] * 3
+    assert contact(1) not in lookup.result
+
+
+async def test_providers_are_yielded_as_they_arrive_and_stop_the_lookup() -> None:
+    seeds = [contact(n) for n in range(1, 10)]
+    lookup = Lookup(TARGET, seeds, k=5, alpha=3, own_id=OWN, count=1)
+    holder = ProviderInfo(b"\x77" * 32, "10.7.7.7", 5000)
+    found, asked, _ = await run(lookup, {}, providers={2: holder})
+    assert found == [holder]
+    assert len(asked) == 3  # the first round already had it
+
+
+async def test_deadline_ends_the_lookup_and_cancels_outstanding_queries() -> None:
+    lookup = Lookup(TARGET, [contact(1), contact(2)], alpha=2, own_id=OWN)
+    _, asked, elapsed = await run(lookup, {1: 5.0, 2: 5.0}, budget=0.1)
+    assert 0.09 <= elapsed < 0.3
+    assert sorted(asked) == [1, 2]
+    assert not lookup.done
+
+
+async def test_closing_the_generator_cancels_queries() -> None:
+    cancelled: list[int] = []
+
+    async def query(c: Contact) -> Message:
+        try:
+            if c == contact(1):
+                return reply(Providers((ProviderInfo(b"\x55" * 32, "10.5.5.5", 5000),), ()), c)
+            await asyncio.sleep(5)
+            raise AssertionError("not cancelled")
+        except asyncio.CancelledError:
+            cancelled.append(int.from_bytes(c.node_id, "big"))
+            raise
+
+    lookup = Lookup(TARGET, [contact(1), contact(2), contact(3)], own_id=OWN, count=5)
+    loop = asyncio.get_running_loop()
+    gen = drive(lookup, query, hedge_after=1.0, deadline=loop.time() + 5)
+    assert len(await anext(gen)) == 1
+    await gen.aclose()
+    await asyncio.sleep(0)
+    assert sorted(cancelled) == [2, 3]
