@@ -18,7 +18,7 @@ import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from spegel_core.errors import ConfigError
 from spegel_core.protocols import (
@@ -57,6 +57,8 @@ from spegel_kademlia.store import AdvertisedKeys, ProviderStore
 from spegel_kademlia.table import RoutingTable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _DISCOVERY_TIMEOUT = 10.0
 _BOOTSTRAP_SAMPLE = 16
@@ -184,7 +186,13 @@ class KademliaRouter:
 
     # -- Router API -------------------------------------------------------------------------
     async def advertise(self, keys: Sequence[str]) -> None:
-        """Announce ``keys`` now (returns when done) and every reprovide interval after."""
+        """Announce ``keys`` now and every reprovide interval after.
+
+        Returns once each new key was announced to the ``k`` closest nodes (or found no
+        node, in which case it is retried after bootstrap). At most
+        ``kademlia_reprovide_concurrency`` keys are worked on at once across all callers
+        and the reprovide loop; lookups never wait for that.
+        """
         new = self.advertised.add(keys)
         if self._state != "running":
             for key in new:
@@ -304,7 +312,10 @@ class KademliaRouter:
     def _drive(self, lookup: Lookup, body: Body, deadline: float
                ) -> AsyncGenerator[list[ProviderInfo]]:
         async def query(contact: Contact) -> Message:
-            return await self._request(contact, body, retries=0)  # lookups hedge instead
+            # Lookups hedge instead of retrying. A query the lookup no longer needs runs
+            # on to its timeout, so a dead contact is still counted as failed.
+            rpc = self._spawn(self._request(contact, body, retries=0), "query")
+            return await asyncio.shield(rpc)
 
         return drive(lookup, query, hedge_after=self.settings.kademlia_hedge_after,
                      deadline=deadline)
@@ -373,15 +384,19 @@ class KademliaRouter:
                 budget -= 1
 
     # -- background tasks -----------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         task = asyncio.create_task(coro, name=f"kademlia-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("kademlia task %s failed", task.get_name(), exc_info=task.exception())
+        if task.cancelled():
+            return
+        error = task.exception()  # always retrieved, so never "never retrieved"
+        if error is not None and not isinstance(error, RpcError):
+            log.error("kademlia task %s failed", task.get_name(), exc_info=error)
 
     async def _wait(self, event: asyncio.Event, seconds: float) -> None:
         try:

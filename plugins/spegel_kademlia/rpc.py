@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -87,6 +88,7 @@ class RpcEndpoint:
         self._metrics = metrics
         self._transport: Transport | None = None
         self._closed = False
+        self._map_v4 = False
         self._pending: dict[int, _Pending] = {}
         self.sent = 0
         self.received = 0
@@ -97,6 +99,10 @@ class RpcEndpoint:
     def connection_made(self, transport: Transport) -> None:
         """Attach the transport datagrams are sent through."""
         self._transport = transport
+        get_extra_info = getattr(transport, "get_extra_info", None)
+        sock = get_extra_info("socket") if callable(get_extra_info) else None
+        # A dual-stack IPv6 socket reaches IPv4 peers through IPv4-mapped addresses.
+        self._map_v4 = getattr(sock, "family", None) == socket.AF_INET6
 
     @property
     def closed(self) -> bool:
@@ -126,6 +132,8 @@ class RpcEndpoint:
         if self._transport is None or self._closed:
             return False
         message = Message(body, request_id, self.node_id, self.mirror_port)
+        if self._map_v4 and ":" not in address[0]:
+            address = ("::ffff:" + address[0], address[1])
         try:
             data = self.codec.encode(self.codec.fit(message))
             self._transport.sendto(data, address)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -123,3 +125,15 @@ async def test_close_fails_outstanding_requests_and_refuses_new_ones() -> None:
     with pytest.raises(RpcClosed):
         await rpc.request(ADDR, Ping(), attempt_timeout=1)
     assert rpc.send(ADDR, Ping(), 1) is False
+
+
+async def test_ipv4_peers_are_reached_through_mapped_addresses_on_a_v6_socket() -> None:
+    class V6Transport(FakeTransport):
+        def get_extra_info(self, name: str) -> Any:
+            return SimpleNamespace(family=socket.AF_INET6) if name == "socket" else None
+
+    rpc = RpcEndpoint(Codec(), OWN, 5000, lambda message: None, Events())
+    transport = V6Transport()
+    rpc.connection_made(transport)
+    assert rpc.send(ADDR, Ping(), 1) and rpc.send(("fd00::1", 6001), Ping(), 2)
+    assert [addr for _, addr in transport.sent] == [("::ffff:127.0.0.1", 6001), ("fd00::1", 6001)]
