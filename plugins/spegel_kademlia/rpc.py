@@ -27,9 +27,11 @@ log = logging.getLogger(__name__)
 class Transport(Protocol):
     """What the endpoint needs of a datagram transport."""
 
-    def sendto(self, data: bytes, addr: Any = None, /) -> None: ...
+    def sendto(self, data: bytes, addr: Any = None, /) -> None:
+        """Send one datagram to ``addr`` (never blocks)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the socket."""
 
 
 class RpcError(Exception):
@@ -245,10 +247,13 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self._endpoint = endpoint
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Hand the transport to the endpoint."""
         self._endpoint.connection_made(cast(Transport, transport))
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Hand a datagram to the endpoint."""
         self._endpoint.datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
+        """Log an ICMP-reported error (a request to that address then times out)."""
         log.debug("udp socket error: %s", exc)
