@@ -89,7 +89,8 @@ class PluginManager:
         try:
             self.pluggy.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f'plugin "{exc.plugin_name}": {exc}') from exc
+            name = self.pluggy.get_name(exc.plugin) or repr(exc.plugin)
+            raise PluginError(f'plugin "{name}": {exc}') from exc
 
     # -- hooks -----------------------------------------------------------------
     def settings_registry(self) -> SettingsRegistry:

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from spegel_core import __version__
 from spegel_core.cli.options import add_settings_arguments, disabled_plugins, settings_values
@@ -17,9 +18,16 @@ from spegel_core.plugin_manager import PluginManager, create_plugin_manager
 log = logging.getLogger(__name__)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the flag, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
     registry = pm.settings_registry()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="spegel", description="Cluster-local peer-to-peer OCI registry mirror."
     )
     parser.add_argument("--version", action="version", version=f"spegel {__version__}")

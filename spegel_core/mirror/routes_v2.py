@@ -127,16 +127,17 @@ async def get_blob(
     return response
 
 
-@router.api_route(
-    "/v2/{rest:path}",
-    methods=["POST", "PUT", "PATCH", "DELETE"],
-    summary="Push and delete are not supported (pull-only mirror)",
-    status_code=405,
-    responses={405: {"description": "UNSUPPORTED"}},
-    operation_id="push_unsupported",
-)
 async def push_unsupported(rest: str) -> Response:
     raise Unsupported("this mirror is pull-only")
+
+
+for _method in ("POST", "PUT", "PATCH", "DELETE"):
+    router.add_api_route(
+        "/v2/{rest:path}", push_unsupported, methods=[_method], status_code=405,
+        summary="Push and delete are not supported (pull-only mirror)",
+        responses={405: {"description": "UNSUPPORTED"}},
+        operation_id=f"push_unsupported_{_method.lower()}",
+    )
 
 
 @router.api_route("/v2/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)

@@ -43,8 +43,35 @@ def check_uvicorn_compatible() -> None:
         raise RuntimeError(f"uvicorn version not supported by the zero-copy add-on: {missing}")
 
 
+#: Limits on what one request may send before it is refused with a 400.
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 32 * 1024
+
+
+class RequestTooLarge(Exception):
+    """Raised from a parser callback; httptools reports it as a parse error (400)."""
+
+
 class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ``spegel.zerocopy`` extension."""
+    """uvicorn's httptools protocol plus the ``spegel.zerocopy`` extension and size limits."""
+
+    _request_bytes = 0
+
+    def on_message_begin(self) -> None:
+        self._request_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._request_bytes += len(url)
+        if self._request_bytes > MAX_URL_BYTES:
+            raise RequestTooLarge("URL too long")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._request_bytes += len(name) + len(value)
+        if self._request_bytes > MAX_URL_BYTES + MAX_HEADER_BYTES:
+            raise RequestTooLarge("request headers too large")
+        super().on_header(name, value)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope: Any = cycle.scope
