@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: (name, module) of the built-in plugins, registered in this order.
-BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (("oci-layout", "spegel_oci_layout.plugin"),)
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("oci-layout", "spegel_oci_layout.plugin"),
+    ("kademlia", "spegel_kademlia.plugin"),
+)
 
 
 @dataclass(frozen=True, slots=True)
