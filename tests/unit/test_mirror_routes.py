@@ -232,3 +232,24 @@ async def test_a_failing_metrics_sink_never_breaks_a_request(
     register_plugin(Metrics(), "broken-metrics")
     async with mirror_client(make_config(content_store="memory"), store) as client:
         assert (await client.get("/v2/library/demo/manifests/v1")).status_code == 200
+
+
+async def test_plugins_add_routes(
+    mirror_client: Callable[..., Any], make_config: Callable[..., SpegelConfig],
+    store: MemoryContentStore, register_plugin: Callable[[object, str], None],
+) -> None:
+    from fastapi import FastAPI
+
+    from spegel_core import hookimpl
+
+    class Debug:
+        @hookimpl
+        def spegel_add_routes(self, app: FastAPI, config: SpegelConfig) -> None:
+            @app.get("/debug/hello")
+            async def hello() -> dict[str, str]:
+                return {"store": config.core.content_store}
+
+    register_plugin(Debug(), "debug-routes")
+    async with mirror_client(make_config(content_store="memory"), store) as client:
+        assert (await client.get("/debug/hello")).json() == {"store": "memory"}
+        assert "/debug/hello" in (await client.get("/openapi.json")).json()["paths"]
