@@ -8,9 +8,11 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from spegel_core.config import SpegelConfig
+from spegel_core.mirror.peers import PeerFetcher
 from spegel_core.plugin_manager import PluginManager
 from spegel_core.protocols import ContentStore, Discovery, Router
 from spegel_core.registries import MetricsHub
+from spegel_core.state import StateTracker
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ class Node:
     router: Router | None = None
     started: bool = False
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    peers: PeerFetcher | None = None
+    tracker: StateTracker | None = None
 
     @classmethod
     def build(cls, config: SpegelConfig, pm: PluginManager,
@@ -38,8 +42,12 @@ class Node:
         store = store if store is not None else pm.make_content_store(config)
         discovery = pm.discoveries(config)
         router = pm.make_router(config, discovery, metrics)
-        return cls(config=config, pm=pm, store=store, metrics=metrics, discovery=discovery,
+        node = cls(config=config, pm=pm, store=store, metrics=metrics, discovery=discovery,
                    router=router)
+        if router is not None:
+            node.peers = PeerFetcher.from_config(config, router, metrics)
+            node.tracker = StateTracker(config, store, router, metrics)
+        return node
 
     async def open(self, stack: AsyncExitStack) -> None:
         """Start the store and the router; register their closing on ``stack``."""
@@ -51,7 +59,11 @@ class Node:
         if self.router is not None:
             await self.router.start()
             stack.push_async_callback(_shielded, self.router.aclose)
+        if self.peers is not None:
+            stack.push_async_callback(_shielded, self.peers.aclose)
         stack.push_async_callback(self._cancel_background)
+        if self.tracker is not None:
+            self.spawn(self.tracker.run(), "state-tracker")
         self.started = True
         log.info("node started: store=%s router=%s", self.store.name,
                  self.router.name if self.router else "none")

@@ -1,5 +1,1 @@
-"""The FastAPI OCI mirror: app factory, /v2 routes, responses."""
-
-from spegel_core.mirror.app import create_app
-
-__all__ = ["create_app"]
+"""The FastAPI OCI mirror: app factory (``spegel_core.mirror.app``), /v2 routes, responses."""

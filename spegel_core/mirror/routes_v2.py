@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from spegel_core.errors import EndpointUnknown, NameInvalid, Unsupported
+from spegel_core.errors import EndpointUnknown, NameInvalid, NotFound, Unsupported
 from spegel_core.mirror.deps import NodeDep, ServiceDep
 from spegel_core.mirror.ranges import parse_range
 from spegel_core.mirror.responses import FileRangeResponse, StoreStreamResponse
@@ -21,10 +21,13 @@ from spegel_core.oci.reference import (
 )
 from spegel_core.protocols import BytesServed, MirrorRequest, Source
 from spegel_core.registry_urls import registry_host
+from spegel_core.state import tag_key
 
 router = APIRouter(tags=["oci"])
 
 MIRRORED_HEADER = "X-Spegel-Mirrored"
+#: Where the bytes came from (local, peer): for people and tests, not for clients.
+SOURCE_HEADER = "X-Spegel-Source"
 OCTET_STREAM = "application/octet-stream"
 
 NsQuery = Annotated[
@@ -80,17 +83,34 @@ async def get_manifest(
     parse_name(name)
     tag, digest = parse_manifest_reference(reference)
     service.check_registry(registry)
-    if tag is not None:
-        digest = await service.resolve_tag(Reference(registry, name, tag=tag))
-    assert digest is not None
-    manifest = await service.local_manifest(digest)
+    local_only = _is_mirrored(mirrored) or node.peers is None
+    source = Source.LOCAL
+    try:
+        if tag is not None:
+            digest = await service.resolve_tag(Reference(registry, name, tag=tag))
+        assert digest is not None
+        manifest = await service.local_manifest(digest)
+    except NotFound:
+        if local_only or (tag is not None and digest is None
+                          and not service.tag_resolvable(Reference(registry, name, tag=tag))):
+            raise
+        assert node.peers is not None
+        key = tag_key(Reference(registry, name, tag=tag)) if digest is None else digest
+        try:
+            manifest = await node.peers.manifest(registry, name, digest or reference, key, digest)
+        except NotFound:
+            _record(node, registry, "manifest", request, 0, started, Source.NONE, 404)
+            raise
+        service.manifests.put(manifest)
+        source = Source.PEER
     headers = {
         "Docker-Content-Digest": manifest.digest,
         "Content-Length": str(len(manifest.data)),
+        SOURCE_HEADER: source.value,
     }
     body = b"" if request.method == "HEAD" else manifest.data
     response = Response(body, media_type=manifest.media_type, headers=headers)
-    _record(node, registry, "manifest", request, len(body), started)
+    _record(node, registry, "manifest", request, len(body), started, source)
     return response
 
 
@@ -107,10 +127,16 @@ async def get_blob(
     parse_name(name)
     parse_digest(digest)
     service.check_registry(registry)
-    info = await service.local_blob(digest)
+    try:
+        info = await service.local_blob(digest)
+    except NotFound:
+        if _is_mirrored(mirrored) or node.peers is None:
+            raise
+        return await _blob_from_peers(request, node, registry, name, digest, range, started)
     byte_range = parse_range(range, info.size)
     offset, count, status = 0, info.size, 200
-    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes"}
+    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
+               SOURCE_HEADER: Source.LOCAL.value}
     if byte_range is not None:
         offset, count, status = byte_range.start, byte_range.length, 206
         headers["Content-Range"] = byte_range.content_range(info.size)
@@ -123,8 +149,33 @@ async def get_blob(
                                        status_code=status, headers=headers,
                                        media_type=OCTET_STREAM)
     sent = 0 if request.method == "HEAD" else count
-    _record(node, registry, "blob", request, sent, started)
+    _record(node, registry, "blob", request, sent, started, Source.LOCAL)
     return response
+
+
+async def _blob_from_peers(request: Request, node: NodeDep, registry: str, name: str,
+                           digest: str, range_header: str | None, started: float) -> Response:
+    assert node.peers is not None
+    if range_header is not None:
+        parse_range(range_header, 2**63 - 1)  # syntax only: the size is the peer's to know
+    try:
+        stream = await node.peers.blob(registry, name, digest, range_header)
+    except NotFound:
+        _record(node, registry, "blob", request, 0, started, Source.NONE, 404)
+        raise
+    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
+               SOURCE_HEADER: Source.PEER.value}
+    status = 200
+    if range_header is not None:
+        status = 206
+        headers["Content-Range"] = (
+            f"bytes {stream.start}-{stream.start + stream.length - 1}/{stream.size}")
+    if request.method == "HEAD":
+        await stream.chunks.aclose()  # type: ignore[attr-defined]
+    sent = 0 if request.method == "HEAD" else stream.length
+    _record(node, registry, "blob", request, sent, started, Source.PEER)
+    return StoreStreamResponse(stream.chunks, stream.length, status_code=status,
+                               headers=headers, media_type=OCTET_STREAM)
 
 
 async def push_unsupported(rest: str) -> Response:
@@ -145,12 +196,16 @@ async def unknown_endpoint(rest: str) -> Response:
     raise EndpointUnknown("no such endpoint in the pull API")
 
 
+def _is_mirrored(value: str | None) -> bool:
+    return value is not None and value.strip().lower() == "true"
+
+
 def _record(node: NodeDep, registry: str, kind: str, request: Request, sent: int,
-            started: float) -> None:
+            started: float, source: Source, status: int = 200) -> None:
     node.metrics.emit(MirrorRequest(
-        registry=registry, kind=kind, source=Source.LOCAL, status=200, bytes=sent,
+        registry=registry, kind=kind, source=source, status=status, bytes=sent,
         duration_s=time.perf_counter() - started, method=request.method,
         path=request.url.path,
     ))
     if sent:
-        node.metrics.emit(BytesServed(Source.LOCAL, sent))
+        node.metrics.emit(BytesServed(source, sent))

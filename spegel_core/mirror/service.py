@@ -71,8 +71,11 @@ class MirrorService:
         text = str(reference)
         return any(pattern.search(text) for pattern in self._filters)
 
+    def tag_resolvable(self, reference: Reference) -> bool:
+        return self.config.core.resolve_tags and not self.filtered(reference)
+
     async def resolve_tag(self, reference: Reference) -> str:
-        if not self.config.core.resolve_tags or self.filtered(reference):
+        if not self.tag_resolvable(reference):
             raise ManifestUnknown(f"tag {reference} is not resolved by this mirror")
         try:
             return await self.store.resolve(reference)

@@ -1,0 +1,328 @@
+"""The peer path: find providers through the router and fetch from them.
+
+Everything fetched from a peer is verified: manifests before the first byte goes
+out, blobs while they stream (the last chunk is held back until the digest
+matches, so a corrupt blob is never completed as a 200). A provider that fails
+is penalised for a while and the next one is tried; a stream that breaks
+mid-way resumes from another provider with a Range request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from spegel_core.config import SpegelConfig
+from spegel_core.errors import BlobUnknown, ManifestUnknown, PeerError
+from spegel_core.mirror.service import Manifest
+from spegel_core.oci.mediatypes import MANIFEST_TYPES, MAX_MANIFEST_SIZE, sniff_manifest_type
+from spegel_core.protocols import MetricsSink, Peer, ResolveDuration, Router
+
+log = logging.getLogger(__name__)
+
+MIRRORED_HEADER = "X-Spegel-Mirrored"
+ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
+STREAM_CHUNK = 1024 * 1024
+
+
+@dataclass
+class PeerSettings:
+    resolve_timeout: float = 0.02
+    resolve_retries: int = 3
+    request_timeout: float = 3.0
+    hedge_after: float = 0.25
+    penalty: float = 30.0
+    cache_ttl: float = 5.0
+    pool_size: int = 256
+
+
+@dataclass
+class _Cached:
+    peers: list[Peer]
+    expires: float
+
+
+@dataclass
+class BlobStream:
+    """A verified stream from peers: headers known, body an async iterator."""
+
+    size: int
+    start: int
+    length: int
+    chunks: AsyncIterator[bytes]
+    peer: Peer
+    resumed: list[Peer] = field(default_factory=list)
+
+
+class PeerFetcher:
+    """Lookups (cached briefly), a bounded keep-alive pool and the penalty list."""
+
+    def __init__(self, router: Router, metrics: MetricsSink, settings: PeerSettings) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.settings = settings
+        self._cache: dict[str, _Cached] = {}
+        self._penalties: dict[tuple[str, int], float] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_config(cls, config: SpegelConfig, router: Router,
+                    metrics: MetricsSink) -> PeerFetcher:
+        return cls(router, metrics, PeerSettings(
+            resolve_timeout=config.core.mirror_resolve_timeout,
+            resolve_retries=max(1, config.core.mirror_resolve_retries),
+        ))
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.settings.pool_size, limit_per_host=32,
+                                             keepalive_timeout=30, ttl_dns_cache=None,
+                                             use_dns_cache=False)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0,
+                                              sock_read=self.settings.request_timeout),
+                read_bufsize=2**20,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- providers ----------------------------------------------------------------
+    def penalise(self, peer: Peer, reason: str) -> None:
+        log.warning("penalising peer %s for %.0fs: %s", peer.url, self.settings.penalty, reason)
+        self._penalties[(peer.host, peer.port)] = time.monotonic() + self.settings.penalty
+        for cached in self._cache.values():
+            if peer in cached.peers:
+                cached.peers.remove(peer)
+
+    def penalised(self, peer: Peer) -> bool:
+        until = self._penalties.get((peer.host, peer.port))
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._penalties[(peer.host, peer.port)]
+            return False
+        return True
+
+    @property
+    def penalties(self) -> dict[str, float]:
+        now = time.monotonic()
+        return {f"{h}:{p}": until - now for (h, p), until in self._penalties.items() if until > now}
+
+    async def providers(self, key: str) -> AsyncIterator[Peer]:
+        """Providers of ``key``: cached ones first, then a fresh lookup.
+
+        The lookup gives up when no provider arrives within the resolve timeout
+        (an idle timeout: each provider found restarts it).
+        """
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        tried: set[Peer] = set()
+        if cached is not None and cached.expires > now:
+            for peer in list(cached.peers):
+                if not self.penalised(peer):
+                    tried.add(peer)
+                    yield peer
+        found: list[Peer] = []
+        started = time.perf_counter()
+        lookup = self.router.lookup(key, self.settings.resolve_retries,
+                                    self.settings.request_timeout)
+        iterator = aiter(lookup)
+        try:
+            while True:
+                try:
+                    peer = await asyncio.wait_for(anext(iterator),
+                                                  self.settings.resolve_timeout)
+                except (StopAsyncIteration, TimeoutError):
+                    break
+                if not found:
+                    self.metrics.emit(ResolveDuration(self.router.name,
+                                                      time.perf_counter() - started, True))
+                found.append(peer)
+                if peer in tried or self.penalised(peer):
+                    continue
+                tried.add(peer)
+                yield peer
+        finally:
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                await close()
+            if found:
+                self._cache[key] = _Cached(found, time.monotonic() + self.settings.cache_ttl)
+            else:
+                self.metrics.emit(ResolveDuration(self.router.name,
+                                                  time.perf_counter() - started, False))
+
+    # -- manifests ----------------------------------------------------------------
+    async def manifest(self, registry: str, name: str, reference: str,
+                       key: str, digest: str | None) -> Manifest:
+        """A manifest by tag (``digest`` None) or by digest, verified before use."""
+        attempts = 0
+        async for peer in self.providers(key):
+            attempts += 1
+            try:
+                return await self._fetch_manifest(peer, registry, name, reference, digest)
+            except PeerError as exc:
+                self.penalise(peer, str(exc))
+            if attempts >= self.settings.resolve_retries:
+                break
+        raise ManifestUnknown(f"manifest {registry}/{name}:{reference} not found on any peer")
+
+    async def _fetch_manifest(self, peer: Peer, registry: str, name: str, reference: str,
+                              digest: str | None) -> Manifest:
+        url = f"{peer.url}/v2/{name}/manifests/{reference}"
+        try:
+            async with self.session.get(
+                url, params={"ns": registry},
+                headers={MIRRORED_HEADER: "true", "Accept": ACCEPT},
+                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
+            ) as response:
+                if response.status != 200:
+                    raise PeerError(f"HTTP {response.status} for {reference}")
+                data = await response.content.read(MAX_MANIFEST_SIZE + 1)
+                header_digest = response.headers.get("Docker-Content-Digest", "")
+                media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerError(f"{type(exc).__name__}: {exc}") from exc
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise PeerError("manifest too large")
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        expected = digest or header_digest
+        if actual != expected:
+            raise PeerError(f"manifest digest mismatch: expected {expected}, got {actual}")
+        if media_type not in MANIFEST_TYPES:
+            media_type = sniff_manifest_type(data) or ""
+            if not media_type:
+                raise PeerError("peer answered with something that is not a manifest")
+        return Manifest(actual, media_type, data)
+
+    # -- blobs ----------------------------------------------------------------------
+    async def blob(self, registry: str, name: str, digest: str,
+                   range_header: str | None) -> BlobStream:
+        """Open a blob on the first provider that answers; the stream resumes elsewhere."""
+        attempts = 0
+        peers = self.providers(digest)
+        async for peer in peers:
+            attempts += 1
+            try:
+                response = await self._open_blob(peer, registry, name, digest, range_header)
+            except PeerError as exc:
+                self.penalise(peer, str(exc))
+                if attempts >= self.settings.resolve_retries:
+                    break
+                continue
+            try:
+                size, start, length = _extent(response, range_header)
+            except PeerError as exc:
+                response.release()
+                self.penalise(peer, str(exc))
+                continue
+            stream = BlobStream(size, start, length, _empty(), peer)
+            stream.chunks = self._stream(stream, response, registry, name, digest,
+                                         verify=range_header is None)
+            return stream
+        raise BlobUnknown(f"blob {digest} not found on any peer")
+
+    async def _open_blob(self, peer: Peer, registry: str, name: str, digest: str,
+                         range_header: str | None) -> aiohttp.ClientResponse:
+        headers = {MIRRORED_HEADER: "true", "Accept-Encoding": "identity"}
+        if range_header is not None:
+            headers["Range"] = range_header
+        try:
+            response = await self.session.get(f"{peer.url}/v2/{name}/blobs/{digest}",
+                                              params={"ns": registry}, headers=headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerError(f"{type(exc).__name__}: {exc}") from exc
+        expected = 206 if range_header is not None else 200
+        if response.status != expected:
+            response.release()
+            raise PeerError(f"HTTP {response.status} for blob {digest}")
+        return response
+
+    async def _stream(self, stream: BlobStream, response: aiohttp.ClientResponse,
+                      registry: str, name: str, digest: str, *, verify: bool
+                      ) -> AsyncIterator[bytes]:
+        hasher = hashlib.new(digest.partition(":")[0]) if verify else None
+        sent = 0
+        held = b""
+        peer = stream.peer
+        try:
+            while True:
+                try:
+                    async for chunk in response.content.iter_chunked(STREAM_CHUNK):
+                        if sent + len(held) + len(chunk) > stream.length:
+                            raise PeerError("peer sent more bytes than announced")
+                        if hasher is not None:
+                            hasher.update(chunk)
+                        if held:
+                            yield held
+                            sent += len(held)
+                        held = chunk
+                    if sent + len(held) == stream.length:
+                        break
+                    raise PeerError(f"stream ended after {sent + len(held)} bytes")
+                except (PeerError, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    response.release()
+                    self.penalise(peer, f"stream broke: {exc}")
+                    position = stream.start + sent + len(held)
+                    end = stream.start + stream.length - 1
+                    response, peer = await self._resume(registry, name, digest, position, end,
+                                                        stream)
+            if hasher is not None and f"{digest.partition(':')[0]}:{hasher.hexdigest()}" != digest:
+                self.penalise(peer, "blob digest mismatch")
+                raise PeerError(f"blob {digest} from {peer.url} does not match its digest")
+            if held:
+                yield held
+        finally:
+            response.release()
+
+    async def _resume(self, registry: str, name: str, digest: str, position: int, end: int,
+                      stream: BlobStream) -> tuple[aiohttp.ClientResponse, Peer]:
+        async for peer in self.providers(digest):
+            if peer == stream.peer or peer in stream.resumed:
+                continue
+            try:
+                response = await self._open_blob(peer, registry, name, digest,
+                                                 f"bytes={position}-{end}")
+            except PeerError as exc:
+                self.penalise(peer, str(exc))
+                continue
+            log.info("resuming %s at byte %d from %s", digest, position, peer.url)
+            stream.resumed.append(peer)
+            return response, peer
+        raise PeerError(f"no provider left to resume {digest} at byte {position}")
+
+
+def _extent(response: aiohttp.ClientResponse, range_header: str | None) -> tuple[int, int, int]:
+    """(total size, first byte, length) of what the peer is sending."""
+    length = int(response.headers.get("Content-Length", "-1"))
+    if response.status == 206:
+        content_range = response.headers.get("Content-Range", "")
+        span, _, total = content_range.removeprefix("bytes ").partition("/")
+        first, _, last = span.partition("-")
+        try:
+            start, end, size = int(first), int(last), int(total)
+        except ValueError as exc:
+            raise PeerError(f"bad Content-Range {content_range!r}") from exc
+        if length != end - start + 1:
+            raise PeerError("Content-Length does not match Content-Range")
+        return size, start, length
+    if length < 0:
+        raise PeerError("peer sent no Content-Length")
+    return length, 0, length
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""

@@ -1,0 +1,170 @@
+"""The state tracker: keep the router's advertised keys equal to what the store holds.
+
+At start, and again on every ``RESYNC``, the whole store is listed and the difference
+advertised or withdrawn. In between, store events add and remove single keys; a
+removal is only withdrawn after the store confirms the content is really gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import Counter
+
+from spegel_core.config import SpegelConfig
+from spegel_core.errors import NotFound
+from spegel_core.oci.reference import Reference
+from spegel_core.protocols import (
+    AdvertisedKeys,
+    ContentStore,
+    Image,
+    MetricsSink,
+    Router,
+    StoreEvent,
+    StoreEventKind,
+)
+
+log = logging.getLogger(__name__)
+
+
+def tag_key(reference: Reference) -> str:
+    """The key string a tag is advertised under: ``registry/repository:tag``."""
+    return f"{reference.registry}/{reference.repository}:{reference.tag}"
+
+
+class StateTracker:
+    """Advertises every digest and (unless filtered) every tag reference the store holds."""
+
+    def __init__(self, config: SpegelConfig, store: ContentStore, router: Router,
+                 metrics: MetricsSink) -> None:
+        self.store = store
+        self.router = router
+        self.metrics = metrics
+        self.resolve_tags = config.core.resolve_tags
+        self.filters = [re.compile(pattern) for pattern in config.core.registry_filters]
+        self.tags: dict[str, str] = {}  # tag key -> registry
+        self.digests: set[str] = set()
+        self.synced = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def allowed(self, reference: Reference) -> bool:
+        if not self.resolve_tags or reference.tag is None:
+            return False
+        text = str(reference)
+        return not any(pattern.search(text) for pattern in self.filters)
+
+    async def run(self) -> None:
+        """Sync, then follow store events until cancelled. Never raises on store errors."""
+        events = self.store.subscribe()
+        try:
+            await self._sync_logged()
+            async for event in events:
+                await self.handle(event)
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _sync_logged(self) -> None:
+        try:
+            await self.sync()
+        except Exception:  # a store that cannot list now: RESYNC will come when it can
+            log.exception("could not list the content store; will retry on its next event")
+
+    async def sync(self) -> None:
+        """List the store and advertise/withdraw the difference."""
+        async with self._lock:
+            images = await self.store.list_images()
+            digests = set(await self.store.list_digests())
+            tags = self._tags(images)
+            gone = [*(set(self.tags) - set(tags)), *(self.digests - digests)]
+            new = [*(set(tags) - set(self.tags)), *(digests - self.digests)]
+            self.tags, self.digests = tags, digests
+        if gone:
+            await self.router.withdraw(gone)
+        if new:
+            await self.router.advertise(new)
+        log.info("advertising %d tags and %d digests (%d new, %d withdrawn)",
+                 len(self.tags), len(self.digests), len(new), len(gone))
+        self._emit_counts()
+        self.synced.set()
+
+    def _tags(self, images: list[Image]) -> dict[str, str]:
+        return {tag_key(image.reference): image.reference.registry
+                for image in images if self.allowed(image.reference)}
+
+    async def handle(self, event: StoreEvent) -> None:
+        try:
+            if event.kind is StoreEventKind.RESYNC:
+                await self.sync()
+            elif event.kind is StoreEventKind.CONTENT_CREATED:
+                await self._add_digest(event.key)
+            elif event.kind is StoreEventKind.CONTENT_DELETED:
+                await self._remove_digest(event.key)
+            elif event.kind is StoreEventKind.IMAGE_CREATED:
+                await self._add_tag(event.key)
+            elif event.kind is StoreEventKind.IMAGE_DELETED:
+                await self._remove_tag(event.key)
+        except Exception:  # keep following events whatever one of them did
+            log.exception("failed to handle store event %s", event)
+
+    async def _add_digest(self, digest: str) -> None:
+        if digest in self.digests:
+            return
+        self.digests.add(digest)
+        await self.router.advertise([digest])
+        self._emit_counts()
+
+    async def _remove_digest(self, digest: str) -> None:
+        if digest not in self.digests:
+            return
+        try:
+            await self.store.stat(digest)
+            return  # still there (deleted in one place, held in another)
+        except NotFound:
+            pass
+        self.digests.discard(digest)
+        await self.router.withdraw([digest])
+        self._emit_counts()
+
+    async def _add_tag(self, key: str) -> None:
+        try:
+            reference = Reference.parse(key)
+        except Exception:
+            log.debug("ignoring image event for %r: not a tag reference", key)
+            return
+        if not self.allowed(reference):
+            return
+        text = tag_key(reference)
+        if text in self.tags:
+            return
+        self.tags[text] = reference.registry
+        await self.router.advertise([text])
+        self._emit_counts()
+
+    async def _remove_tag(self, key: str) -> None:
+        try:
+            reference = Reference.parse(key)
+        except Exception:
+            return
+        text = tag_key(reference)
+        if text not in self.tags:
+            return
+        try:
+            await self.store.resolve(reference)
+            return  # re-tagged meanwhile
+        except NotFound:
+            pass
+        del self.tags[text]
+        await self.router.withdraw([text])
+        self._emit_counts()
+
+    def _emit_counts(self) -> None:
+        by_registry = Counter(self.tags.values())
+        for registry, count in by_registry.items():
+            self.metrics.emit(AdvertisedKeys("tag", registry, count))
+        self.metrics.emit(AdvertisedKeys("digest", "", len(self.digests)))
+
+    def __repr__(self) -> str:
+        return f"<StateTracker tags={len(self.tags)} digests={len(self.digests)}>"
