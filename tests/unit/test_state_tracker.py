@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from spegel_core.config import SpegelConfig
+from spegel_core.oci.image_builder import BuiltImage, build_image
+from spegel_core.protocols import AdvertisedKeys, Peer, StoreEvent, StoreEventKind
+from spegel_core.state import StateTracker
+from spegel_core.testing.fakes import MemoryContentStore, MemoryNetwork, MemoryRouter, RecordingSink
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> BuiltImage:
+    return build_image(tmp_path / "l", "docker.io/library/demo:v1", layer_sizes=(100, 200))
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def _tracked(config: SpegelConfig, store: MemoryContentStore
+                   ) -> tuple[StateTracker, MemoryRouter, asyncio.Task[None], RecordingSink]:
+    router = MemoryRouter(MemoryNetwork(), Peer("127.0.0.2", 5000))
+    sink = RecordingSink()
+    tracker = StateTracker(config, store, router, sink)
+    task = asyncio.create_task(tracker.run())
+    await asyncio.wait_for(tracker.synced.wait(), 2)
+    return tracker, router, task, sink
+
+
+async def test_advertises_every_digest_and_tag(make_config: Callable[..., SpegelConfig],
+                                               image: BuiltImage) -> None:
+    store = MemoryContentStore()
+    store.add_built_image(image)
+    tracker, router, task, sink = await _tracked(make_config(), store)
+    assert router.advertised == {*image.blobs, "docker.io/library/demo:v1"}
+    kinds = {event.kind for event in sink.of_type(AdvertisedKeys)}
+    assert kinds == {"tag", "digest"}
+    task.cancel()
+
+
+async def test_filters_and_resolve_tags(make_config: Callable[..., SpegelConfig],
+                                        image: BuiltImage) -> None:
+    store = MemoryContentStore()
+    store.add_built_image(image)
+    store.add_image("docker.io/library/demo:latest", image.index_digest)
+    _, router, task, _ = await _tracked(make_config(registry_filters=":latest$"), store)
+    assert "docker.io/library/demo:v1" in router.advertised
+    assert "docker.io/library/demo:latest" not in router.advertised
+    task.cancel()
+    _, router, task, _ = await _tracked(make_config(resolve_tags="false"), store)
+    assert router.advertised == set(image.blobs)
+    task.cancel()
+
+
+async def test_events_add_and_withdraw_after_checking(make_config: Callable[..., SpegelConfig],
+                                                      image: BuiltImage) -> None:
+    store = MemoryContentStore()
+    tracker, router, task, _ = await _tracked(make_config(), store)
+    assert router.advertised == set()
+    store.add_built_image(image)
+    await _until(lambda: "docker.io/library/demo:v1" in router.advertised)
+    await _until(lambda: set(image.blobs) <= router.advertised)
+    # A delete event for content that is still there withdraws nothing.
+    store.publish(StoreEvent(StoreEventKind.CONTENT_DELETED, image.layer_digests[0]))
+    store.publish(StoreEvent(StoreEventKind.IMAGE_DELETED, "docker.io/library/demo:v1"))
+    await asyncio.sleep(0.05)
+    assert image.layer_digests[0] in router.advertised
+    assert "docker.io/library/demo:v1" in router.advertised
+    store.remove_image("docker.io/library/demo:v1")
+    store.remove_blob(image.layer_digests[0])
+    await _until(lambda: "docker.io/library/demo:v1" not in router.advertised)
+    await _until(lambda: image.layer_digests[0] not in router.advertised)
+    task.cancel()
+
+
+async def test_resync_lists_again(make_config: Callable[..., SpegelConfig],
+                                  image: BuiltImage) -> None:
+    store = MemoryContentStore()
+    tracker, router, task, _ = await _tracked(make_config(), store)
+    # Content that appeared without events (a store that lost its event stream).
+    for digest in image.blobs:
+        store.blobs[digest] = image.blob_path(digest).read_bytes()
+    store.publish(StoreEvent(StoreEventKind.RESYNC))
+    await _until(lambda: set(image.blobs) <= router.advertised)
+    task.cancel()
+
+
+async def test_a_store_that_cannot_list_does_not_kill_the_tracker(
+        make_config: Callable[..., SpegelConfig], image: BuiltImage) -> None:
+    store = MemoryContentStore()
+    calls = 0
+    original = store.list_images
+
+    async def flaky() -> list:  # type: ignore[type-arg]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("backend down")
+        return await original()
+
+    store.list_images = flaky  # type: ignore[method-assign]
+    router = MemoryRouter(MemoryNetwork(), Peer("127.0.0.2", 5000))
+    tracker = StateTracker(make_config(), store, router, RecordingSink())
+    task = asyncio.create_task(tracker.run())
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    store.add_built_image(image)
+    store.publish(StoreEvent(StoreEventKind.RESYNC))
+    await _until(lambda: "docker.io/library/demo:v1" in router.advertised)
+    task.cancel()
