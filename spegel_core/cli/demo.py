@@ -19,7 +19,7 @@ DEMO_REFERENCE = "docker.io/library/demo:v1"
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nodes", type=int, default=1, help="Nodes to start (default 1).")
+    parser.add_argument("--nodes", type=int, default=3, help="Nodes to start (default 3).")
     parser.add_argument("--first-ip", default="127.0.0.2",
                         help="Loopback address of the first node (default 127.0.0.2).")
     parser.add_argument("--port", type=int, default=5000, help="Mirror port of every node.")
@@ -82,6 +82,22 @@ def _wait_ready(node: DemoNode, timeout: float = 20.0) -> float:
     raise SystemExit(f"spegel demo: node {node.index} not ready after {timeout:.0f}s")
 
 
+def _wait_resolvable(node: DemoNode, timeout: float = 20.0) -> float:
+    """Until the node answers the demo tag (from a peer); returns the seconds waited."""
+    started = time.monotonic()
+    url = f"{node.url}/v2/library/demo/manifests/v1?ns=docker.io"
+    while time.monotonic() - started < timeout:
+        try:
+            request = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"spegel demo: node {node.index} did not find the image in {timeout:.0f}s")
+
+
 def _stop(node: DemoNode) -> int | None:
     if node.process is None or node.process.poll() is not None:
         return node.process.returncode if node.process else None
@@ -134,11 +150,20 @@ def run_demo(args: argparse.Namespace) -> int:
     target = nodes[-1]
     try:
         for node in nodes:
-            _start(node, [])
+            peers = [f"/ip4/{other.ip}/udp/{other.port + 1}" for other in nodes if other is not node]
+            extra = ["--router", "kademlia", "--bootstrap-kind", "static",
+                     "--static-peers", ",".join(peers)] if peers else []
+            _start(node, extra)
         for node in nodes:
             took = _wait_ready(node)
             print(f"  node {node.index} on {node.url} ready in {took * 1000:.0f} ms")
-        print(f"spegel demo: pulling {DEMO_REFERENCE} through node {target.index} ({target.url})")
+        if target is not nodes[0]:
+            found = _wait_resolvable(target)
+            print(f"  node {target.index} found the image through the DHT in "
+                  f"{found * 1000:.0f} ms")
+        holder = "it" if target is nodes[0] else f"node {nodes[0].index} holds it"
+        print(f"spegel demo: pulling {DEMO_REFERENCE} through node {target.index} "
+              f"({target.url}); {holder}")
         bar = ProgressBar("pull")
         client = MirrorClient(target.ip, target.port)
         started = time.perf_counter()
@@ -163,6 +188,10 @@ def run_demo(args: argparse.Namespace) -> int:
               f"({result.bytes / max(elapsed, 1e-9) / 1e9:.2f} GB/s)")
         for source, count in sorted(by_source.items()):
             print(f"  from {source:<11} : {count / 2**20:.1f} MiB")
+        print(f"  {'digest':<22} {'bytes':>12}  source")
+        for digest in result.verified:
+            print(f"  {digest[:22]} {image.blobs.get(digest, 0):>12}  "
+                  f"{result.sources.get(digest, '?')}")
         ok = result.digest == image.index_digest
         return 0 if ok else 1
     finally:

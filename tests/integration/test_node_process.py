@@ -232,7 +232,7 @@ def test_plugins_json_lists_the_oci_layout_store() -> None:
     assert "spegel_make_content_store" in plugins["oci-layout"]["hooks"]
 
 
-def test_demo_pulls_through_a_node(tmp_path: Path) -> None:
+def test_demo_pulls_peer_to_peer(tmp_path: Path) -> None:
     ip = free_loopback_ip(5000)
     result = subprocess.run(
         [sys.executable, "-m", "spegel_core.cli.main", "demo", "--first-ip", ip,
@@ -241,7 +241,8 @@ def test_demo_pulls_through_a_node(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "digests verified : 9 (index matches)" in result.stdout
-    assert "exit codes [0]" in result.stdout
+    assert "exit codes [0, 0, 0]" in result.stdout
+    assert "from peer" in result.stdout
 
 
 def test_concurrent_clients_all_get_the_right_bytes(node: NodeProcess, image: BuiltImage) -> None:

@@ -1,0 +1,31 @@
+"""A small run of ``nox -s bench`` in the normal suite: it works and reports every figure.
+
+No timing assertions here: performance goals live in the full benchmark's ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tests.bench.run import ROWS, run, table, write_doc
+
+
+def test_small_benchmark_run(tmp_path: Path) -> None:
+    args = argparse.Namespace(blob_mib=4, small_mib=1, rounds=1, clients=2, per_client=1,
+                              samples=20, registry_port=15990, workdir=str(tmp_path / "w"),
+                              json=None, write=None, peer=True)
+    results = run(args)
+    for name in ("spegel", "registry"):
+        figures = results[name]
+        assert isinstance(figures, dict)
+        assert figures["single_big_gbps"] > 0 and figures["concurrent_gbps"] > 0
+        assert figures["ttfb_p50_ms"] > 0 and figures["idle_rss_mb"] > 0
+    rendered = table(results)
+    assert rendered.count("\n") == len(ROWS) + 1
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nintro\n")
+    write_doc(doc, results, "nox -s bench -- --blob-mib 4")
+    write_doc(doc, results, "nox -s bench -- --blob-mib 4")  # replaces, never duplicates
+    text = doc.read_text()
+    assert text.count("bench:local:begin") == 1 and "intro" in text
