@@ -110,7 +110,8 @@ class CoreSettings(SpegelSettings):
         default=Address("", 9090), description="Address of the metrics endpoint."
     )
     content_store: str = Field(default="oci-layout", description="Content store to use.")
-    router: str = Field(default="none", description="Router to find peers with ('none': local only).")
+    router: str = Field(default="kademlia",
+                        description="Router to find peers with ('none': local content only).")
     bootstrap_kind: CommaList = Field(default_factory=list, description="Bootstrap sources.")
     mirrored_registries: CommaList = Field(
         default_factory=list,

@@ -83,6 +83,9 @@ def hook_recorder(spegel_pm: PluginManager) -> Iterator[HookRecorder]:
 @pytest.fixture
 def make_config(spegel_pm: PluginManager) -> Callable[..., SpegelConfig]:
     def make(**values: Any) -> SpegelConfig:
+        # In-process tests run without a router unless they ask for one: a default
+        # Kademlia router would bind the router port of every interface.
+        values.setdefault("router", "none")
         return load_config(spegel_pm.settings_registry(), values)
 
     return make

@@ -40,7 +40,7 @@ def test_durations_parse_and_reprovide_must_beat_expiry() -> None:
 
 
 def test_make_router_only_for_kademlia(tmp_path: Path) -> None:
-    other = load_config(registry(), {})
+    other = load_config(registry(), {"router": "memory"})
     assert spegel_make_router(other, [], MetricsHub()) is None
     config = load_config(registry(), {"router": "kademlia", "router_addr": ":7001",
                                       "registry_addr": "127.0.0.1:7000",
