@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("oci-layout", "spegel_oci_layout.plugin"),
     ("kademlia", "spegel_kademlia.plugin"),
+    ("containerd", "spegel_containerd.plugin"),
 )
 
 

@@ -1,0 +1,539 @@
+"""A content store over containerd: containerd's content store is the cache.
+
+Tags come from ``Images.List`` (the image name is the reference, so the
+registry is taken from it), digests from ``Content.List`` of the namespace
+(only content really held, so a platform manifest that an index names but the
+node never pulled is "not here"). Blobs are served from containerd's content
+directory (``<content_path>/blobs/<algorithm>/<hex>``, zero-copy through
+:attr:`ContentInfo.path`), or streamed with ``Content.Read`` when that
+directory cannot be read.
+
+A background task keeps an ``Events.Subscribe`` stream open and turns image
+and content events into :class:`StoreEvent`\\ s. containerd 1.6 sends no event
+when content is created or garbage-collected, so the store walks each new image
+to announce the content it brought, and re-lists content shortly after an image
+is deleted to announce what the garbage collector removed. When the stream
+breaks (containerd restarted or stopped), :meth:`ContainerdStore.status` says
+"store disconnected", the task reconnects with exponential backoff (at once
+when a new socket appears) and publishes ``RESYNC`` once connected again. It
+never exits and never raises out of the background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat as stat_module
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import TracebackType
+
+import grpc.aio
+
+from spegel_containerd.checks import ContainerdTooOld, check_version
+from spegel_containerd.client import ContainerdClient, ContainerdUnavailable
+from spegel_containerd.events import decode_envelope, subscribe_filters
+from spegel_containerd.manifests import children, is_manifest_type
+from spegel_core.errors import (
+    BlobUnknown,
+    ManifestUnknown,
+    OCIError,
+    RangeInvalid,
+    RangeNotSatisfiable,
+    StoreUnavailable,
+)
+from spegel_core.oci.digest import is_digest, parse_digest, split_digest
+from spegel_core.oci.mediatypes import MAX_MANIFEST_SIZE
+from spegel_core.oci.reference import Reference
+from spegel_core.protocols import ContentInfo, Image, StoreEvent, StoreEventKind, StoreStatus
+from spegel_core.store_events import EventHub, EventStream
+
+log = logging.getLogger(__name__)
+
+__all__ = ["READ_CHUNK", "ContainerdStore", "tag_reference"]
+
+#: Size of the chunks :meth:`ContainerdStore.read` yields from a file.
+READ_CHUNK = 1024 * 1024
+#: How deep indexes may nest below an image's target.
+MAX_DEPTH = 8
+#: How often a disconnected store looks for a new socket while it waits to retry.
+SOCKET_POLL = 0.05
+
+ClientFactory = Callable[[Path, str], ContainerdClient]
+
+
+def tag_reference(name: str) -> Reference | None:
+    """The tag reference an image name is, or None (ids, digest references, short names).
+
+    Only names that are already in normalised form (``docker.io/library/x:v1``)
+    count, so ``resolve`` finds them again by the same name.
+    """
+    try:
+        reference = Reference.parse(name)
+    except OCIError:
+        return None
+    if reference.tag is None or reference.digest is not None or str(reference) != name:
+        return None
+    return reference
+
+
+class ContainerdStore:
+    """:class:`~spegel_core.protocols.ContentStore` over a containerd namespace.
+
+    Args:
+        socket: containerd's gRPC socket.
+        namespace: the containerd namespace (``k8s.io`` for Kubernetes).
+        content_path: containerd's content directory (holding ``blobs/``); None
+            streams every blob over gRPC.
+        reconnect_max_backoff: longest wait between reconnection attempts, seconds.
+        reconnect_min_backoff: first wait after a failure, seconds.
+        call_timeout: deadline of containerd calls, seconds.
+        gc_delay: how long after an image deletion content is listed again.
+        client_factory: builds the gRPC client (tests inject fakes).
+    """
+
+    name = "containerd"
+
+    def __init__(self, socket: Path, namespace: str = "k8s.io",
+                 content_path: Path | None = None, *, reconnect_max_backoff: float = 5.0,
+                 reconnect_min_backoff: float = 0.1, call_timeout: float = 10.0,
+                 gc_delay: float = 1.0, client_factory: ClientFactory | None = None) -> None:
+        if reconnect_max_backoff <= 0 or reconnect_min_backoff <= 0:
+            raise ValueError("reconnect backoffs must be positive")
+        self.socket = Path(socket)
+        self.namespace = namespace
+        self.content_path = Path(content_path) if content_path is not None else None
+        self.reconnect_max_backoff = reconnect_max_backoff
+        self.reconnect_min_backoff = min(reconnect_min_backoff, reconnect_max_backoff)
+        self.call_timeout = call_timeout
+        self.gc_delay = gc_delay
+        self._factory = client_factory or self._default_client
+        self._client: ContainerdClient | None = None
+        self._hub = EventHub()
+        self._started = False
+        self._closed = False
+        self._connected = False
+        self._connections = 0
+        self._failed = False
+        self._detail = "not connected yet"
+        self._version = ""
+        self._first_attempt = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._media_types: dict[str, str] = {}
+        self._children: dict[str, list[str]] = {}
+        self._images: dict[str, str] = {}
+        self._known: set[str] = set()
+        self._warned: set[str] = set()
+        self._grpc_reads = False
+
+    def _default_client(self, socket: Path, namespace: str) -> ContainerdClient:
+        return ContainerdClient(socket, namespace, timeout=self.call_timeout,
+                                max_backoff=self.reconnect_max_backoff)
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect (or start trying to) and subscribe to events; never raises for a
+        containerd that is not there yet: the store is then not ready and retries."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        self._client = self._factory(self.socket, self.namespace)
+        self._watcher = asyncio.create_task(self._watch(), name=f"containerd-watch {self.socket}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), self.call_timeout + 1)
+        if self._connected:
+            log.info("containerd %s at %s, namespace %s: %d images, %d blobs", self._version,
+                     self.socket, self.namespace, len(self._images), len(self._known))
+
+    async def aclose(self) -> None:
+        """Stop watching, end every subscription and close the channel; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._connected = False
+        self._hub.close()
+        tasks = [task for task in (self._watcher, self._checker) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> ContainerdStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    # -- the watcher -----------------------------------------------------------------
+    async def _watch(self) -> None:
+        delay = self.reconnect_min_backoff
+        client = self._client
+        while not self._closed:
+            if client is None:
+                client = self._factory(self.socket, self.namespace)
+            try:
+                await self._session(client)
+                detail = "containerd closed the event stream"
+            except ContainerdTooOld as exc:
+                detail = str(exc)
+                delay = self.reconnect_max_backoff
+            except (ContainerdUnavailable, StoreUnavailable) as exc:
+                detail = str(exc)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                detail = f"containerd events: {code.name if code else 'UNKNOWN'}: {exc.details()}"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watcher must outlive any surprise
+                log.exception("containerd event handling failed; reconnecting")
+                detail = f"unexpected error: {exc}"
+            self._disconnected(detail)
+            if client is not self._client:
+                await client.aclose()
+            client = None
+            if await self._wait_retry(delay):
+                delay = self.reconnect_min_backoff
+            else:
+                delay = min(delay * 2, self.reconnect_max_backoff)
+
+    async def _session(self, client: ContainerdClient) -> None:
+        """One connection: check, subscribe, list, then handle events until the stream ends."""
+        version, _ = await client.version()
+        check_version(version, self.socket)
+        stream = client.subscribe(subscribe_filters(self.namespace))
+        try:
+            old, self._client = self._client, client
+            if old is not None and old is not client:
+                await old.aclose()
+            await self._prime(client)
+            self._version = version
+            self._became_connected()
+            async for envelope in stream:
+                await self._on_envelope(client, envelope)
+        finally:
+            stream.cancel()
+
+    def _became_connected(self) -> None:
+        resync = self._connections > 0 or self._failed
+        self._connections += 1
+        self._connected = True
+        self._detail = ""
+        self._first_attempt.set()
+        if resync:
+            log.info("containerd %s at %s is back; listing again", self._version, self.socket)
+            self._hub.publish(StoreEvent(StoreEventKind.RESYNC))
+
+    def _disconnected(self, detail: str) -> None:
+        if self._connected:
+            log.warning("store disconnected: %s; reconnecting", detail)
+        elif detail != self._detail:
+            log.error("containerd at %s is not usable: %s; retrying", self.socket, detail)
+        self._connected = False
+        self._failed = True
+        self._detail = detail
+        self._first_attempt.set()
+
+    def _socket_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.socket)
+        except OSError:
+            return None
+        return info.st_ino, info.st_ctime_ns
+
+    async def _wait_retry(self, delay: float) -> bool:
+        """Sleep ``delay`` s; return True early when a new socket appears (a new daemon)."""
+        before = self._socket_identity()
+        deadline = time.monotonic() + delay
+        while not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(SOCKET_POLL, remaining))
+            now = self._socket_identity()
+            if now is not None and now != before:
+                return True
+        return False
+
+    async def _prime(self, client: ContainerdClient) -> None:
+        """Learn every image and the content held (media types for ``stat``)."""
+        await self._list_images(client)
+        self._known = {info.digest for info in await client.list_content()
+                       if is_digest(info.digest)}
+
+    # -- events ------------------------------------------------------------------------
+    async def _on_envelope(self, client: ContainerdClient, envelope: object) -> None:
+        event = decode_envelope(envelope, self.namespace)  # type: ignore[arg-type]
+        if event is None:
+            return
+        if event.kind is StoreEventKind.IMAGE_CREATED:
+            await self._image_created(client, event.subject)
+        elif event.kind is StoreEventKind.IMAGE_DELETED:
+            self._image_deleted(event.subject)
+        elif is_digest(event.subject):
+            if event.kind is StoreEventKind.CONTENT_CREATED:
+                self._known.add(event.subject)
+            else:
+                self._known.discard(event.subject)
+            self._hub.publish(StoreEvent(event.kind, event.subject))
+
+    async def _image_created(self, client: ContainerdClient, name: str) -> None:
+        image = await client.get_image(name)
+        if image is None or not is_digest(image.target.digest):
+            return
+        digest = image.target.digest
+        self._images[name] = digest
+        await self._walk(client, digest, image.target.media_type or None)
+        tree = self._tree(digest)
+        held = {info.digest for info in await client.list_content()
+                if is_digest(info.digest)} & tree
+        for new in sorted(held - self._known):
+            self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
+        self._known |= held
+        reference = tag_reference(name)
+        if reference is not None:
+            self._hub.publish(StoreEvent(StoreEventKind.IMAGE_CREATED, name, digest))
+
+    def _image_deleted(self, name: str) -> None:
+        digest = self._images.pop(name, None)
+        if tag_reference(name) is not None:
+            self._hub.publish(StoreEvent(StoreEventKind.IMAGE_DELETED, name, digest))
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.create_task(self._check_content(),
+                                                name="containerd-content-check")
+
+    async def _check_content(self) -> None:
+        """After the garbage collector had time: announce content that came or went."""
+        for wait in (self.gc_delay, self.gc_delay * 9):
+            await asyncio.sleep(wait)
+            client = self._client
+            if client is None or not self._connected:
+                return
+            try:
+                held = {info.digest for info in await client.list_content()
+                        if is_digest(info.digest)}
+            except StoreUnavailable:
+                return  # the watcher reconnects and publishes RESYNC
+            for gone in sorted(self._known - held):
+                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_DELETED, gone))
+            for new in sorted(held - self._known):
+                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
+            self._known = held
+
+    # -- walking images -------------------------------------------------------------------
+    async def _walk(self, client: ContainerdClient, digest: str, media_type: str | None,
+                    depth: int = 0) -> None:
+        if media_type:
+            self._media_types.setdefault(digest, media_type)
+        if digest in self._children or depth > MAX_DEPTH or not is_manifest_type(media_type):
+            return
+        data = await self._read_manifest(client, digest)
+        if data is None:
+            return  # not held (a platform never pulled): walk again next time
+        found_type, found = children(data, media_type)
+        self._children[digest] = [child.digest for child in found]
+        if found_type is not None:
+            self._media_types.setdefault(digest, found_type)
+        for child in found:
+            if child.media_type:
+                self._media_types.setdefault(child.digest, child.media_type)
+            if is_manifest_type(child.media_type):
+                await self._walk(client, child.digest, child.media_type, depth + 1)
+
+    def _tree(self, root: str) -> set[str]:
+        seen = {root}
+        pending = [root]
+        while pending:
+            for child in self._children.get(pending.pop(), ()):
+                if child not in seen:
+                    seen.add(child)
+                    pending.append(child)
+        return seen
+
+    async def _read_manifest(self, client: ContainerdClient, digest: str) -> bytes | None:
+        info = await client.content_info(digest)
+        if info is None or info.size > MAX_MANIFEST_SIZE:
+            return None
+        path = self._file(digest, info.size)
+        try:
+            if path is not None:
+                return await asyncio.to_thread(Path(path).read_bytes)
+            return b"".join([chunk async for chunk in client.read(digest)])
+        except (OSError, BlobUnknown):
+            return None
+
+    # -- content --------------------------------------------------------------------------
+    def _require_client(self) -> ContainerdClient:
+        if self._client is None:
+            raise StoreUnavailable("store disconnected: " + ("closed" if self._closed
+                                                               else "not started"))
+        return self._client
+
+    async def _list_images(self, client: ContainerdClient) -> list[Image]:
+        images: dict[str, Image] = {}
+        names: dict[str, str] = {}
+        for record in await client.list_images():
+            digest = record.target.digest
+            if not is_digest(digest):
+                continue
+            names[record.name] = digest
+            await self._walk(client, digest, record.target.media_type or None)
+            reference = tag_reference(record.name)
+            if reference is None:
+                self._warn_once(f"name:{record.name}", logging.DEBUG,
+                                "skipping containerd image %r: not a tag reference", record.name)
+                continue
+            images[record.name] = Image(reference, digest)
+        self._images = names
+        return [image for _, image in sorted(images.items())]
+
+    async def list_images(self) -> list[Image]:
+        """Every image of the namespace named by a tag reference, sorted."""
+        return await self._list_images(self._require_client())
+
+    async def list_digests(self) -> list[str]:
+        """Every digest the namespace's content store holds, sorted."""
+        infos = await self._require_client().list_content()
+        digests = {info.digest for info in infos if is_digest(info.digest)}
+        self._known = set(digests)
+        return sorted(digests)
+
+    async def resolve(self, reference: Reference) -> str:
+        """The digest ``reference`` is tagged with; raises :class:`ManifestUnknown`."""
+        client = self._require_client()
+        if reference.tag is None:
+            digest = str(reference.digest)
+            if await client.content_info(digest) is not None:
+                return digest
+            raise ManifestUnknown(f"manifest {reference} is not in containerd")
+        name = str(Reference(reference.registry, reference.repository, reference.tag))
+        image = await client.get_image(name)
+        if image is None or not is_digest(image.target.digest):
+            raise ManifestUnknown(f"tag {name} is not in containerd")
+        return str(image.target.digest)
+
+    def _file(self, digest: str, size: int) -> str | None:
+        """The blob's file in the content directory, when it can be served from there."""
+        if self.content_path is None:
+            return None
+        algorithm, encoded = split_digest(digest)
+        path = self.content_path / "blobs" / algorithm / encoded
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            self._grpc_fallback("missing", "blob %s held by containerd is not at %s; is "
+                                "--containerd-content-path right? Streaming over gRPC",
+                                digest, path)
+            return None
+        except OSError as exc:
+            self._grpc_fallback("unreadable", "content directory %s is not readable (%s); "
+                                "streaming blobs over gRPC", self.content_path, exc)
+            return None
+        if not stat_module.S_ISREG(info.st_mode) or info.st_size != size:
+            return None
+        if not os.access(path, os.R_OK):
+            self._grpc_fallback("unreadable", "content directory %s is not readable "
+                                "(permission denied on %s); streaming blobs over gRPC",
+                                self.content_path, path)
+            return None
+        return str(path)
+
+    def _grpc_fallback(self, key: str, message: str, *args: object) -> None:
+        self._grpc_reads = True
+        self._warn_once(key, logging.WARNING, message, *args)
+
+    def _warn_once(self, key: str, level: int, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.log(level, message, *args)
+
+    async def stat(self, digest: str) -> ContentInfo:
+        """Size, media type (when an image walk saw it) and file of a blob.
+
+        Raises :class:`DigestInvalid`, :class:`BlobUnknown` (not in the
+        namespace) or :class:`StoreUnavailable`.
+        """
+        parse_digest(digest)
+        info = await self._require_client().content_info(digest)
+        if info is None:
+            raise BlobUnknown(f"blob {digest} is not in containerd")
+        return ContentInfo(digest=digest, size=int(info.size),
+                           media_type=self._media_types.get(digest),
+                           path=self._file(digest, int(info.size)))
+
+    async def read(self, digest: str, offset: int = 0,
+                   length: int | None = None) -> AsyncIterator[bytes]:
+        """Yield ``length`` bytes (to the end when None) from ``offset``.
+
+        From the content directory when possible, else ``Content.Read``. Raises
+        :class:`DigestInvalid`, :class:`BlobUnknown`, :class:`RangeInvalid`,
+        :class:`RangeNotSatisfiable` or :class:`StoreUnavailable`.
+        """
+        parse_digest(digest)
+        if offset < 0 or (length is not None and length < 0):
+            raise RangeInvalid(f"invalid range: offset {offset}, length {length}")
+        client = self._require_client()
+        info = await client.content_info(digest)
+        if info is None:
+            raise BlobUnknown(f"blob {digest} is not in containerd")
+        size = int(info.size)
+        if offset > size:
+            raise RangeNotSatisfiable(f"offset {offset} is past the end ({size})", size=size)
+        count = size - offset if length is None else min(length, size - offset)
+        if count <= 0:
+            return
+        path = self._file(digest, size)
+        if path is None:
+            async for chunk in client.read(digest, offset, count):
+                yield chunk
+            return
+        async for chunk in _read_file(path, offset, count):
+            yield chunk
+
+    # -- events and status -----------------------------------------------------------------
+    def subscribe(self) -> EventStream:
+        """Every change seen from now on; the iterator ends when the store is closed."""
+        return self._hub.subscribe()
+
+    def status(self) -> StoreStatus:
+        """Ready while connected to containerd; else why not ("store disconnected: ...")."""
+        if self._closed:
+            return StoreStatus(False, "closed")
+        if not self._started:
+            return StoreStatus(False, "not started")
+        if not self._connected:
+            return StoreStatus(False, f"store disconnected: {self._detail}")
+        if self._grpc_reads:
+            return StoreStatus(True, "some blobs are streamed over gRPC (see the log)")
+        return StoreStatus(True)
+
+    def __repr__(self) -> str:
+        state = ("closed" if self._closed else "connected" if self._connected
+                 else "disconnected" if self._started else "new")
+        return (f"<ContainerdStore {state} socket={str(self.socket)!r} ns={self.namespace!r} "
+                f"images={len(self._images)} blobs={len(self._known)} "
+                f"subscribers={self._hub.subscribers}>")
+
+
+async def _read_file(path: str, offset: int, count: int) -> AsyncIterator[bytes]:
+    try:
+        file = open(path, "rb")  # noqa: ASYNC230, SIM115 - small reads, closed below
+    except FileNotFoundError as exc:  # collected between stat and open
+        raise BlobUnknown(f"blob file {path} vanished") from exc
+    with file:
+        file.seek(offset)
+        remaining = count
+        while remaining > 0:
+            chunk = file.read(min(READ_CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
