@@ -1,0 +1,214 @@
+"""Bootstrap peers from the DNS records of a headless Service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+from spegel_core.protocols import DnsQuery, MetricsSink, PeerAddress
+from spegel_dns.local import LocalAddresses
+from spegel_dns.names import check_dns_name, parse_nameserver
+from spegel_dns.resolver import Outcome, QueryAnswer, Resolver
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DNSDiscovery"]
+
+
+class DNSDiscovery:
+    """A :class:`~spegel_core.protocols.Discovery` over A/AAAA (and SRV) records.
+
+    Each :meth:`bootstrap_peers` call asks a fresh resolver for the A and AAAA
+    records of ``domain`` concurrently (and for the SRV records of ``srv_name``
+    when given), drops this node's own addresses, and returns a random sample of
+    ``sample_size`` of the rest: a random sample, so that every node does not
+    bootstrap from the same few seeds. Failures (server down, NXDOMAIN, timeout, an
+    answer that could not be had even over TCP) are logged and give ``[]``; the
+    router asks again with backoff.
+
+    With SRV records, each target's port is used (a headless Service publishes
+    ``_<port-name>._<proto>.<service>...`` for named ports); targets are resolved
+    from the additional section when the server sends it, else with extra
+    questions, only as many as the sample needs. Without SRV records (or when the
+    SRV question fails), A/AAAA addresses get ``port``.
+
+    ``metrics``, when set (the node may set it after the discovery hook, which has
+    no sink), receives one :class:`~spegel_core.protocols.DnsQuery` per call:
+    its duration and ``"ok"``, ``"nxdomain"``, ``"timeout"`` or ``"error"``.
+
+    Args:
+        domain: the name whose records list the peers.
+        port: the router port of A/AAAA peers.
+        nameservers: servers to ask (``IP``, ``IP:PORT``, ``[IPV6]:PORT``); empty
+            for the system's.
+        sample_size: how many peers to return at most.
+        timeout: longest time one call may take, in seconds.
+        refresh_interval: seconds between refreshes once the router is healthy.
+        srv_name: an SRV name whose targets and ports are the peers.
+        own: this node's addresses, dropped from answers.
+        metrics: where :class:`DnsQuery` events go.
+        rng: source of randomness for sampling (tests pass a seeded one).
+    """
+
+    name = "dns"
+
+    def __init__(self, domain: str, *, port: int, nameservers: Sequence[str] = (),
+                 sample_size: int = 5, timeout: float = 2.0, refresh_interval: float = 1800.0,
+                 srv_name: str | None = None, own: LocalAddresses | None = None,
+                 metrics: MetricsSink | None = None, rng: random.Random | None = None) -> None:
+        if sample_size < 1:
+            raise ValueError("sample_size must be at least 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.domain = check_dns_name(domain)
+        self.srv_name = check_dns_name(srv_name) if srv_name else None
+        self.port = port
+        self.nameservers = [parse_nameserver(server) for server in nameservers]
+        self.sample_size = sample_size
+        self.timeout = timeout
+        self.refresh_interval = refresh_interval
+        self.own = own if own is not None else LocalAddresses()
+        self.metrics = metrics
+        self._rng = rng or random.Random()
+        self._resolvers: set[Resolver] = set()
+        self._closed = False
+        self.calls = 0
+        self.last_outcome: str | None = None
+
+    async def bootstrap_peers(self) -> list[PeerAddress]:
+        """A random sample of the peers the records list; ``[]`` on any DNS failure."""
+        if self._closed:
+            return []
+        self.calls += 1
+        started = time.perf_counter()
+        # Half the budget per try, so a lost datagram is retried once within it.
+        resolver = Resolver(self.nameservers, timeout=self.timeout / 2, tries=2)
+        self._resolvers.add(resolver)
+        peers: list[PeerAddress] = []
+        try:
+            async with asyncio.timeout(self.timeout):
+                peers, outcome = await self._resolve(resolver)
+        except TimeoutError:
+            outcome = Outcome.TIMEOUT
+            log.warning("DNS bootstrap: no answer for %s from %s within %.3gs; will retry",
+                        self._target(), self._servers(), self.timeout)
+        finally:
+            self._resolvers.discard(resolver)
+            await asyncio.shield(resolver.aclose())
+        result = "ok" if outcome in (Outcome.OK, Outcome.NODATA) else outcome.value
+        self.last_outcome = result
+        self._emit(DnsQuery(time.perf_counter() - started, result))
+        if peers:
+            log.debug("DNS bootstrap: %d peers from %s: %s", len(peers), self._target(),
+                      ", ".join(map(str, peers)))
+        return peers
+
+    async def aclose(self) -> None:
+        """Cancel questions in flight; later calls return ``[]``. Safe to call twice."""
+        self._closed = True
+        for resolver in list(self._resolvers):
+            await asyncio.shield(resolver.aclose())
+
+    # -- resolution ------------------------------------------------------------------
+    async def _resolve(self, resolver: Resolver) -> tuple[list[PeerAddress], Outcome]:
+        own = asyncio.ensure_future(self.own.load())
+        try:
+            if self.srv_name is None:
+                addresses, answers = await resolver.addresses(self.domain)
+                srv = None
+            else:
+                (addresses, answers), srv = await asyncio.gather(
+                    resolver.addresses(self.domain), resolver.query(self.srv_name, "SRV"))
+            await own
+        finally:
+            own.cancel()
+        if srv is not None and srv.services:
+            peers = await self._from_srv(resolver, srv, addresses)
+            return peers, Outcome.OK
+        if srv is not None and addresses:
+            log.warning("DNS bootstrap: SRV %s gave no records (%s); using A/AAAA records of "
+                        "%s with port %d", self.srv_name, _why(srv), self.domain, self.port)
+        outcome = _combine(answers)
+        if outcome is not Outcome.OK and outcome is not Outcome.NODATA:
+            log.warning("DNS bootstrap: cannot resolve %s via %s: %s; will retry",
+                        self.domain, self._servers(),
+                        "; ".join(f"{a.qtype} {_why(a)}" for a in answers))
+            return [], outcome
+        candidates = await self.own.drop_own(PeerAddress(ip, self.port) for ip in addresses)
+        if not addresses:
+            log.warning("DNS bootstrap: %s has no A or AAAA records yet; will retry", self.domain)
+        elif not candidates:
+            log.warning("DNS bootstrap: %s lists no address other than this node's (%d records)",
+                        self.domain, len(addresses))
+        return self._sample(candidates), outcome
+
+    async def _from_srv(self, resolver: Resolver, srv: QueryAnswer,
+                        domain_addresses: list[str]) -> list[PeerAddress]:
+        """Peers of SRV targets, resolving no more targets than the sample needs."""
+        services = list(dict.fromkeys(srv.services))
+        self._rng.shuffle(services)
+        peers: dict[PeerAddress, None] = {}
+        pending: list[tuple[str, int]] = []
+        for target, port in services:
+            known = srv.additional.get(target)
+            if known is None and target == self.domain:
+                known = domain_addresses
+            if known is None:
+                pending.append((target, port))
+                continue
+            for peer in await self.own.drop_own(PeerAddress(ip, port) for ip in known):
+                peers[peer] = None
+        while len(peers) < self.sample_size and pending:
+            batch, pending = (pending[: self.sample_size - len(peers)],
+                              pending[self.sample_size - len(peers):])
+            found = await asyncio.gather(*(resolver.addresses(t) for t, _ in batch))
+            for (target, port), (ips, answers) in zip(batch, found, strict=True):
+                if not ips:
+                    log.warning("DNS bootstrap: SRV target %s has no address (%s)", target,
+                                "; ".join(f"{a.qtype} {_why(a)}" for a in answers))
+                for peer in await self.own.drop_own(PeerAddress(ip, port) for ip in ips):
+                    peers[peer] = None
+        return self._sample(list(peers))
+
+    def _sample(self, candidates: list[PeerAddress]) -> list[PeerAddress]:
+        return self._rng.sample(candidates, min(self.sample_size, len(candidates)))
+
+    # -- helpers ---------------------------------------------------------------------
+    def _emit(self, event: DnsQuery) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.emit(event)
+        except Exception:  # an observer never breaks bootstrapping
+            log.exception("metrics sink %r failed", self.metrics)
+
+    def _target(self) -> str:
+        return self.domain if self.srv_name is None else f"{self.domain} / SRV {self.srv_name}"
+
+    def _servers(self) -> str:
+        return ",".join(self.nameservers) or "the system resolver"
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"last={self.last_outcome}"
+        return (f"<DNSDiscovery {self._target()} port={self.port} sample={self.sample_size} "
+                f"servers={self._servers()} calls={self.calls} {state}>")
+
+
+def _combine(answers: Sequence[QueryAnswer]) -> Outcome:
+    """One outcome for A and AAAA: answered if either was, else the most telling failure."""
+    if any(answer.outcome is Outcome.OK for answer in answers):
+        return Outcome.OK
+    if all(answer.answered for answer in answers):
+        return Outcome.NODATA
+    outcomes = {answer.outcome for answer in answers}
+    if outcomes <= {Outcome.NXDOMAIN, Outcome.NODATA}:
+        return Outcome.NXDOMAIN
+    return Outcome.TIMEOUT if Outcome.TIMEOUT in outcomes else Outcome.ERROR
+
+
+def _why(answer: QueryAnswer) -> str:
+    detail = f": {answer.detail}" if answer.detail else ""
+    return f"{answer.outcome.value}{detail}"

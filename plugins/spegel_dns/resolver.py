@@ -1,0 +1,135 @@
+"""One round of DNS questions with aiodns, answers classified instead of raised.
+
+Every round uses a fresh resolver (c-ares channel): c-ares caches answers for
+their TTL, so a long-lived channel could keep handing out records that changed
+since. A round costs one channel, which is cheap next to the 30-minute refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiodns
+import pycares
+
+__all__ = ["Outcome", "QueryAnswer", "Resolver"]
+
+
+class Outcome(enum.Enum):
+    """How one DNS question ended."""
+
+    OK = "ok"
+    #: The name exists but has no record of this type.
+    NODATA = "nodata"
+    NXDOMAIN = "nxdomain"
+    TIMEOUT = "timeout"
+    #: Server down or refusing, a malformed or truncated answer that could not be retried.
+    ERROR = "error"
+
+
+_NOT_FOUND = {pycares.errno.ARES_ENOTFOUND}
+_NO_DATA = {pycares.errno.ARES_ENODATA}
+_TIMEOUT = {pycares.errno.ARES_ETIMEOUT}
+
+
+@dataclass(slots=True)
+class QueryAnswer:
+    """The records of one question (type ``qtype`` for ``name``) and how it went."""
+
+    name: str
+    qtype: str
+    outcome: Outcome
+    #: IP addresses (A/AAAA) or ``(target, port)`` pairs (SRV), in answer order.
+    addresses: list[str] = field(default_factory=list)
+    services: list[tuple[str, int]] = field(default_factory=list)
+    #: Addresses of other names given in the additional section (SRV targets).
+    additional: dict[str, list[str]] = field(default_factory=dict)
+    detail: str = ""
+
+    @property
+    def answered(self) -> bool:
+        """The server gave an authoritative answer (records, or none of this type)."""
+        return self.outcome in (Outcome.OK, Outcome.NODATA)
+
+
+class Resolver:
+    """A fresh aiodns resolver for one round of questions; close it with :meth:`aclose`.
+
+    Args:
+        nameservers: ``"IP:PORT"`` / ``"[IPV6]:PORT"`` strings; empty for the
+            system's (``/etc/resolv.conf``).
+        timeout: seconds c-ares waits for one try before retrying.
+        tries: attempts per question and server.
+    """
+
+    def __init__(self, nameservers: Sequence[str] = (), *, timeout: float = 1.0,
+                 tries: int = 2) -> None:
+        self._resolver = aiodns.DNSResolver(nameservers=list(nameservers) or None,
+                                            timeout=timeout, tries=tries)
+        self._closed = False
+
+    async def query(self, name: str, qtype: str) -> QueryAnswer:
+        """Ask for ``qtype`` (A, AAAA or SRV) records of ``name``; never raises a DNS error."""
+        try:
+            result = await self._resolver.query_dns(name, qtype)
+        except aiodns.error.DNSError as exc:
+            code = exc.args[0] if exc.args else None
+            detail = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+            if code in _NOT_FOUND:
+                outcome = Outcome.NXDOMAIN
+            elif code in _NO_DATA:
+                outcome = Outcome.NODATA
+            elif code in _TIMEOUT:
+                outcome = Outcome.TIMEOUT
+            else:
+                outcome = Outcome.ERROR
+            return QueryAnswer(name, qtype, outcome, detail=detail)
+        answer = QueryAnswer(name, qtype, Outcome.OK)
+        for record in result.answer:
+            data = record.data
+            if isinstance(data, pycares.ARecordData | pycares.AAAARecordData):
+                if _is_ip(data.addr):
+                    answer.addresses.append(data.addr)
+            elif isinstance(data, pycares.SRVRecordData) and data.port:
+                answer.services.append((_name(data.target), data.port))
+        for record in result.additional:
+            data = record.data
+            if isinstance(data, pycares.ARecordData | pycares.AAAARecordData) \
+                    and _is_ip(data.addr):
+                answer.additional.setdefault(_name(record.name), []).append(data.addr)
+        if not answer.addresses and not answer.services:
+            answer.outcome = Outcome.NODATA  # e.g. only a CNAME to a name without addresses
+        return answer
+
+    async def addresses(self, name: str) -> tuple[list[str], list[QueryAnswer]]:
+        """A and AAAA records of ``name``, asked concurrently: (addresses, both answers)."""
+        answers = await asyncio.gather(self.query(name, "A"), self.query(name, "AAAA"))
+        return [ip for answer in answers for ip in answer.addresses], list(answers)
+
+    async def aclose(self) -> None:
+        """Cancel what is in flight and release the channel; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            await self._resolver.close()
+
+    async def __aenter__(self) -> Resolver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(self.aclose())
+
+
+def _name(value: str) -> str:
+    return value.lower().rstrip(".")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
