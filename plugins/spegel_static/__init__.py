@@ -1,0 +1,14 @@
+"""Bootstrap peers from a fixed list of multiaddrs (``--static-peers``).
+
+Registered as the built-in plugin ``static`` (module :mod:`spegel_static.plugin`);
+selected with ``--bootstrap-kind static``. Own-address filtering and name-server
+parsing are shared with :mod:`spegel_dns`.
+"""
+
+from __future__ import annotations
+
+from spegel_static.discovery import StaticDiscovery
+from spegel_static.multiaddrs import StaticPeer, parse_static_peer
+from spegel_static.plugin import StaticSettings
+
+__all__ = ["StaticDiscovery", "StaticPeer", "StaticSettings", "parse_static_peer"]
