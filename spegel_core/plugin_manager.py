@@ -32,6 +32,8 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("oci-layout", "spegel_oci_layout.plugin"),
     ("kademlia", "spegel_kademlia.plugin"),
     ("containerd", "spegel_containerd.plugin"),
+    ("static", "spegel_static.plugin"),
+    ("dns", "spegel_dns.plugin"),
 )
 
 
