@@ -1,0 +1,120 @@
+"""DNS discovery against a real dnsmasq on loopback (Debian ``dnsmasq-base``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from spegel_core.protocols import DnsQuery, PeerAddress
+from spegel_core.testing.discovery_conformance import DiscoveryConformance
+from spegel_core.testing.dns import DnsServer, SrvRecord, dnsmasq_path
+from spegel_core.testing.fakes import RecordingSink
+from spegel_dns import DNSDiscovery, LocalAddresses
+
+pytestmark = pytest.mark.skipif(dnsmasq_path() is None,
+                                reason="dnsmasq is not installed (Debian dnsmasq-base)")
+
+NAME = "spegel-bootstrap.spegel.test"
+SRV = "_router._udp." + NAME
+NODES = [f"127.0.0.{i}" for i in range(2, 9)]
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: Path) -> Iterator[DnsServer]:
+    server = DnsServer(tmp_path, srv=[SrvRecord(SRV, f"node-{i}.{NAME}", 6000 + i)
+                                      for i in range(3)])
+    server.set_records(NAME, NODES)
+    for i in range(3):
+        server.set_records(f"node-{i}.{NAME}", [f"127.0.3.{i + 1}"])
+    server.set_records("v6.spegel.test", ["::1"])
+    with server:
+        yield server
+
+
+def discovery(server: DnsServer, **kwargs: object) -> DNSDiscovery:
+    options: dict[str, object] = {"port": 5001, "nameservers": [server.nameserver],
+                                  "timeout": 1.0}
+    options.update(kwargs)
+    return DNSDiscovery(str(options.pop("domain", NAME)), **options)  # type: ignore[arg-type]
+
+
+class TestDNSDiscoveryOnDnsmasq(DiscoveryConformance):
+    @pytest.fixture
+    def expected_peers(self) -> set[PeerAddress]:
+        return {PeerAddress(ip, 5001) for ip in NODES[1:]}
+
+    @pytest.fixture
+    def own_peer(self) -> PeerAddress:
+        return PeerAddress(NODES[0], 5001)
+
+    @pytest.fixture
+    async def conformance_discovery(self, dnsmasq: DnsServer) -> AsyncIterator[DNSDiscovery]:
+        source = discovery(dnsmasq, own=LocalAddresses([NODES[0]]))
+        yield source
+        await source.aclose()
+
+    @pytest.fixture
+    async def unreachable_discovery(self, dnsmasq: DnsServer) -> AsyncIterator[DNSDiscovery]:
+        dnsmasq.stop()
+        source = discovery(dnsmasq, timeout=0.5)
+        yield source
+        await source.aclose()
+
+
+async def test_headless_service_answer(dnsmasq: DnsServer) -> None:
+    sink = RecordingSink()
+    source = discovery(dnsmasq, sample_size=100, metrics=sink)
+    assert {p.host for p in await source.bootstrap_peers()} == set(NODES)
+    assert sink.of_type(DnsQuery)[0].result == "ok"
+
+
+async def test_reload_shows_changed_records(dnsmasq: DnsServer) -> None:
+    name = "changing.spegel.test"
+    dnsmasq.set_records(name, NODES)
+    dnsmasq.reload()
+    source = discovery(dnsmasq, domain=name, sample_size=100)
+    assert len(await source.bootstrap_peers()) == len(NODES)
+    dnsmasq.set_records(name, ["127.0.0.40", "127.0.0.41"])
+    dnsmasq.reload()
+    assert {p.host for p in await source.bootstrap_peers()} == {"127.0.0.40", "127.0.0.41"}
+    dnsmasq.remove(name)
+    dnsmasq.reload()
+    assert await source.bootstrap_peers() == []
+    assert source.last_outcome == "nxdomain"
+
+
+async def test_aaaa_only(dnsmasq: DnsServer) -> None:
+    source = discovery(dnsmasq, domain="v6.spegel.test")
+    assert await source.bootstrap_peers() == [PeerAddress("::1", 5001)]
+    assert source.last_outcome == "ok"
+
+
+async def test_nxdomain(dnsmasq: DnsServer) -> None:
+    sink = RecordingSink()
+    assert await discovery(dnsmasq, domain="nope.spegel.test", metrics=sink).bootstrap_peers() == []
+    assert sink.of_type(DnsQuery)[0].result == "nxdomain"
+
+
+async def test_five_hundred_addresses(dnsmasq: DnsServer) -> None:
+    many = [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(500)]
+    dnsmasq.set_records("many.spegel.test", many)
+    dnsmasq.reload()
+    peers = await discovery(dnsmasq, domain="many.spegel.test",
+                            sample_size=1000).bootstrap_peers()
+    assert sorted(p.host for p in peers) == sorted(many)
+
+
+async def test_srv_ports(dnsmasq: DnsServer) -> None:
+    source = discovery(dnsmasq, srv_name=SRV, own=LocalAddresses(["127.0.3.1"]))
+    assert set(await source.bootstrap_peers()) == {PeerAddress("127.0.3.2", 6001),
+                                                   PeerAddress("127.0.3.3", 6002)}
+
+
+async def test_server_down_then_up(dnsmasq: DnsServer) -> None:
+    dnsmasq.stop()
+    source = discovery(dnsmasq, timeout=0.5)
+    assert await source.bootstrap_peers() == []
+    dnsmasq.start()
+    assert len(await source.bootstrap_peers()) == 5
