@@ -12,6 +12,8 @@ Fixtures:
   ``httpx.AsyncClient`` bound to a mirror app whose lifespan is running.
 - ``spegel_node``: ``spegel_node(*args)`` starts a real ``spegel registry`` process on a
   fresh loopback address and stops it at teardown.
+- ``containerd_daemon``: a running containerd with its own root, state and sockets
+  (:class:`~spegel_core.testing.containerd.ContainerdDaemon`); skipped without containerd.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 from spegel_core.config import SpegelConfig, load_config
 from spegel_core.plugin_manager import PluginManager, create_plugin_manager
 from spegel_core.protocols import ContentStore
+from spegel_core.testing.containerd import ContainerdDaemon, containerd_available, temporary_daemon
 from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
 
 
@@ -126,3 +129,11 @@ def spegel_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     yield start
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def containerd_daemon() -> Iterator[ContainerdDaemon]:
+    if not containerd_available():
+        pytest.skip("containerd and ctr are not installed (or not running as root)")
+    with temporary_daemon() as daemon:
+        yield daemon

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from spegel_containerd import protogen
 from spegel_containerd._pb import content_pb2, events_pb2, images_pb2, version_pb2
 from spegel_containerd.client import METHODS
