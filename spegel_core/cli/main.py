@@ -47,6 +47,9 @@ def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
     from spegel_core.cli.demo import add_demo_arguments
 
     add_demo_arguments(demo_cmd)
+    from spegel_core.cli.configuration import add_configuration_commands
+
+    add_configuration_commands(commands)
     return parser, registry
 
 
@@ -66,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from spegel_core.cli.demo import run_demo
 
             return run_demo(args)
+        if args.command in ("configuration", "cleanup"):
+            from spegel_core.cli.configuration import run_configuration_command
+
+            return run_configuration_command(args)
         config = load_config(registry, settings_values(args, registry))  # type: ignore[arg-type]
         return cmd_registry(pm, config)
     except (ConfigError, PluginError) as exc:

@@ -1,0 +1,318 @@
+"""``spegel configuration`` and ``spegel cleanup``: point containerd at the node's mirror.
+
+containerd reads one ``hosts.toml`` per registry from its registry config path
+(``config_path`` of the CRI registry settings, usually ``/etc/containerd/certs.d``):
+``<dir>/<host[:port]>/hosts.toml``, or ``<dir>/_default/hosts.toml`` for every
+registry without its own directory. ``spegel configuration`` writes those files:
+
+- a ``server`` line: ``https://registry-1.docker.io`` for ``docker.io``, the
+  registry URL itself otherwise (``http://`` kept for plain-http registries);
+  none in ``_default``;
+- one ``[host."<target>"]`` table per mirror target, in order, with
+  ``capabilities = ["pull", "resolve"]`` (``["pull"]`` with ``--resolve-tags=false``)
+  and ``dial_timeout = "200ms"``. Every file has at least one host table:
+  containerd 1.6 silently ignores a ``hosts.toml`` without one.
+
+What was in the directory before is moved once into ``<dir>/_backup/`` and put
+back by ``spegel cleanup``. With ``--prepend-existing`` the host tables of a
+registry's previous ``hosts.toml`` (and its previous ``server``, as a host) are
+kept after ours, with the other files of its directory (certificates).
+Running the command again gives the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from spegel_core.errors import ConfigError
+from spegel_core.registry_urls import registry_host
+
+__all__ = [
+    "BACKUP_DIR",
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_DIR",
+    "DOCKER_HUB_SERVER",
+    "MirroredRegistry",
+    "add_configuration_commands",
+    "cleanup_hosts",
+    "configure_hosts",
+    "hosts_toml",
+    "parse_mirror_target",
+    "parse_mirrored_registry",
+    "run_configuration_command",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/containerd/certs.d")
+BACKUP_DIR = "_backup"
+DEFAULT_DIR = "_default"
+DOCKER_HUB_SERVER = "https://registry-1.docker.io"
+DIAL_TIMEOUT = "200ms"
+HOSTS_FILE = "hosts.toml"
+HEADER = ("# Written by `spegel configuration`; `spegel cleanup` restores the previous "
+          "configuration.\n")
+_PARTIAL = BACKUP_DIR + ".partial"
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class MirroredRegistry:
+    """A registry to mirror: its directory name (``host[:port]``) and its server URL."""
+
+    directory: str
+    server: str | None
+
+
+# -- parsing ----------------------------------------------------------------------------
+def _split(values: Iterable[str]) -> list[str]:
+    items: list[str] = []
+    for value in values:
+        items.extend(part.strip() for part in value.split(",") if part.strip())
+    return list(dict.fromkeys(items))
+
+
+def parse_mirror_target(value: str) -> str:
+    """``http(s)://host[:port]`` normalised (no trailing slash); raises :class:`ConfigError`."""
+    text = value.strip()
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port == -1
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or "@" in parts.netloc):
+        raise ConfigError("--mirror-targets",
+                          f"invalid URL {text[:80]!r} (expected http://host[:port])")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def parse_mirrored_registry(value: str) -> MirroredRegistry:
+    """A registry URL or host (``https://ghcr.io``, ``docker.io``, ``http://10.0.0.1:5000``)."""
+    text = value.strip()
+    try:
+        host = registry_host(text)
+    except ValueError as exc:
+        raise ConfigError("--mirrored-registries", str(exc)) from None
+    if host == "docker.io":
+        return MirroredRegistry(host, DOCKER_HUB_SERVER)
+    if "://" in text:
+        parts = urlsplit(text)
+        return MirroredRegistry(host, f"{parts.scheme}://{parts.netloc}")
+    return MirroredRegistry(host, f"https://{host}")
+
+
+def _bool(flag: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(flag, f"expected true or false (got {value[:40]!r})")
+
+
+# -- writing TOML ------------------------------------------------------------------------
+def _string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    return _string(str(value))
+
+
+def _table(header: str, values: Mapping[str, Any]) -> str:
+    lines = [f"[{header}]"]
+    subtables = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            subtables.append(_table(f"{header}.{_key(key)}", value))
+        else:
+            lines.append(f"{_key(key)} = {_value(value)}")
+    return "\n".join(lines) + "\n" + "".join("\n" + table for table in subtables)
+
+
+def hosts_toml(server: str | None, targets: Sequence[str], *, resolve_tags: bool = True,
+               existing: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The text of one ``hosts.toml``: ``server``, our targets, then ``existing`` host tables."""
+    capabilities = ["pull", "resolve"] if resolve_tags else ["pull"]
+    parts = [HEADER + (f"server = {_string(server)}\n" if server else "")]
+    for target in targets:
+        parts.append(_table(f"host.{_string(target)}",
+                            {"capabilities": capabilities, "dial_timeout": DIAL_TIMEOUT}))
+    for host, values in (existing or {}).items():
+        if host not in targets:
+            parts.append(_table(f"host.{_string(host)}", values))
+    return "\n".join(parts)
+
+
+def _previous_hosts(path: Path, server: str | None) -> dict[str, dict[str, Any]]:
+    """The host tables of an old ``hosts.toml``, and its server as a last host table."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        print(f"spegel: warning: not keeping {path}: {exc}", file=sys.stderr)
+        return {}
+    hosts = document.get("host")
+    found: dict[str, dict[str, Any]] = {}
+    if isinstance(hosts, dict):
+        found = {str(k): dict(v) for k, v in hosts.items() if isinstance(v, dict)}
+    old_server = document.get("server")
+    if isinstance(old_server, str) and old_server.rstrip("/") != (server or "").rstrip("/"):
+        settings = {k: v for k, v in document.items() if k not in ("server", "host")}
+        found.setdefault(old_server, {"capabilities": ["pull", "resolve"], **settings})
+    return found
+
+
+# -- the directory -----------------------------------------------------------------------------
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.chmod(name, 0o644)
+    os.replace(name, path)
+
+
+def _backup(config_path: Path) -> Path:
+    """Move what ``config_path`` holds into ``_backup/``, once (resumes a broken move)."""
+    backup = config_path / BACKUP_DIR
+    if backup.is_dir():
+        return backup
+    partial = config_path / _PARTIAL
+    partial.mkdir(exist_ok=True)
+    for entry in sorted(config_path.iterdir()):
+        if entry.name not in (BACKUP_DIR, _PARTIAL):
+            entry.rename(partial / entry.name)
+    partial.rename(backup)
+    return backup
+
+
+def configure_hosts(config_path: Path, targets: Sequence[str],
+                    registries: Sequence[MirroredRegistry], *, resolve_tags: bool = True,
+                    prepend_existing: bool = False) -> list[Path]:
+    """Write the ``hosts.toml`` files; returns them in the order written."""
+    if not targets:
+        raise ConfigError("--mirror-targets", "at least one mirror target is required")
+    config_path.mkdir(parents=True, exist_ok=True)
+    backup = _backup(config_path)
+    for entry in sorted(config_path.iterdir()):
+        if entry.name != BACKUP_DIR:
+            _remove(entry)
+    written = []
+    entries = list(registries) or [MirroredRegistry(DEFAULT_DIR, None)]
+    for registry in entries:
+        directory = config_path / registry.directory
+        old = backup / registry.directory
+        existing: dict[str, dict[str, Any]] = {}
+        if prepend_existing and old.is_dir():
+            shutil.copytree(old, directory, symlinks=True)
+            if (old / HOSTS_FILE).is_file():
+                existing = _previous_hosts(old / HOSTS_FILE, registry.server)
+        path = directory / HOSTS_FILE
+        _write(path, hosts_toml(registry.server, targets, resolve_tags=resolve_tags,
+                                existing=existing))
+        written.append(path)
+    return written
+
+
+def cleanup_hosts(config_path: Path) -> bool:
+    """Remove what ``configure_hosts`` wrote and restore ``_backup/``; False if no backup."""
+    backup = config_path / BACKUP_DIR
+    if not backup.is_dir():
+        partial = config_path / _PARTIAL
+        if not partial.is_dir():
+            return False
+        backup = partial
+    for entry in sorted(config_path.iterdir()):
+        if entry.name not in (BACKUP_DIR, _PARTIAL):
+            _remove(entry)
+    for entry in sorted(backup.iterdir()):
+        entry.rename(config_path / entry.name)
+    backup.rmdir()
+    return True
+
+
+# -- the commands -------------------------------------------------------------------------------
+def _config_path_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--containerd-registry-config-path", type=Path,
+                        default=DEFAULT_CONFIG_PATH, metavar="DIR",
+                        help="containerd's registry config_path "
+                             f"[default {DEFAULT_CONFIG_PATH}].")
+
+
+def add_configuration_commands(commands: Any) -> None:
+    """Add the ``configuration`` and ``cleanup`` subcommands to ``spegel``'s subparsers."""
+    configuration = commands.add_parser(
+        "configuration", help="Write containerd hosts.toml files that use this node's mirror.")
+    _config_path_argument(configuration)
+    configuration.add_argument("--mirror-targets", action="append", default=[], required=True,
+                               metavar="URL[,URL]",
+                               help="Mirror URLs containerd asks first, in order "
+                                    "(e.g. http://127.0.0.1:5000).")
+    configuration.add_argument("--mirrored-registries", action="append", default=[],
+                               metavar="URL[,URL]",
+                               help="Registries to mirror; none: every registry (_default).")
+    configuration.add_argument("--resolve-tags", nargs="?", const="true", default="true",
+                               metavar="true|false",
+                               help="Let the mirror resolve tags [default true].")
+    configuration.add_argument("--prepend-existing", nargs="?", const="true", default="false",
+                               metavar="true|false",
+                               help="Keep the previous host tables after the mirror's.")
+    cleanup = commands.add_parser("cleanup",
+                                  help="Undo `spegel configuration` (restore _backup/).")
+    _config_path_argument(cleanup)
+
+
+def run_configuration_command(args: argparse.Namespace) -> int:
+    """Run ``configuration`` or ``cleanup``; raises :class:`ConfigError` for bad values."""
+    config_path: Path = args.containerd_registry_config_path
+    try:
+        if args.command == "cleanup":
+            if cleanup_hosts(config_path):
+                print(f"restored {config_path / BACKUP_DIR} into {config_path}")
+            else:
+                print(f"nothing to restore: {config_path / BACKUP_DIR} does not exist")
+            return 0
+        targets = [parse_mirror_target(item) for item in _split(args.mirror_targets)]
+        registries = list({registry.directory: registry for registry in
+                           map(parse_mirrored_registry, _split(args.mirrored_registries))
+                           }.values())
+        written = configure_hosts(
+            config_path, targets, registries,
+            resolve_tags=_bool("--resolve-tags", args.resolve_tags),
+            prepend_existing=_bool("--prepend-existing", args.prepend_existing))
+    except OSError as exc:
+        raise ConfigError("--containerd-registry-config-path", str(exc)) from None
+    for path in written:
+        print(f"wrote {path}")
+    return 0
