@@ -34,7 +34,8 @@ def _digest_of(url: str) -> str | None:
     request = urllib.request.Request(url, method="HEAD")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return response.headers.get("Docker-Content-Digest")  # case-insensitive
+            digest = response.headers.get("Docker-Content-Digest")  # case-insensitive
+            return str(digest) if digest else None
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
 
