@@ -179,11 +179,15 @@ class ContainerdDaemon:
                                f"{result.stderr.strip()}")
         return result.stdout
 
-    def import_archive(self, archive: Path, *, all_platforms: bool = True,
+    def import_archive(self, archive: Path, *, all_platforms: bool = True, unpack: bool = True,
                        namespace: str | None = None) -> str:
-        """``ctr images import`` an OCI archive (``--all-platforms`` unless told otherwise)."""
+        """``ctr images import`` an OCI archive (``--all-platforms`` unless told otherwise).
+
+        ``unpack=False`` skips making snapshots (needed for ``raw_layers`` images,
+        whose layers are not tar files).
+        """
         args = ["images", "import", *(["--all-platforms"] if all_platforms else []),
-                str(archive)]
+                *([] if unpack else ["--no-unpack"]), str(archive)]
         return self.ctr(*args, namespace=namespace)
 
     def remove_images(self, *references: str, namespace: str | None = None) -> str:
@@ -226,7 +230,7 @@ def layout_archive(layout_dir: Path, archive: Path) -> Path:
 
 
 def import_layout(daemon: ContainerdDaemon, layout_dir: Path, *, all_platforms: bool = True,
-                  namespaces: Sequence[str] = ()) -> None:
+                  unpack: bool = True, namespaces: Sequence[str] = ()) -> None:
     """Import every image of an OCI layout into ``daemon`` (in each of ``namespaces``).
 
     Also the hook the benchmarks use to fill a node's containerd.
@@ -235,6 +239,7 @@ def import_layout(daemon: ContainerdDaemon, layout_dir: Path, *, all_platforms: 
     layout_archive(layout_dir, archive)
     try:
         for namespace in namespaces or (daemon.namespace,):
-            daemon.import_archive(archive, all_platforms=all_platforms, namespace=namespace)
+            daemon.import_archive(archive, all_platforms=all_platforms, unpack=unpack,
+                                  namespace=namespace)
     finally:
         archive.unlink(missing_ok=True)
