@@ -295,7 +295,10 @@ class KademliaRouter:
         if count != self._last_peer_count:
             self._last_peer_count = count
             self._metrics.emit(PeerCount(count))
-            if count == 0 and self._state == "running":
+            if self._state == "running" and (count == 0 or self._unstored):
+                # Table emptied: bootstrap again. A first contact arrived while keys
+                # wait to be stored: bootstrap now (it announces them) instead of
+                # after the backoff.
                 self._wake_bootstrap.set()
 
     # -- asking ---------------------------------------------------------------------------
@@ -437,6 +440,9 @@ class KademliaRouter:
         await self._refresh(0.0)
         if was_empty:
             log.info("joined the DHT: %d contacts", len(self.table))
+        if self._unstored:
+            # Keys advertised while no node was known: announce them now, not at the
+            # next reprovide (the table may have been filled by incoming traffic).
             for key in list(self._unstored):
                 self.advertised.reschedule(key, 0.0)
             self._wake_reprovide.set()

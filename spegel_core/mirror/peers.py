@@ -20,7 +20,7 @@ import aiohttp
 
 from spegel_core.config import SpegelConfig
 from spegel_core.errors import BlobUnknown, ManifestUnknown, PeerError
-from spegel_core.mirror.service import Manifest
+from spegel_core.mirror.service import Manifest, ManifestCache
 from spegel_core.oci.mediatypes import MANIFEST_TYPES, MAX_MANIFEST_SIZE, sniff_manifest_type
 from spegel_core.protocols import MetricsSink, Peer, ResolveDuration, Router
 
@@ -70,6 +70,8 @@ class PeerFetcher:
         self._cache: dict[str, _Cached] = {}
         self._penalties: dict[tuple[str, int], float] = {}
         self._session: aiohttp.ClientSession | None = None
+        #: Verified manifests fetched from peers (content-addressed, so safe to reuse).
+        self.manifests = ManifestCache(4 * 1024 * 1024)
 
     @classmethod
     def from_config(cls, config: SpegelConfig, router: Router,
@@ -168,13 +170,20 @@ class PeerFetcher:
     async def manifest(self, registry: str, name: str, reference: str,
                        key: str, digest: str | None) -> Manifest:
         """A manifest by tag (``digest`` None) or by digest, verified before use."""
+        if digest is not None:
+            cached = self.manifests.get(digest)
+            if cached is not None:
+                return cached
         attempts = 0
         async for peer in self.providers(key):
             attempts += 1
             try:
-                return await self._fetch_manifest(peer, registry, name, reference, digest)
+                manifest = await self._fetch_manifest(peer, registry, name, reference, digest)
             except PeerError as exc:
                 self.penalise(peer, str(exc))
+            else:
+                self.manifests.put(manifest)
+                return manifest
             if attempts >= self.settings.resolve_retries:
                 break
         raise ManifestUnknown(f"manifest {registry}/{name}:{reference} not found on any peer")

@@ -101,7 +101,6 @@ async def get_manifest(
         except NotFound:
             _record(node, registry, "manifest", request, 0, started, Source.NONE, 404)
             raise
-        service.manifests.put(manifest)
         source = Source.PEER
     headers = {
         "Docker-Content-Digest": manifest.digest,
