@@ -8,6 +8,9 @@ import random
 import time
 from collections.abc import Sequence
 
+import aiodns
+import pycares
+
 from spegel_core.protocols import DnsQuery, MetricsSink, PeerAddress
 from spegel_dns.local import LocalAddresses
 from spegel_dns.names import check_dns_name, parse_nameserver
@@ -83,11 +86,17 @@ class DNSDiscovery:
         if self._closed:
             return []
         self.calls += 1
+        await self.own.load()  # once; bounded by its own timeout, outside the DNS budget
         started = time.perf_counter()
-        # Half the budget per try, so a lost datagram is retried once within it.
-        resolver = Resolver(self.nameservers, timeout=self.timeout / 2, tries=2)
-        self._resolvers.add(resolver)
         peers: list[PeerAddress] = []
+        try:
+            # Half the budget per try, so a lost datagram is retried once within it.
+            resolver = Resolver(self.nameservers, timeout=self.timeout / 2, tries=2)
+        except (pycares.AresError, aiodns.error.DNSError, OSError, RuntimeError) as exc:
+            log.warning("DNS bootstrap: cannot create a resolver: %s; will retry", exc)
+            self._finish(started, Outcome.ERROR)
+            return []
+        self._resolvers.add(resolver)
         try:
             async with asyncio.timeout(self.timeout):
                 peers, outcome = await self._resolve(resolver)
@@ -98,9 +107,7 @@ class DNSDiscovery:
         finally:
             self._resolvers.discard(resolver)
             await asyncio.shield(resolver.aclose())
-        result = "ok" if outcome in (Outcome.OK, Outcome.NODATA) else outcome.value
-        self.last_outcome = result
-        self._emit(DnsQuery(time.perf_counter() - started, result))
+        self._finish(started, outcome)
         if peers:
             log.debug("DNS bootstrap: %d peers from %s: %s", len(peers), self._target(),
                       ", ".join(map(str, peers)))
@@ -114,17 +121,12 @@ class DNSDiscovery:
 
     # -- resolution ------------------------------------------------------------------
     async def _resolve(self, resolver: Resolver) -> tuple[list[PeerAddress], Outcome]:
-        own = asyncio.ensure_future(self.own.load())
-        try:
-            if self.srv_name is None:
-                addresses, answers = await resolver.addresses(self.domain)
-                srv = None
-            else:
-                (addresses, answers), srv = await asyncio.gather(
-                    resolver.addresses(self.domain), resolver.query(self.srv_name, "SRV"))
-            await own
-        finally:
-            own.cancel()
+        srv: QueryAnswer | None = None
+        if self.srv_name is None:
+            addresses, answers = await resolver.addresses(self.domain)
+        else:
+            (addresses, answers), srv = await asyncio.gather(
+                resolver.addresses(self.domain), resolver.query(self.srv_name, "SRV"))
         if srv is not None and srv.services:
             peers = await self._from_srv(resolver, srv, addresses)
             return peers, Outcome.OK
@@ -177,11 +179,13 @@ class DNSDiscovery:
         return self._rng.sample(candidates, min(self.sample_size, len(candidates)))
 
     # -- helpers ---------------------------------------------------------------------
-    def _emit(self, event: DnsQuery) -> None:
+    def _finish(self, started: float, outcome: Outcome) -> None:
+        result = "ok" if outcome in (Outcome.OK, Outcome.NODATA) else outcome.value
+        self.last_outcome = result
         if self.metrics is None:
             return
         try:
-            self.metrics.emit(event)
+            self.metrics.emit(DnsQuery(time.perf_counter() - started, result))
         except Exception:  # an observer never breaks bootstrapping
             log.exception("metrics sink %r failed", self.metrics)
 

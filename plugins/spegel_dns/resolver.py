@@ -74,8 +74,12 @@ class Resolver:
 
     async def query(self, name: str, qtype: str) -> QueryAnswer:
         """Ask for ``qtype`` (A, AAAA or SRV) records of ``name``; never raises a DNS error."""
+        if self._closed:
+            return QueryAnswer(name, qtype, Outcome.ERROR, detail="resolver closed")
         try:
             result = await self._resolver.query_dns(name, qtype)
+        except RuntimeError as exc:  # the channel was destroyed under us (closing)
+            return QueryAnswer(name, qtype, Outcome.ERROR, detail=str(exc))
         except aiodns.error.DNSError as exc:
             code = exc.args[0] if exc.args else None
             detail = str(exc.args[1]) if len(exc.args) > 1 else str(exc)

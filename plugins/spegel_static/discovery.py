@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterable, Sequence
 
 import aiodns
+import pycares
 
 from spegel_core.protocols import PeerAddress
 from spegel_dns.local import LocalAddresses
@@ -75,8 +76,12 @@ class StaticDiscovery:
             await asyncio.shield(resolver.close())
 
     async def _resolve(self, names: list[StaticPeer]) -> dict[StaticPeer, list[PeerAddress]]:
-        resolver = aiodns.DNSResolver(nameservers=self.nameservers or None,
-                                      timeout=self.resolve_timeout / 2, tries=2)
+        try:
+            resolver = aiodns.DNSResolver(nameservers=self.nameservers or None,
+                                          timeout=self.resolve_timeout / 2, tries=2)
+        except (pycares.AresError, aiodns.error.DNSError, OSError, RuntimeError) as exc:
+            log.warning("static bootstrap: cannot create a resolver: %s; names skipped", exc)
+            return {}
         self._resolvers.add(resolver)
         try:
             tasks = [asyncio.ensure_future(self._lookup(resolver, peer)) for peer in names]
@@ -101,7 +106,9 @@ class StaticDiscovery:
         try:
             result = await resolver.getaddrinfo(peer.host, family=_FAMILIES[peer.protocol],
                                                 type=socket.SOCK_DGRAM)
-        except aiodns.error.DNSError as exc:
+        except (aiodns.error.DNSError, RuntimeError) as exc:  # RuntimeError: closed meanwhile
+            if self._closed:
+                return []
             reason = exc.args[1] if len(exc.args) > 1 else exc
             log.warning("static bootstrap: cannot resolve %s: %s; skipped",
                         peer.text or peer, reason)

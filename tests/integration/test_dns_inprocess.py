@@ -17,6 +17,7 @@ from spegel_core.testing.discovery_conformance import DiscoveryConformance
 from spegel_core.testing.dns import InProcessDns, free_port
 from spegel_core.testing.fakes import RecordingSink
 from spegel_dns import DNSDiscovery, LocalAddresses
+from spegel_dns.resolver import Outcome, Resolver
 
 NAME = "spegel-bootstrap.spegel.test"
 NODES = [f"127.0.0.{i}" for i in range(2, 12)]
@@ -251,3 +252,22 @@ async def test_failing_metrics_sink_does_not_break_bootstrap(dns: InProcessDns) 
     source = discovery(dns)
     source.metrics = Broken()
     assert len(await source.bootstrap_peers()) == 5
+
+
+async def test_a_closed_resolver_answers_error_not_raise() -> None:
+    resolver = Resolver([f"127.0.0.1:{free_port()}"])
+    await resolver.aclose()
+    await resolver.aclose()
+    answer = await resolver.query(NAME, "A")
+    assert answer.outcome is Outcome.ERROR and not answer.answered
+
+
+async def test_resolver_that_cannot_be_made_is_a_failure(dns: InProcessDns,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> Resolver:
+        raise OSError("no file descriptors left")
+
+    monkeypatch.setattr("spegel_dns.discovery.Resolver", broken)
+    sink = RecordingSink()
+    assert await discovery(dns, metrics=sink).bootstrap_peers() == []
+    assert sink.of_type(DnsQuery)[0].result == "error"
