@@ -86,7 +86,7 @@ class MirrorClient:
         total = sum(blobs.values())
         done = 0
         for blob, size in blobs.items():
-            def step(n: int, start: int = done) -> None:
+            def step(n: int, _size: int, start: int = done) -> None:
                 if progress is not None:
                     progress(start + n, total)
             self._fetch(f"{base}/blobs/{blob}{ns}", blob, result, progress=step, size=size)

@@ -116,8 +116,8 @@ class ProgressBar:
         self._last = -1
 
     def __call__(self, done: int, total: int) -> None:
-        percent = int(100 * done / total) if total else 100
-        if percent == self._last or (not self.tty and percent % 25 and percent != 100):
+        percent = min(100, int(100 * done / total) if total else 100)
+        if percent == self._last or (not self.tty and percent // 25 == self._last // 25):
             return
         self._last = percent
         filled = self.width * percent // 100
