@@ -61,6 +61,8 @@ READ_CHUNK = 1024 * 1024
 MAX_DEPTH = 8
 #: How often a disconnected store looks for a new socket while it waits to retry.
 SOCKET_POLL = 0.05
+#: How long ``start`` waits for the first connection before returning not ready.
+START_WAIT = 2.0
 
 ClientFactory = Callable[[Path, str], ContainerdClient]
 
@@ -125,6 +127,7 @@ class ContainerdStore:
         self._checker: asyncio.Task[None] | None = None
         self._media_types: dict[str, str] = {}
         self._children: dict[str, list[str]] = {}
+        self._absent: set[str] = set()
         self._images: dict[str, str] = {}
         self._known: set[str] = set()
         self._warned: set[str] = set()
@@ -144,7 +147,7 @@ class ContainerdStore:
         self._client = self._factory(self.socket, self.namespace)
         self._watcher = asyncio.create_task(self._watch(), name=f"containerd-watch {self.socket}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_attempt.wait(), self.call_timeout + 1)
+            await asyncio.wait_for(self._first_attempt.wait(), min(self.call_timeout, START_WAIT))
         if self._connected:
             log.info("containerd %s at %s, namespace %s: %d images, %d blobs", self._version,
                      self.socket, self.namespace, len(self._images), len(self._known))
@@ -265,6 +268,7 @@ class ContainerdStore:
 
     async def _prime(self, client: ContainerdClient) -> None:
         """Learn every image and the content held (media types for ``stat``)."""
+        self._absent.clear()
         await self._list_images(client)
         self._known = {info.digest for info in await client.list_content()
                        if is_digest(info.digest)}
@@ -291,13 +295,14 @@ class ContainerdStore:
             return
         digest = image.target.digest
         self._images[name] = digest
-        await self._walk(client, digest, image.target.media_type or None)
+        await self._walk(client, digest, image.target.media_type or None, fresh=True)
         tree = self._tree(digest)
-        held = {info.digest for info in await client.list_content()
-                if is_digest(info.digest)} & tree
-        for new in sorted(held - self._known):
-            self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
-        self._known |= held
+        if tree - self._known - self._absent:  # else another name of known content
+            held = {info.digest for info in await client.list_content()
+                    if is_digest(info.digest)} & tree
+            for new in sorted(held - self._known):
+                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
+            self._known |= held
         reference = tag_reference(name)
         if reference is not None:
             self._hub.publish(StoreEvent(StoreEventKind.IMAGE_CREATED, name, digest))
@@ -330,14 +335,29 @@ class ContainerdStore:
 
     # -- walking images -------------------------------------------------------------------
     async def _walk(self, client: ContainerdClient, digest: str, media_type: str | None,
-                    depth: int = 0) -> None:
+                    depth: int = 0, *, fresh: bool = False) -> None:
+        """Follow ``digest`` down to its blobs, recording media types and children.
+
+        Manifests found absent (a platform never pulled) are not asked about again
+        until ``fresh`` (an image event) or the next connection.
+        """
         if media_type:
             self._media_types.setdefault(digest, media_type)
-        if digest in self._children or depth > MAX_DEPTH or not is_manifest_type(media_type):
+        if depth > MAX_DEPTH or not is_manifest_type(media_type):
+            return
+        if digest in self._children:
+            for known in self._children[digest] if fresh else ():
+                if known in self._absent or known in self._children:
+                    await self._walk(client, known, self._media_types.get(known), depth + 1,
+                                     fresh=True)
+            return
+        if digest in self._absent and not fresh:
             return
         data = await self._read_manifest(client, digest)
         if data is None:
-            return  # not held (a platform never pulled): walk again next time
+            self._absent.add(digest)
+            return
+        self._absent.discard(digest)
         found_type, found = children(data, media_type)
         self._children[digest] = [child.digest for child in found]
         if found_type is not None:
@@ -346,7 +366,7 @@ class ContainerdStore:
             if child.media_type:
                 self._media_types.setdefault(child.digest, child.media_type)
             if is_manifest_type(child.media_type):
-                await self._walk(client, child.digest, child.media_type, depth + 1)
+                await self._walk(client, child.digest, child.media_type, depth + 1, fresh=fresh)
 
     def _tree(self, root: str) -> set[str]:
         seen = {root}

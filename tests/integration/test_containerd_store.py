@@ -110,7 +110,8 @@ async def test_one_platform_imported_other_manifest_is_not_here(
 
 
 async def test_events_announce_content_of_new_images_and_what_gc_removed(
-    store: ContainerdStore, containerd_daemon: ContainerdDaemon, tmp_path: Path
+    store: ContainerdStore, containerd_daemon: ContainerdDaemon, image: BuiltImage,
+    tmp_path: Path
 ) -> None:
     events = store.subscribe()
     other = build_image(tmp_path / "other", "docker.io/library/other:v2", layer_sizes=SMALL,
@@ -132,8 +133,9 @@ async def test_events_announce_content_of_new_images_and_what_gc_removed(
     while not set(other.blobs) <= gone:
         event = await next_event(events, lambda e: e.kind is StoreEventKind.CONTENT_DELETED)
         gone.add(event.key)
-    assert gone == set(other.blobs)
-    assert not set(other.blobs) & set(await store.list_digests())
+    # (the archive's own index.json, ingested by the import, may be collected too)
+    assert not gone & set(image.blobs)
+    assert not gone & set(await store.list_digests())
 
 
 async def test_image_names_that_are_not_tag_references_are_skipped(
