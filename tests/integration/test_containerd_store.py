@@ -7,11 +7,13 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from spegel_containerd.checks import startup_checks
 from spegel_containerd.store import ContainerdStore
+from spegel_core.config import SpegelConfig
 from spegel_core.errors import BlobUnknown, ConfigError, NotFound, StoreUnavailable
 from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.oci.reference import Reference
@@ -107,6 +109,36 @@ async def test_one_platform_imported_other_manifest_is_not_here(
         with pytest.raises(NotFound):
             await read_all(store, missing[0])
         assert (await store.stat(held[0])).size == image.blobs[held[0]]
+
+
+async def test_mirror_answers_from_containerd(
+    containerd_daemon: ContainerdDaemon, image: BuiltImage,
+    make_config: Callable[..., SpegelConfig], mirror_client: Callable[..., Any]
+) -> None:
+    await import_image(containerd_daemon, image, all_platforms=False)
+    await asyncio.to_thread(containerd_daemon.ctr, "images", "tag", REF, "docker.io/x/gc:now")
+    await asyncio.to_thread(containerd_daemon.ctr, "images", "rm", "--sync", "docker.io/x/gc:now")
+    config = make_config(content_store="containerd", router="none",
+                         containerd_sock=str(containerd_daemon.socket),
+                         containerd_content_path=str(containerd_daemon.content_path))
+    async with mirror_client(config) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        response = await client.head("/v2/library/demo/manifests/v1?ns=docker.io")
+        assert response.status_code == 200
+        assert response.headers["docker-content-digest"] == image.index_digest
+        index = (await client.get(f"/v2/library/demo/manifests/{image.index_digest}")).json()
+        found = []
+        for entry in index["manifests"]:
+            response = await client.get(f"/v2/library/demo/manifests/{entry['digest']}")
+            found.append(response.status_code)
+            if response.status_code == 404:
+                assert response.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        assert sorted(found) == [200, 404]
+        held = found.index(200)
+        per_platform = len(image.layer_digests) // len(image.manifest_digests)
+        for number, layer in enumerate(image.layer_digests):
+            response = await client.get(f"/v2/library/demo/blobs/{layer}")
+            assert response.status_code == (200 if number // per_platform == held else 404)
 
 
 async def test_events_announce_content_of_new_images_and_what_gc_removed(
