@@ -91,7 +91,7 @@ class PeerFetcher:
                 connector=connector, auto_decompress=False, trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0,
                                               sock_read=self.settings.request_timeout),
-                read_bufsize=2**20,
+                read_bufsize=4 * 2**20,
             )
         return self._session
 
@@ -262,18 +262,29 @@ class PeerFetcher:
     async def _stream(self, stream: BlobStream, response: aiohttp.ClientResponse,
                       registry: str, name: str, digest: str, *, verify: bool
                       ) -> AsyncIterator[bytes]:
+        """Relay the body, hashing in a worker thread so hashing overlaps the I/O.
+
+        sha256 runs at about 1.2 GB/s on one core here; on the event loop it was the
+        bottleneck of the whole hop. ``hashlib`` releases the GIL for large buffers,
+        so chunk ``i`` is hashed while chunk ``i - 1`` is sent and ``i + 1`` read.
+        The last chunk is only released once the digest is known to match.
+        """
+        loop = asyncio.get_running_loop()
         hasher = hashlib.new(digest.partition(":")[0]) if verify else None
+        hashing: asyncio.Future[None] | None = None
         sent = 0
         held = b""
         peer = stream.peer
         try:
             while True:
                 try:
-                    async for chunk in response.content.iter_chunked(STREAM_CHUNK):
+                    async for chunk in _batched(response.content, STREAM_CHUNK):
                         if sent + len(held) + len(chunk) > stream.length:
                             raise PeerError("peer sent more bytes than announced")
                         if hasher is not None:
-                            hasher.update(chunk)
+                            if hashing is not None:
+                                await hashing
+                            hashing = loop.run_in_executor(None, hasher.update, chunk)
                         if held:
                             yield held
                             sent += len(held)
@@ -288,12 +299,16 @@ class PeerFetcher:
                     end = stream.start + stream.length - 1
                     response, peer = await self._resume(registry, name, digest, position, end,
                                                         stream)
+            if hashing is not None:
+                await hashing
             if hasher is not None and f"{digest.partition(':')[0]}:{hasher.hexdigest()}" != digest:
                 self.penalise(peer, "blob digest mismatch")
                 raise PeerError(f"blob {digest} from {peer.url} does not match its digest")
             if held:
                 yield held
         finally:
+            if hashing is not None and not hashing.done():
+                await asyncio.wait([hashing])
             response.release()
 
     async def _resume(self, registry: str, name: str, digest: str, position: int, end: int,
@@ -330,6 +345,20 @@ def _extent(response: aiohttp.ClientResponse, range_header: str | None) -> tuple
     if length < 0:
         raise PeerError("peer sent no Content-Length")
     return length, 0, length
+
+
+async def _batched(content: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
+    """What arrives, in pieces of about ``size`` bytes (few hand-offs, few joins)."""
+    parts: list[bytes] = []
+    have = 0
+    async for data in content.iter_any():
+        parts.append(data)
+        have += len(data)
+        if have >= size:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts, have = [], 0
+    if parts:
+        yield b"".join(parts)
 
 
 async def _empty() -> AsyncIterator[bytes]:
