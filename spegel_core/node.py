@@ -41,6 +41,9 @@ class Node:
         metrics = MetricsHub(pm.metrics_sinks(config))
         store = store if store is not None else pm.make_content_store(config)
         discovery = pm.discoveries(config)
+        for source in discovery:
+            if hasattr(source, "metrics") and getattr(source, "metrics", None) is None:
+                source.metrics = metrics  # type: ignore[attr-defined]  # e.g. DnsQuery events
         router = pm.make_router(config, discovery, metrics)
         node = cls(config=config, pm=pm, store=store, metrics=metrics, discovery=discovery,
                    router=router)
