@@ -104,9 +104,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     big_digest, small_digest = image.layer_digests[0], image.layer_digests[1]
     manifest_digest = image.manifest_digests[0]
     upstream = UpstreamRegistry(workdir / "upstream", port=args.registry_port)
-    node = NodeProcess(free_loopback_ip(5000), 5000,
+    node_ip, peer_ip = free_loopback_ip(5000), free_loopback_ip(5000)
+    node = NodeProcess(node_ip, 5000,
                        ["--content-store", "oci-layout", "--oci-layout-path", str(layout),
                         "--log-level", "WARNING"], workdir / "node.log")
+    empty = workdir / "empty"
+    empty.mkdir(exist_ok=True)
+    peer_node = NodeProcess(peer_ip, 5000,
+                            ["--content-store", "oci-layout", "--oci-layout-path", str(empty),
+                             "--bootstrap-kind", "static",
+                             "--static-peers", f"/ip4/{node_ip}/udp/5001",
+                             "--log-level", "WARNING"], workdir / "peer-node.log")
     try:
         upstream.start()
         print("bench: uploading the same blobs to docker-registry", flush=True)
@@ -117,7 +125,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                                   image.media_types[digest])
         node.start()
         node.wait_ready()
+        peer_node.start()
+        peer_node.wait_ready()
         assert upstream.process is not None and node.process is not None
+        assert peer_node.process is not None
         targets = [
             Target("spegel", node.ip, node.port, node.process.pid, "?ns=docker.io"),
             Target("registry", upstream.host, upstream.port, upstream.process.pid, ""),
@@ -137,7 +148,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             t, small_digest, small, args.clients, args.per_client))
         print("bench: manifest time to first byte", flush=True)
         ttfb = _interleaved(targets, 1, lambda t: _ttfb(t, manifest_digest, args.samples))
+        via = Target("peer hop", peer_node.ip, peer_node.port, peer_node.process.pid,
+                     "?ns=docker.io")
+        _wait_found(via, big_digest)
+        print("bench: through a peer (node B fetching from node A)", flush=True)
+        peer_targets = [via, targets[1]]
+        peer_big = _interleaved(peer_targets, args.rounds,
+                                lambda t: _stream(t, big_digest, big))
+        peer_concurrent = _interleaved(peer_targets, args.rounds, lambda t: _concurrent(
+            t, small_digest, small, args.clients, args.per_client))
+        peer_ttfb = _ttfb(via, manifest_digest, args.samples)
+        misses = _misses(via, args.samples)
     finally:
+        peer_node.stop()
         node.stop()
         upstream.stop()
 
@@ -158,7 +181,42 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "ttfb_p50_ms": ttfb[name][0][0],  # type: ignore[index]
             "ttfb_p99_ms": ttfb[name][0][1],  # type: ignore[index]
         }
+    results["peer"] = {
+        "peer_big_gbps": med(peer_big["peer hop"], 0),
+        "registry_big_gbps": med(peer_big["registry"], 0),
+        "peer_concurrent_gbps": med(peer_concurrent["peer hop"], 0),
+        "registry_concurrent_gbps": med(peer_concurrent["registry"], 0),
+        "peer_manifest_ttfb_p50_ms": peer_ttfb[0],
+        "peer_manifest_ttfb_p99_ms": peer_ttfb[1],
+        "miss_p50_ms": misses[0],
+        "miss_max_ms": misses[1],
+    }
     return results
+
+
+def _wait_found(target: Target, digest: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client = RawClient(target.host, target.port)
+        try:
+            if client.get(target.path("blobs", digest)).status == 200:
+                return
+        finally:
+            client.close()
+        time.sleep(0.1)
+    raise TimeoutError(f"{target.name} never found {digest}")
+
+
+def _misses(target: Target, samples: int) -> tuple[float, float]:
+    """"Not here": 404 latency for digests nobody holds (lookup + answer), ms."""
+    client = RawClient(target.host, target.port)
+    times = []
+    for index in range(samples):
+        timing = client.get(target.path("blobs", f"sha256:{index + 1:064x}"))
+        assert timing.status == 404
+        times.append(timing.total_s * 1000)
+    client.close()
+    return statistics.median(times), max(times)
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
@@ -202,16 +260,40 @@ def table(results: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def peer_table(results: dict[str, object]) -> str:
+    peer = results["peer"]
+    assert isinstance(peer, dict)
+    big = peer["peer_big_gbps"] / peer["registry_big_gbps"]
+    many = peer["peer_concurrent_gbps"] / peer["registry_concurrent_gbps"]
+    return "\n".join([
+        "| measure | through a peer | docker-registry direct | ratio |",
+        "|---|---:|---:|---:|",
+        f"| GB/s, one stream, {results['blob_mib']:g} MiB layer | {peer['peer_big_gbps']:.2f} "
+        f"| {peer['registry_big_gbps']:.2f} | {big:.2f}x |",
+        f"| GB/s, {results['clients']} concurrent clients, {results['small_mib']:g} MiB blob "
+        f"| {peer['peer_concurrent_gbps']:.2f} | {peer['registry_concurrent_gbps']:.2f} "
+        f"| {many:.2f}x |",
+        "",
+        "| latency | median (ms) | p99 / max (ms) |",
+        "|---|---:|---:|",
+        f"| manifest through a peer, lookup cached (TTFB) | "
+        f"{peer['peer_manifest_ttfb_p50_ms']:.2f} | {peer['peer_manifest_ttfb_p99_ms']:.2f} |",
+        f"| \"not here\" 404 (lookup finds nobody) | {peer['miss_p50_ms']:.2f} "
+        f"| {peer['miss_max_ms']:.2f} |",
+    ])
+
+
 def write_doc(path: Path, results: dict[str, object], command: str) -> None:
     section = (f"{BEGIN}\nMeasured {time.strftime('%Y-%m-%d')} on {results['machine']}; "
                f"medians of {results['rounds']} interleaved rounds.\n\n"
-               f"Command: `{command}`\n\n{table(results)}\n{END}")
+               f"Command: `{command}`\n\n### Local serving\n\n{table(results)}\n\n"
+               f"### The peer hop and misses\n\n{peer_table(results)}\n{END}")
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1]
     else:
-        text = text.rstrip() + "\n\n## Local serving\n\n" + section + "\n"
+        text = text.rstrip() + "\n\n## Latest run\n\n" + section + "\n"
     path.write_text(text)
 
 
@@ -231,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(args)
     print(table(results))
+    print()
+    print(peer_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.write:
