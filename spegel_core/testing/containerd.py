@@ -6,9 +6,10 @@ daemon's own directory, and the CRI plugin is disabled. ``ctr`` is driven
 with ``--address`` pointing at the daemon's socket.
 
 Benchmark hook: :func:`import_layout` fills a daemon from an OCI layout
-built by :func:`spegel_core.oci.image_builder.build_image`, so a benchmark can
-serve the same image from a containerd content directory and from an OCI
-layout and compare the two.
+built by :func:`spegel_core.oci.image_builder.build_image`, and
+:func:`registry_args` gives the ``spegel registry`` flags of a node serving
+from that daemon, so a benchmark can serve the same image from a containerd
+content directory and from an OCI layout and compare the two.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "containerd_available",
     "import_layout",
     "layout_archive",
+    "registry_args",
     "temporary_daemon",
 ]
 
@@ -219,6 +221,13 @@ def temporary_daemon(namespace: str = "k8s.io") -> Iterator[ContainerdDaemon]:
     finally:
         daemon.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def registry_args(daemon: ContainerdDaemon) -> list[str]:
+    """``spegel registry`` flags for a node whose content store is ``daemon``."""
+    return ["--content-store", "containerd", "--containerd-sock", str(daemon.socket),
+            "--containerd-namespace", daemon.namespace,
+            "--containerd-content-path", str(daemon.content_path)]
 
 
 def layout_archive(layout_dir: Path, archive: Path) -> Path:

@@ -17,7 +17,7 @@ import pytest
 from spegel_core.cli.main import main
 from spegel_core.oci.image_builder import build_image
 from spegel_core.oci.mediatypes import OCI_INDEX
-from spegel_core.testing.containerd import ContainerdDaemon, import_layout
+from spegel_core.testing.containerd import ContainerdDaemon, import_layout, registry_args
 from spegel_core.testing.nodes import NodeProcess
 from spegel_core.testing.upstream import UpstreamRegistry
 
@@ -27,9 +27,7 @@ REF = "docker.io/library/demo:v1"
 
 def containerd_node(spegel_node: StartNode, daemon: ContainerdDaemon, *,
                     wait: bool = True) -> NodeProcess:
-    return spegel_node("--content-store", "containerd", "--containerd-sock", str(daemon.socket),
-                       "--containerd-content-path", str(daemon.content_path), "--router", "none",
-                       wait=wait)
+    return spegel_node(*registry_args(daemon), "--router", "none", wait=wait)
 
 
 def wait_alive(node: NodeProcess, timeout: float = 20.0) -> None:
