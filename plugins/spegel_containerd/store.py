@@ -195,6 +195,8 @@ class ContainerdStore:
                 code = exc.code()
                 detail = f"containerd events: {code.name if code else 'UNKNOWN'}: {exc.details()}"
             except asyncio.CancelledError:
+                if client is not self._client:
+                    await asyncio.shield(client.aclose())
                 raise
             except Exception as exc:  # the watcher must outlive any surprise
                 log.exception("containerd event handling failed; reconnecting")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -196,3 +197,61 @@ async def test_store_without_containerd_is_not_ready_and_closes(tmp_path: Path) 
     await store.aclose()
     assert [event async for event in events] == []
     assert store.status().detail == "closed"
+
+
+class FakeClient:
+    """Just enough of ContainerdClient for the watcher: a version and an idle event stream."""
+
+    def __init__(self, versions: list[str]) -> None:
+        self.versions = versions
+        self.closed = False
+
+    async def version(self) -> tuple[str, str]:
+        return self.versions[0], ""
+
+    def subscribe(self, filters: list[str]) -> object:
+        class Idle:
+            def __aiter__(self) -> Idle:
+                return self
+
+            async def __anext__(self) -> object:
+                await asyncio.Event().wait()
+                raise StopAsyncIteration
+
+            def cancel(self) -> None:
+                pass
+
+        return Idle()
+
+    async def list_images(self) -> list[object]:
+        return []
+
+    async def list_content(self) -> list[object]:
+        return []
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_too_old_containerd_keeps_the_store_not_ready_until_upgraded(
+    tmp_path: Path
+) -> None:
+    versions = ["1.5.18"]
+    clients: list[FakeClient] = []
+
+    def factory(socket: Path, namespace: str) -> FakeClient:
+        clients.append(FakeClient(versions))
+        return clients[-1]
+
+    store = ContainerdStore(tmp_path / "s.sock", reconnect_max_backoff=0.05,
+                            client_factory=factory)  # type: ignore[arg-type]
+    async with store:
+        assert "too old: spegel needs containerd >= 1.6" in store.status().detail
+        events = store.subscribe()
+        versions[0] = "1.6.2"
+        async with asyncio.timeout(5):
+            async for event in events:
+                assert event.kind is StoreEventKind.RESYNC
+                break
+        assert store.status().ready
+    assert all(client.closed for client in clients)
