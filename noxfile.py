@@ -44,4 +44,5 @@ def bench(session: nox.Session) -> None:
     Pass options after ``--``, e.g. ``nox -s bench -- --blob-mib 512 --rounds 3``.
     """
     session.install("-e", ".[test]")
-    session.run("python", "-m", "tests.bench.run", *session.posargs)
+    args = session.posargs or ["--write", "docs/benchmarks.md"]
+    session.run("python", "-m", "tests.bench.run", *args)
