@@ -28,6 +28,7 @@ import os
 import stat as stat_module
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -36,7 +37,7 @@ import grpc.aio
 from spegel_containerd.checks import ContainerdTooOld, check_version
 from spegel_containerd.client import ContainerdClient, ContainerdUnavailable
 from spegel_containerd.events import decode_envelope, subscribe_filters
-from spegel_containerd.manifests import children, is_manifest_type
+from spegel_containerd.walker import ImageWalker
 from spegel_core.errors import (
     BlobUnknown,
     ManifestUnknown,
@@ -57,8 +58,6 @@ __all__ = ["READ_CHUNK", "ContainerdStore", "tag_reference"]
 
 #: Size of the chunks :meth:`ContainerdStore.read` yields from a file.
 READ_CHUNK = 1024 * 1024
-#: How deep indexes may nest below an image's target.
-MAX_DEPTH = 8
 #: How often a disconnected store looks for a new socket while it waits to retry.
 SOCKET_POLL = 0.05
 #: How long ``start`` waits for the first connection before returning not ready.
@@ -125,9 +124,7 @@ class ContainerdStore:
         self._first_attempt = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._checker: asyncio.Task[None] | None = None
-        self._media_types: dict[str, str] = {}
-        self._children: dict[str, list[str]] = {}
-        self._absent: set[str] = set()
+        self._walker = ImageWalker()
         self._images: dict[str, str] = {}
         self._known: set[str] = set()
         self._warned: set[str] = set()
@@ -270,7 +267,7 @@ class ContainerdStore:
 
     async def _prime(self, client: ContainerdClient) -> None:
         """Learn every image and the content held (media types for ``stat``)."""
-        self._absent.clear()
+        self._walker.absent.clear()
         await self._list_images(client)
         self._known = {info.digest for info in await client.list_content()
                        if is_digest(info.digest)}
@@ -297,9 +294,10 @@ class ContainerdStore:
             return
         digest = image.target.digest
         self._images[name] = digest
-        await self._walk(client, digest, image.target.media_type or None, fresh=True)
-        tree = self._tree(digest)
-        if tree - self._known - self._absent:  # else another name of known content
+        await self._walker.walk(partial(self._read_manifest, client), digest,
+                                image.target.media_type or None, fresh=True)
+        tree = self._walker.tree(digest)
+        if tree - self._known - self._walker.absent:  # else another name of known content
             held = {info.digest for info in await client.list_content()
                     if is_digest(info.digest)} & tree
             for new in sorted(held - self._known):
@@ -335,51 +333,7 @@ class ContainerdStore:
                 self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
             self._known = held
 
-    # -- walking images -------------------------------------------------------------------
-    async def _walk(self, client: ContainerdClient, digest: str, media_type: str | None,
-                    depth: int = 0, *, fresh: bool = False) -> None:
-        """Follow ``digest`` down to its blobs, recording media types and children.
-
-        Manifests found absent (a platform never pulled) are not asked about again
-        until ``fresh`` (an image event) or the next connection.
-        """
-        if media_type:
-            self._media_types.setdefault(digest, media_type)
-        if depth > MAX_DEPTH or not is_manifest_type(media_type):
-            return
-        if digest in self._children:
-            for known in self._children[digest] if fresh else ():
-                if known in self._absent or known in self._children:
-                    await self._walk(client, known, self._media_types.get(known), depth + 1,
-                                     fresh=True)
-            return
-        if digest in self._absent and not fresh:
-            return
-        data = await self._read_manifest(client, digest)
-        if data is None:
-            self._absent.add(digest)
-            return
-        self._absent.discard(digest)
-        found_type, found = children(data, media_type)
-        self._children[digest] = [child.digest for child in found]
-        if found_type is not None:
-            self._media_types.setdefault(digest, found_type)
-        for child in found:
-            if child.media_type:
-                self._media_types.setdefault(child.digest, child.media_type)
-            if is_manifest_type(child.media_type):
-                await self._walk(client, child.digest, child.media_type, depth + 1, fresh=fresh)
-
-    def _tree(self, root: str) -> set[str]:
-        seen = {root}
-        pending = [root]
-        while pending:
-            for child in self._children.get(pending.pop(), ()):
-                if child not in seen:
-                    seen.add(child)
-                    pending.append(child)
-        return seen
-
+    # -- reading ---------------------------------------------------------------------------
     async def _read_manifest(self, client: ContainerdClient, digest: str) -> bytes | None:
         info = await client.content_info(digest)
         if info is None or info.size > MAX_MANIFEST_SIZE:
@@ -407,7 +361,8 @@ class ContainerdStore:
             if not is_digest(digest):
                 continue
             names[record.name] = digest
-            await self._walk(client, digest, record.target.media_type or None)
+            await self._walker.walk(partial(self._read_manifest, client), digest,
+                                    record.target.media_type or None)
             reference = tag_reference(record.name)
             if reference is None:
                 self._warn_once(f"name:{record.name}", logging.DEBUG,
@@ -488,7 +443,7 @@ class ContainerdStore:
         if info is None:
             raise BlobUnknown(f"blob {digest} is not in containerd")
         return ContentInfo(digest=digest, size=int(info.size),
-                           media_type=self._media_types.get(digest),
+                           media_type=self._walker.media_types.get(digest),
                            path=self._file(digest, int(info.size)))
 
     async def read(self, digest: str, offset: int = 0,

@@ -20,6 +20,7 @@ from spegel_containerd.events import decode_envelope, subscribe_filters
 from spegel_containerd.manifests import Child, children
 from spegel_containerd.plugin import ContainerdSettings
 from spegel_containerd.store import ContainerdStore, tag_reference
+from spegel_containerd.walker import ImageWalker
 from spegel_core.config import load_config
 from spegel_core.errors import ConfigError, StoreUnavailable
 from spegel_core.oci.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
@@ -255,3 +256,29 @@ async def test_too_old_containerd_keeps_the_store_not_ready_until_upgraded(
                 break
         assert store.status().ready
     assert all(client.closed for client in clients)
+
+
+async def test_walker_remembers_absent_manifests_until_fresh() -> None:
+    index = json.dumps({"manifests": [{"mediaType": OCI_MANIFEST, "digest": D1},
+                                      {"mediaType": OCI_MANIFEST, "digest": D2}]}).encode()
+    manifest = json.dumps({"config": {"mediaType": OCI_CONFIG, "digest": "sha256:" + "3" * 64},
+                           "layers": [{"mediaType": OCI_LAYER_GZIP,
+                                       "digest": "sha256:" + "4" * 64}]}).encode()
+    root = "sha256:" + "0" * 64
+    held = {root: index, D1: manifest}
+    reads: list[str] = []
+
+    async def read(digest: str) -> bytes | None:
+        reads.append(digest)
+        return held.get(digest)
+
+    walker = ImageWalker()
+    await walker.walk(read, root, OCI_INDEX)
+    assert reads == [root, D1, D2] and walker.absent == {D2}
+    assert walker.tree(root) == {root, D1, D2, "sha256:" + "3" * 64, "sha256:" + "4" * 64}
+    assert walker.media_types["sha256:" + "4" * 64] == OCI_LAYER_GZIP
+    await walker.walk(read, root, OCI_INDEX)
+    assert reads == [root, D1, D2]  # nothing read again
+    held[D2] = manifest
+    await walker.walk(read, root, OCI_INDEX, fresh=True)
+    assert reads == [root, D1, D2, D2] and walker.absent == set()
