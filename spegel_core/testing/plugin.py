@@ -13,7 +13,7 @@ Fixtures:
 - ``spegel_node``: ``spegel_node(*args)`` starts a real ``spegel registry`` process on a
   fresh loopback address and stops it at teardown.
 - ``containerd_daemon``: a running containerd with its own root, state and sockets
-  (:class:`~spegel_core.testing.containerd.ContainerdDaemon`); skipped without containerd.
+  (:class:`~spegel_core.testing.containerd.ContainerdDaemon`); fails without containerd.
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ def spegel_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 @pytest.fixture
 def containerd_daemon() -> Iterator[ContainerdDaemon]:
     if not containerd_available():
-        pytest.skip("containerd and ctr are not installed (or not running as root)")
+        # Not a skip: a test that cannot run is not a passing test (CI installs containerd).
+        pytest.fail("containerd and ctr are required (apt-get install containerd; run as root)")
     with temporary_daemon() as daemon:
         yield daemon
