@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                         layer_sizes=(big, small), raw_layers=True, seed=7)
     big_digest, small_digest = image.layer_digests[0], image.layer_digests[1]
     manifest_digest = image.manifest_digests[0]
-    upstream = UpstreamRegistry(workdir / "upstream", port=args.registry_port)
+    upstream = UpstreamRegistry(workdir / "upstream", port=args.registry_port or _free_port())
     node_ip, peer_ip = free_loopback_ip(5000), free_loopback_ip(5000)
     node = NodeProcess(node_ip, 5000,
                        ["--content-store", "oci-layout", "--oci-layout-path", str(layout),
@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             t, small_digest, small, args.clients, args.per_client))
         peer_ttfb = _ttfb(via, manifest_digest, args.samples)
         misses = _misses(via, args.samples)
+        store_big = _containerd_vs_layout(args, workdir, layout, targets[0], big_digest, big)
     finally:
         peer_node.stop()
         node.stop()
@@ -191,7 +192,33 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "miss_p50_ms": misses[0],
         "miss_max_ms": misses[1],
     }
+    results["stores"] = {"oci_layout_gbps": med(store_big["spegel"], 0),
+                         "containerd_gbps": med(store_big["containerd"], 0)}
     return results
+
+
+def _containerd_vs_layout(args: argparse.Namespace, workdir: Path, layout: Path,
+                          layout_target: Target, digest: str, size: int
+                          ) -> dict[str, list[object]]:
+    """The same blob served from containerd's content directory and from the OCI layout."""
+    from spegel_core.testing.containerd import import_layout, registry_args, temporary_daemon
+
+    print("bench: containerd store against the OCI-layout store", flush=True)
+    with temporary_daemon() as daemon:
+        import_layout(daemon, layout, unpack=False)
+        node = NodeProcess(free_loopback_ip(5000), 5000,
+                           [*registry_args(daemon), "--router", "none", "--log-level", "WARNING"],
+                           workdir / "containerd-node.log")
+        node.start()
+        try:
+            node.wait_ready()
+            assert node.process is not None
+            target = Target("containerd", node.ip, node.port, node.process.pid, "?ns=docker.io")
+            _stream(target, digest, size)
+            return _interleaved([layout_target, target], args.rounds,
+                                lambda t: _stream(t, digest, size))
+        finally:
+            node.stop()
 
 
 def _wait_found(target: Target, digest: str, timeout: float = 20.0) -> None:
@@ -217,6 +244,14 @@ def _misses(target: Target, samples: int) -> tuple[float, float]:
         times.append(timing.total_s * 1000)
     client.close()
     return statistics.median(times), max(times)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _blob_path(layout: Path, digest: str) -> Path:
@@ -261,8 +296,8 @@ def table(results: dict[str, object]) -> str:
 
 
 def peer_table(results: dict[str, object]) -> str:
-    peer = results["peer"]
-    assert isinstance(peer, dict)
+    peer, stores = results["peer"], results["stores"]
+    assert isinstance(peer, dict) and isinstance(stores, dict)
     big = peer["peer_big_gbps"] / peer["registry_big_gbps"]
     many = peer["peer_concurrent_gbps"] / peer["registry_concurrent_gbps"]
     return "\n".join([
@@ -280,6 +315,12 @@ def peer_table(results: dict[str, object]) -> str:
         f"{peer['peer_manifest_ttfb_p50_ms']:.2f} | {peer['peer_manifest_ttfb_p99_ms']:.2f} |",
         f"| \"not here\" 404 (lookup finds nobody) | {peer['miss_p50_ms']:.2f} "
         f"| {peer['miss_max_ms']:.2f} |",
+        "",
+        "| store (same blob, one stream) | GB/s | ratio to the OCI layout |",
+        "|---|---:|---:|",
+        f"| OCI layout | {stores['oci_layout_gbps']:.2f} | 1.00x |",
+        f"| containerd content directory | {stores['containerd_gbps']:.2f} "
+        f"| {stores['containerd_gbps'] / stores['oci_layout_gbps']:.2f}x |",
     ])
 
 
@@ -287,7 +328,7 @@ def write_doc(path: Path, results: dict[str, object], command: str) -> None:
     section = (f"{BEGIN}\nMeasured {time.strftime('%Y-%m-%d')} on {results['machine']}; "
                f"medians of {results['rounds']} interleaved rounds.\n\n"
                f"Command: `{command}`\n\n### Local serving\n\n{table(results)}\n\n"
-               f"### The peer hop and misses\n\n{peer_table(results)}\n{END}")
+               f"### The peer hop, misses and stores\n\n{peer_table(results)}\n{END}")
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -305,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-client", type=int, default=2)
     parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--registry-port", type=int, default=15000)
+    parser.add_argument("--registry-port", type=int, default=0, help="0: any free port")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--write", type=Path, default=None,

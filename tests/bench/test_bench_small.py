@@ -13,7 +13,7 @@ from tests.bench.run import ROWS, run, table, write_doc
 
 def test_small_benchmark_run(tmp_path: Path) -> None:
     args = argparse.Namespace(blob_mib=4, small_mib=1, rounds=1, clients=2, per_client=1,
-                              samples=20, registry_port=15990, workdir=str(tmp_path / "w"),
+                              samples=20, registry_port=0, workdir=str(tmp_path / "w"),
                               json=None, write=None, peer=True)
     results = run(args)
     for name in ("spegel", "registry"):
@@ -21,6 +21,8 @@ def test_small_benchmark_run(tmp_path: Path) -> None:
         assert isinstance(figures, dict)
         assert figures["single_big_gbps"] > 0 and figures["concurrent_gbps"] > 0
         assert figures["ttfb_p50_ms"] > 0 and figures["idle_rss_mb"] > 0
+    stores = results["stores"]
+    assert isinstance(stores, dict) and stores["containerd_gbps"] > 0
     rendered = table(results)
     assert rendered.count("\n") == len(ROWS) + 1
     doc = tmp_path / "benchmarks.md"
