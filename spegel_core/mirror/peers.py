@@ -13,8 +13,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import aiohttp
 
@@ -26,6 +27,7 @@ from spegel_core.protocols import MetricsSink, Peer, ResolveDuration, Router
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MIRRORED_HEADER = "X-Spegel-Mirrored"
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
 STREAM_CHUNK = 1024 * 1024
@@ -174,19 +176,14 @@ class PeerFetcher:
             cached = self.manifests.get(digest)
             if cached is not None:
                 return cached
-        attempts = 0
-        async for peer in self.providers(key):
-            attempts += 1
-            try:
-                manifest = await self._fetch_manifest(peer, registry, name, reference, digest)
-            except PeerError as exc:
-                self.penalise(peer, str(exc))
-            else:
-                self.manifests.put(manifest)
-                return manifest
-            if attempts >= self.settings.resolve_retries:
-                break
-        raise ManifestUnknown(f"manifest {registry}/{name}:{reference} not found on any peer")
+        won = await self._hedged(
+            self.providers(key),
+            lambda peer: self._fetch_manifest(peer, registry, name, reference, digest))
+        if won is None:
+            raise ManifestUnknown(f"manifest {registry}/{name}:{reference} not found on any peer")
+        manifest, _ = won
+        self.manifests.put(manifest)
+        return manifest
 
     async def _fetch_manifest(self, peer: Peer, registry: str, name: str, reference: str,
                               digest: str | None) -> Manifest:
@@ -220,28 +217,85 @@ class PeerFetcher:
     async def blob(self, registry: str, name: str, digest: str,
                    range_header: str | None) -> BlobStream:
         """Open a blob on the first provider that answers; the stream resumes elsewhere."""
-        attempts = 0
-        peers = self.providers(digest)
-        async for peer in peers:
-            attempts += 1
+        async def open_checked(peer: Peer) -> tuple[aiohttp.ClientResponse, int, int, int]:
+            response = await self._open_blob(peer, registry, name, digest, range_header)
             try:
-                response = await self._open_blob(peer, registry, name, digest, range_header)
-            except PeerError as exc:
-                self.penalise(peer, str(exc))
-                if attempts >= self.settings.resolve_retries:
-                    break
-                continue
-            try:
-                size, start, length = _extent(response, range_header)
-            except PeerError as exc:
+                return (response, *_extent(response, range_header))
+            except PeerError:
                 response.release()
-                self.penalise(peer, str(exc))
-                continue
-            stream = BlobStream(size, start, length, _empty(), peer)
-            stream.chunks = self._stream(stream, response, registry, name, digest,
-                                         verify=range_header is None)
-            return stream
-        raise BlobUnknown(f"blob {digest} not found on any peer")
+                raise
+
+        won = await self._hedged(self.providers(digest), open_checked,
+                                 discard=lambda result: result[0].release())
+        if won is None:
+            raise BlobUnknown(f"blob {digest} not found on any peer")
+        (response, size, start, length), peer = won
+        stream = BlobStream(size, start, length, _empty(), peer)
+        stream.chunks = self._stream(stream, response, registry, name, digest,
+                                     verify=range_header is None)
+        return stream
+
+    async def _hedged(self, peers: AsyncIterator[Peer],
+                      attempt: Callable[[Peer], Awaitable[T]],
+                      discard: Callable[[T], object] | None = None) -> tuple[T, Peer] | None:
+        """Try providers one after another; when one is slow, ask the next one as well.
+
+        A provider that has not answered within ``hedge_after`` gets company: the next
+        provider is asked in parallel and the first good answer wins (the other is
+        cancelled, or discarded if it also finished). Failures are penalised. At most
+        ``resolve_retries`` providers are asked.
+        """
+        pending: dict[asyncio.Task[T], Peer] = {}
+        asked = 0
+        exhausted = False
+
+        async def ask_next() -> None:
+            nonlocal asked, exhausted
+            peer = await anext(aiter(peers), None)
+            if peer is None:
+                exhausted = True
+                return
+            asked += 1
+            pending[asyncio.ensure_future(attempt(peer))] = peer
+
+        try:
+            await ask_next()
+            while pending:
+                can_hedge = not exhausted and asked < self.settings.resolve_retries
+                done, _ = await asyncio.wait(
+                    pending, timeout=self.settings.hedge_after if can_hedge else None,
+                    return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    await ask_next()  # the current provider is slow: hedge
+                    continue
+                winner: tuple[T, Peer] | None = None
+                for task in done:
+                    peer = pending.pop(task)
+                    try:
+                        result = task.result()
+                    except PeerError as exc:
+                        self.penalise(peer, str(exc))
+                        continue
+                    if winner is None:
+                        winner = (result, peer)
+                    elif discard is not None:
+                        discard(result)
+                if winner is not None:
+                    return winner
+                if not pending and not exhausted and asked < self.settings.resolve_retries:
+                    await ask_next()
+            return None
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                results = await asyncio.gather(*pending, return_exceptions=True)
+                for result in results:
+                    if discard is not None and not isinstance(result, BaseException):
+                        discard(result)
+            close = getattr(peers, "aclose", None)
+            if close is not None:
+                await close()
 
     async def _open_blob(self, peer: Peer, registry: str, name: str, digest: str,
                          range_header: str | None) -> aiohttp.ClientResponse:

@@ -51,6 +51,8 @@ class BadPeer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.requests += 1
         request = await reader.readuntil(b"\r\n\r\n")
+        if self.mode == "slow":
+            await asyncio.sleep(3)  # answers, eventually; hedging must not wait for it
         path = request.split(b" ")[1].decode()
         digest = path.split("/")[-1].split("?")[0]
         data = self.image.blob_path(digest).read_bytes()
@@ -196,3 +198,26 @@ async def test_broken_stream_resumes_from_another_provider(consumer: Any, provid
         assert bad.requests == 1
     finally:
         await bad.aclose()
+
+
+async def test_slow_provider_gets_a_hedged_request(consumer: Any, provider: NodeProcess,
+                                                   image: BuiltImage) -> None:
+    client, network, _ = consumer
+    slow = BadPeer(image, "slow")
+    slow_peer = await slow.start()
+    layer = image.layer_digests[0]
+    network.add_provider(layer, slow_peer)
+    network.add_provider(layer, Peer(provider.ip, provider.port))
+    network.add_provider(image.manifest_digests[0], slow_peer)
+    network.add_provider(image.manifest_digests[0], Peer(provider.ip, provider.port))
+    try:
+        started = time.perf_counter()
+        response = await client.get(f"/v2/library/demo/blobs/{layer}")
+        assert response.status_code == 200
+        assert response.content == image.blob_path(layer).read_bytes()
+        manifest = await client.get(f"/v2/library/demo/manifests/{image.manifest_digests[0]}")
+        assert manifest.status_code == 200
+        assert time.perf_counter() - started < 1.5  # the slow peer takes 3 s per answer
+        assert slow.requests >= 1
+    finally:
+        await slow.aclose()
