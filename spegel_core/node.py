@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from spegel_core.config import SpegelConfig
 from spegel_core.mirror.peers import PeerFetcher
@@ -43,7 +45,7 @@ class Node:
         discovery = pm.discoveries(config)
         for source in discovery:
             if hasattr(source, "metrics") and getattr(source, "metrics", None) is None:
-                source.metrics = metrics  # type: ignore[attr-defined]  # e.g. DnsQuery events
+                source.metrics = metrics  # e.g. DnsQuery events
         router = pm.make_router(config, discovery, metrics)
         node = cls(config=config, pm=pm, store=store, metrics=metrics, discovery=discovery,
                    router=router)
@@ -71,8 +73,8 @@ class Node:
         log.info("node started: store=%s router=%s", self.store.name,
                  self.router.name if self.router else "none")
 
-    def spawn(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         task.set_name(name)
         self.background.add(task)
         task.add_done_callback(self.background.discard)

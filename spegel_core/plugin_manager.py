@@ -129,7 +129,8 @@ class PluginManager:
         if missing:
             raise ConfigError(
                 "--bootstrap-kind",
-                f"no installed plugin provides bootstrap kind {missing[0]!r} (see `spegel plugins`)",
+                f"no installed plugin provides bootstrap kind {missing[0]!r} "
+                "(see `spegel plugins`)",
             )
         return registry.sources
 
@@ -143,7 +144,8 @@ class PluginManager:
         if router is None:
             raise ConfigError(
                 "--router",
-                f"no installed plugin provides router {config.core.router!r} (see `spegel plugins`)",
+                f"no installed plugin provides router {config.core.router!r} "
+                "(see `spegel plugins`)",
             )
         if not isinstance(router, Router):
             raise PluginError(f"router {router!r} does not implement Router")

@@ -64,7 +64,8 @@ class MirrorClient:
         ref = Reference.parse(reference)
         base = f"/v2/{ref.repository}"
         ns = f"?ns={quote(ref.registry, safe='')}"
-        response = self.request("HEAD", f"{base}/manifests/{ref.identifier}{ns}", {"Accept": ACCEPT})
+        response = self.request("HEAD", f"{base}/manifests/{ref.identifier}{ns}",
+                                {"Accept": ACCEPT})
         response.read()
         if response.status != 200:
             raise PullError(f"HEAD {reference}: HTTP {response.status}")

@@ -150,7 +150,8 @@ def run_demo(args: argparse.Namespace) -> int:
     target = nodes[-1]
     try:
         for node in nodes:
-            peers = [f"/ip4/{other.ip}/udp/{other.port + 1}" for other in nodes if other is not node]
+            peers = [f"/ip4/{other.ip}/udp/{other.port + 1}"
+                     for other in nodes if other is not node]
             extra = ["--router", "kademlia", "--bootstrap-kind", "static",
                      "--static-peers", ",".join(peers)] if peers else []
             _start(node, extra)

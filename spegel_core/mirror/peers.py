@@ -289,10 +289,9 @@ class PeerFetcher:
             for task in pending:
                 task.cancel()
             if pending:
-                results = await asyncio.gather(*pending, return_exceptions=True)
-                for result in results:
-                    if discard is not None and not isinstance(result, BaseException):
-                        discard(result)
+                for outcome in await asyncio.gather(*pending, return_exceptions=True):
+                    if discard is not None and not isinstance(outcome, BaseException):
+                        discard(outcome)
             close = getattr(peers, "aclose", None)
             if close is not None:
                 await close()

@@ -76,7 +76,7 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope: Any = cycle.scope
         scope.setdefault("extensions", {})[ZEROCOPY_EXTENSION] = {}
-        cycle.send = _wrap_send(cycle, cycle.send)  # type: ignore[method-assign]
+        cycle.send = _wrap_send(cycle, cycle.send)  # type: ignore[method-assign,assignment]
         super()._start_asgi_task(cycle, app)
 
 

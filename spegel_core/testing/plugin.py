@@ -18,7 +18,7 @@ Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +72,7 @@ class HookRecorder:
 def hook_recorder(spegel_pm: PluginManager) -> Iterator[HookRecorder]:
     recorder = HookRecorder()
 
-    def before(hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
+    def before(hook_name: str, hook_impls: Any, kwargs: Mapping[str, Any]) -> None:
         recorder.calls.append(HookCall(hook_name, dict(kwargs)))
 
     def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:

@@ -28,9 +28,9 @@ from spegel_core.protocols import Peer, Router, RouterStatus
 Routers = list[tuple[Router, Peer]]
 
 
-async def collect(router: Router, key: str, count: int = 3, timeout: float = 1.0) -> list[Peer]:
+async def collect(router: Router, key: str, count: int = 3, within: float = 1.0) -> list[Peer]:
     found = []
-    lookup: AsyncIterator[Peer] = router.lookup(key, count, timeout)
+    lookup: AsyncIterator[Peer] = router.lookup(key, count, within)
     async for peer in lookup:
         found.append(peer)
     return found
@@ -79,7 +79,7 @@ class RouterConformance:
         (a, peer_a), *_ = conformance_routers
         key = self.key()
         await a.advertise([key])
-        found = await collect(a, key, timeout=0.3)
+        found = await collect(a, key, within=0.3)
         assert all((p.host, p.port) != (peer_a.host, peer_a.port) for p in found), found
 
     async def test_several_providers_and_count(self, conformance_routers: Routers) -> None:
@@ -100,7 +100,7 @@ class RouterConformance:
     async def test_unknown_key_ends_within_the_timeout(self, conformance_routers: Routers) -> None:
         (a, _), *_ = conformance_routers
         started = time.monotonic()
-        assert await collect(a, self.key(), timeout=0.3) == []
+        assert await collect(a, self.key(), within=0.3) == []
         assert time.monotonic() - started < 0.3 + 0.5
 
     async def test_withdrawn_key_disappears(self, conformance_routers: Routers) -> None:
@@ -110,9 +110,9 @@ class RouterConformance:
         assert await eventually_found(b, key, peer_a, self.settle)
         await a.withdraw([key])
         deadline = time.monotonic() + self.settle
-        while (await collect(b, key, timeout=0.3)) and time.monotonic() < deadline:
+        while (await collect(b, key, within=0.3)) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        assert await collect(b, key, timeout=0.3) == []
+        assert await collect(b, key, within=0.3) == []
 
     @pytest.mark.parametrize("times", [2])
     async def test_aclose_is_idempotent(self, conformance_routers: Routers, times: int) -> None:

@@ -55,7 +55,8 @@ def _wait_found(url: str, timeout: float = 10.0) -> dict[str, str]:
 
 
 @pytest.fixture
-def cluster(spegel_node: StartNode, tmp_path: Path) -> Iterator[tuple[list[NodeProcess], BuiltImage]]:
+def cluster(spegel_node: StartNode,
+            tmp_path: Path) -> Iterator[tuple[list[NodeProcess], BuiltImage]]:
     ips = [free_loopback_ip(5000) for _ in range(3)]
     image = build_image(tmp_path / "a", REF, layer_sizes=(2 * 2**20, 30_000))
     nodes = [_node(spegel_node, ip, tmp_path / f"n{i}" if i else tmp_path / "a",
@@ -66,7 +67,7 @@ def cluster(spegel_node: StartNode, tmp_path: Path) -> Iterator[tuple[list[NodeP
 def test_content_held_by_one_node_is_served_through_another(
     cluster: tuple[list[NodeProcess], BuiltImage], tmp_path: Path
 ) -> None:
-    (a, b, c), image = cluster
+    (_a, b, c), image = cluster
     headers = _wait_found(f"{b.url}/v2/library/demo/manifests/v1?ns=docker.io")
     assert headers["docker-content-digest"] == image.index_digest  # tags resolve through peers
     dest = tmp_path / "copy"
@@ -85,7 +86,7 @@ def test_content_held_by_one_node_is_served_through_another(
 
 
 def test_marked_requests_and_misses(cluster: tuple[list[NodeProcess], BuiltImage]) -> None:
-    (a, b, _), image = cluster
+    (_a, b, _), _image = cluster
     _wait_found(f"{b.url}/v2/library/demo/manifests/v1")
     status, _ = _head(f"{b.url}/v2/library/demo/manifests/v1",
                       {"X-Spegel-Mirrored": "true"})

@@ -8,11 +8,6 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from spegel_kademlia import KademliaRouter, KademliaSettings
-from spegel_kademlia.codec import Codec
-from spegel_kademlia.ids import Contact, random_id
-from spegel_kademlia.messages import Message, Ping, Pong
-from spegel_kademlia.rpc import RpcTimeout
 
 from spegel_core.protocols import (
     DhtMessage,
@@ -24,6 +19,11 @@ from spegel_core.protocols import (
     PeerCount,
     Router,
 )
+from spegel_kademlia import KademliaRouter, KademliaSettings
+from spegel_kademlia.codec import Codec
+from spegel_kademlia.ids import Contact, random_id
+from spegel_kademlia.messages import Message, Ping, Pong
+from spegel_kademlia.rpc import RpcTimeout
 
 LOOPBACK = "127.0.0.1"
 DIGEST = "sha256:" + "5" * 64

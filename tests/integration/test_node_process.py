@@ -103,7 +103,8 @@ MALFORMED: list[bytes] = [
     b"GET /v2/library/demo/blobs/sha256:zz HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /v2/library/demo/manifests/%00%01 HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /v2/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /v2/library/demo/blobs/sha256:" + b"f" * 64 + b" HTTP/1.1\r\nHost: x\r\nRange: bytes=x\r\n\r\n",
+    b"GET /v2/library/demo/blobs/sha256:" + b"f" * 64
+    + b" HTTP/1.1\r\nHost: x\r\nRange: bytes=x\r\n\r\n",
     b"GET /v2/" + b"a/" * 2000 + b"manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /v2/library/demo/manifests/v1?ns=%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GARBAGE\r\n\r\n",
@@ -203,7 +204,8 @@ def test_sigterm_drains_in_flight_responses_then_exits_zero(
     (["--mirror-resolve-timeout"], "--mirror-resolve-timeout"),
     (["--no-such-flag"], "--no-such-flag"),
     (["--content-store", "nope"], "--content-store"),
-    (["--content-store", "oci-layout", "--oci-layout-path", "/does/not/exist"], "--oci-layout-path"),
+    (["--content-store", "oci-layout", "--oci-layout-path", "/does/not/exist"],
+     "--oci-layout-path"),
     (["--content-store", "oci-layout"], "--oci-layout-path"),
 ])
 def test_invalid_settings_fail_at_start_with_one_line(args: list[str], flag: str) -> None:

@@ -11,8 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from spegel_oci_layout import store as store_module
-from spegel_oci_layout.store import OCILayoutStore
 
 from spegel_core.errors import BlobUnknown, DigestInvalid, ManifestUnknown
 from spegel_core.oci.image_builder import BuiltImage, build_image, remove_image
@@ -20,6 +18,8 @@ from spegel_core.oci.mediatypes import OCI_INDEX
 from spegel_core.oci.reference import Reference
 from spegel_core.protocols import ContentStore, StoreEvent, StoreEventKind
 from spegel_core.testing.conformance import ContentStoreConformance, read_all
+from spegel_oci_layout import store as store_module
+from spegel_oci_layout.store import OCILayoutStore
 
 POLL = 0.05
 SMALL = (512, 2048)

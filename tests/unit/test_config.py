@@ -18,7 +18,8 @@ def test_bad_durations(text: object) -> None:
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text, host, port", [(":5000", "", 5000), ("127.0.0.2:5000", "127.0.0.2", 5000),
+@pytest.mark.parametrize("text, host, port", [(":5000", "", 5000),
+                                              ("127.0.0.2:5000", "127.0.0.2", 5000),
                                               ("[::1]:80", "::1", 80)])
 def test_addresses(text: str, host: str, port: int) -> None:
     address = Address.parse(text)

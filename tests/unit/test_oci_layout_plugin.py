@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spegel_oci_layout.plugin import OCILayoutSettings
-from spegel_oci_layout.store import OCILayoutStore
 
 from spegel_core.config import SpegelConfig, load_config
 from spegel_core.errors import ConfigError
 from spegel_core.plugin_manager import PluginManager, create_plugin_manager
+from spegel_oci_layout.plugin import OCILayoutSettings
+from spegel_oci_layout.store import OCILayoutStore
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ def image(tmp_path: Path) -> BuiltImage:
     return build_image(tmp_path / "l", "docker.io/library/demo:v1", layer_sizes=(100, 200))
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    for _ in range(int(timeout / 0.01)):
+async def _until(predicate: Callable[[], bool], within: float = 2.0) -> None:
+    for _ in range(int(within / 0.01)):
         if predicate():
             return
         await asyncio.sleep(0.01)
@@ -40,7 +40,7 @@ async def test_advertises_every_digest_and_tag(make_config: Callable[..., Spegel
                                                image: BuiltImage) -> None:
     store = MemoryContentStore()
     store.add_built_image(image)
-    tracker, router, task, sink = await _tracked(make_config(), store)
+    _tracker, router, task, sink = await _tracked(make_config(), store)
     assert router.advertised == {*image.blobs, "docker.io/library/demo:v1"}
     kinds = {event.kind for event in sink.of_type(AdvertisedKeys)}
     assert kinds == {"tag", "digest"}
@@ -64,7 +64,7 @@ async def test_filters_and_resolve_tags(make_config: Callable[..., SpegelConfig]
 async def test_events_add_and_withdraw_after_checking(make_config: Callable[..., SpegelConfig],
                                                       image: BuiltImage) -> None:
     store = MemoryContentStore()
-    tracker, router, task, _ = await _tracked(make_config(), store)
+    _tracker, router, task, _ = await _tracked(make_config(), store)
     assert router.advertised == set()
     store.add_built_image(image)
     await _until(lambda: "docker.io/library/demo:v1" in router.advertised)
@@ -85,7 +85,7 @@ async def test_events_add_and_withdraw_after_checking(make_config: Callable[...,
 async def test_resync_lists_again(make_config: Callable[..., SpegelConfig],
                                   image: BuiltImage) -> None:
     store = MemoryContentStore()
-    tracker, router, task, _ = await _tracked(make_config(), store)
+    _tracker, router, task, _ = await _tracked(make_config(), store)
     # Content that appeared without events (a store that lost its event stream).
     for digest in image.blobs:
         store.blobs[digest] = image.blob_path(digest).read_bytes()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from spegel_kademlia.codec import MAX_DATAGRAM, Codec, DecodeError, EncodeError
 from spegel_kademlia.ids import Contact
 from spegel_kademlia.messages import (

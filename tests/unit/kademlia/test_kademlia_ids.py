@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+
 from spegel_kademlia.ids import (
     ID_BYTES,
     NODE_ID_FILE,

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+
 from spegel_kademlia.ids import Contact, distance
 from spegel_kademlia.lookup import Lookup, QueryState
 from spegel_kademlia.messages import ProviderInfo

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spegel_kademlia import KademliaRouter, KademliaSettings
-from spegel_kademlia.ids import NODE_ID_FILE
-from spegel_kademlia.plugin import spegel_add_settings, spegel_make_router
 
 from spegel_core.config import SettingsRegistry, load_config
 from spegel_core.errors import ConfigError
 from spegel_core.registries import MetricsHub
+from spegel_kademlia import KademliaRouter, KademliaSettings
+from spegel_kademlia.ids import NODE_ID_FILE
+from spegel_kademlia.plugin import spegel_add_settings, spegel_make_router
 
 
 def registry() -> SettingsRegistry:

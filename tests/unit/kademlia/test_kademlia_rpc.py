@@ -8,11 +8,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
+from spegel_core.protocols import DhtMessage, DroppedDatagram, MetricEvent
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.messages import Message, Ping, Pong
 from spegel_kademlia.rpc import RpcClosed, RpcEndpoint, RpcTimeout
-
-from spegel_core.protocols import DhtMessage, DroppedDatagram, MetricEvent
 
 OWN = b"\x01" * 32
 PEER = b"\x02" * 32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from spegel_kademlia.ids import Contact, bucket_index, distance, random_id_in_bucket
 from spegel_kademlia.table import RoutingTable
 
