@@ -46,3 +46,10 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     args = session.posargs or ["--write", "docs/benchmarks.md"]
     session.run("python", "-m", "tests.bench.run", *args)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Memory over a bounded 10-minute run of mixed requests (``-- --minutes N``)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tests.bench.soak", *session.posargs)

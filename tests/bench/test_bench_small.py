@@ -31,3 +31,12 @@ def test_small_benchmark_run(tmp_path: Path) -> None:
     write_doc(doc, results, "nox -s bench -- --blob-mib 4")  # replaces, never duplicates
     text = doc.read_text()
     assert text.count("bench:local:begin") == 1 and "intro" in text
+
+
+def test_small_soak_run(tmp_path: Path) -> None:
+    from tests.bench.soak import soak
+
+    result = soak(minutes=0.05, workdir=tmp_path, max_requests=400)
+    assert isinstance(result["requests"], int) and result["requests"] > 50
+    growth = result["growth_after_warmup_mb"]
+    assert isinstance(growth, dict) and set(growth) == {"a", "b"}
