@@ -12,7 +12,7 @@ from typing import Any
 from spegel_core.config import SpegelConfig
 from spegel_core.mirror.peers import PeerFetcher
 from spegel_core.plugin_manager import PluginManager
-from spegel_core.protocols import ContentStore, Discovery, Router
+from spegel_core.protocols import ContentStore, Discovery, Router, StoreConnection
 from spegel_core.registries import MetricsHub
 from spegel_core.state import StateTracker
 
@@ -42,6 +42,8 @@ class Node:
         pm.configure(config)
         metrics = MetricsHub(pm.metrics_sinks(config))
         store = store if store is not None else pm.make_content_store(config)
+        if hasattr(store, "metrics") and getattr(store, "metrics", None) is None:
+            setattr(store, "metrics", metrics)  # noqa: B010  # e.g. StoreConnection events
         discovery = pm.discoveries(config)
         for source in discovery:
             if hasattr(source, "metrics") and getattr(source, "metrics", None) is None:
@@ -58,6 +60,9 @@ class Node:
         """Start the store and the router; register their closing on ``stack``."""
         stack.callback(self.pm.unconfigure, self.config)
         await self.store.start()
+        # Every store reports its state once; one that can lose its backend (it has a
+        # ``metrics`` attribute) reports each change itself.
+        self.metrics.emit(StoreConnection(self.store.status().ready))
         stack.push_async_callback(_shielded, self.store.aclose)
         for source in self.discovery:
             stack.push_async_callback(_shielded, source.aclose)

@@ -45,6 +45,10 @@ class StateTracker:
         self.filters = [re.compile(pattern) for pattern in config.core.registry_filters]
         self.tags: dict[str, str] = {}  # tag key -> registry
         self.digests: set[str] = set()
+        #: Every image the store holds (advertised by tag or not): reference -> (registry,
+        #: digest); counts the image digests of each registry.
+        self.images: dict[str, tuple[str, str]] = {}
+        self._reported: dict[str, set[str]] = {}  # kind -> registries last reported
         self.synced = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -81,6 +85,8 @@ class StateTracker:
             gone = [*(set(self.tags) - set(tags)), *(self.digests - digests)]
             new = [*(set(tags) - set(self.tags)), *(digests - self.digests)]
             self.tags, self.digests = tags, digests
+            self.images = {str(image.reference): (image.reference.registry, image.digest)
+                           for image in images}
         if gone:
             await self.router.withdraw(gone)
         if new:
@@ -103,8 +109,10 @@ class StateTracker:
             elif event.kind is StoreEventKind.CONTENT_DELETED:
                 await self._remove_digest(event.key)
             elif event.kind is StoreEventKind.IMAGE_CREATED:
+                await self._image_created(event)
                 await self._add_tag(event.key)
             elif event.kind is StoreEventKind.IMAGE_DELETED:
+                await self._image_deleted(event.key)
                 await self._remove_tag(event.key)
         except Exception:  # keep following events whatever one of them did
             log.exception("failed to handle store event %s", event)
@@ -160,11 +168,54 @@ class StateTracker:
         await self.router.withdraw([text])
         self._emit_counts()
 
+    async def _image_created(self, event: StoreEvent) -> None:
+        try:
+            reference = Reference.parse(event.key)
+        except Exception:
+            return
+        digest = event.digest
+        if digest is None:
+            try:
+                digest = await self.store.resolve(reference)
+            except NotFound:
+                return
+        self.images[str(reference)] = (reference.registry, digest)
+        self._emit_counts()
+
+    async def _image_deleted(self, key: str) -> None:
+        try:
+            reference = Reference.parse(key)
+        except Exception:
+            return
+        if str(reference) not in self.images:
+            return
+        try:
+            digest = await self.store.resolve(reference)
+        except NotFound:
+            del self.images[str(reference)]
+        else:  # re-tagged meanwhile
+            self.images[str(reference)] = (reference.registry, digest)
+        self._emit_counts()
+
     def _emit_counts(self) -> None:
-        by_registry = Counter(self.tags.values())
-        for registry, count in by_registry.items():
-            self.metrics.emit(AdvertisedKeys("tag", registry, count))
-        self.metrics.emit(AdvertisedKeys("digest", "", len(self.digests)))
+        """Tags and image digests by registry, and all content, as ``AdvertisedKeys``.
+
+        Image digests are the distinct advertised digests that the store's images
+        point to. Content is every advertised digest; the store lists content flat,
+        so it has no registry (``""``). A registry that has none left is reported
+        once with a count of 0.
+        """
+        self._report("tag", Counter(self.tags.values()))
+        self._report("digest", Counter(registry for registry, digest in set(self.images.values())
+                                       if digest in self.digests))
+        self.metrics.emit(AdvertisedKeys("content", "", len(self.digests)))
+
+    def _report(self, kind: str, counts: Counter[str]) -> None:
+        for registry in self._reported.get(kind, set()) - set(counts):
+            self.metrics.emit(AdvertisedKeys(kind, registry, 0))
+        for registry, count in sorted(counts.items()):
+            self.metrics.emit(AdvertisedKeys(kind, registry, count))
+        self._reported[kind] = set(counts)
 
     def __repr__(self) -> str:
         return f"<StateTracker tags={len(self.tags)} digests={len(self.digests)}>"

@@ -49,7 +49,15 @@ from spegel_core.errors import (
 from spegel_core.oci.digest import is_digest, parse_digest, split_digest
 from spegel_core.oci.mediatypes import MAX_MANIFEST_SIZE
 from spegel_core.oci.reference import Reference
-from spegel_core.protocols import ContentInfo, Image, StoreEvent, StoreEventKind, StoreStatus
+from spegel_core.protocols import (
+    ContentInfo,
+    Image,
+    MetricsSink,
+    StoreConnection,
+    StoreEvent,
+    StoreEventKind,
+    StoreStatus,
+)
 from spegel_core.store_events import EventHub, EventStream
 
 log = logging.getLogger(__name__)
@@ -94,9 +102,13 @@ class ContainerdStore:
         call_timeout: deadline of containerd calls, seconds.
         gc_delay: how long after an image deletion content is listed again.
         client_factory: builds the gRPC client (tests inject fakes).
+
+    :attr:`metrics` (set by the node) receives a :class:`StoreConnection` event
+    each time the connection to containerd is made or lost.
     """
 
     name = "containerd"
+    metrics: MetricsSink | None = None
 
     def __init__(self, socket: Path, namespace: str = "k8s.io",
                  content_path: Path | None = None, *, reconnect_max_backoff: float = 5.0,
@@ -229,6 +241,8 @@ class ContainerdStore:
         self._connections += 1
         self._connected = True
         self._detail = ""
+        if self.metrics is not None:
+            self.metrics.emit(StoreConnection(True))
         self._first_attempt.set()
         if resync:
             log.info("containerd %s at %s is back; listing again", self._version, self.socket)
@@ -237,6 +251,8 @@ class ContainerdStore:
     def _disconnected(self, detail: str) -> None:
         if self._connected:
             log.warning("store disconnected: %s; reconnecting", detail)
+            if self.metrics is not None:
+                self.metrics.emit(StoreConnection(False))
         elif detail != self._detail:
             log.error("containerd at %s is not usable: %s; retrying", self.socket, detail)
         self._connected = False

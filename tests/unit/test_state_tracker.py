@@ -42,8 +42,29 @@ async def test_advertises_every_digest_and_tag(make_config: Callable[..., Spegel
     store.add_built_image(image)
     _tracker, router, task, sink = await _tracked(make_config(), store)
     assert router.advertised == {*image.blobs, "docker.io/library/demo:v1"}
-    kinds = {event.kind for event in sink.of_type(AdvertisedKeys)}
-    assert kinds == {"tag", "digest"}
+    last = {(e.kind, e.registry): e.count for e in sink.of_type(AdvertisedKeys)}
+    assert last == {("tag", "docker.io"): 1, ("digest", "docker.io"): 1,
+                    ("content", ""): len(image.blobs)}
+    task.cancel()
+
+
+async def test_advertised_counts_follow_events_down_to_zero(
+        make_config: Callable[..., SpegelConfig], image: BuiltImage) -> None:
+    store = MemoryContentStore()
+    _tracker, _router, task, sink = await _tracked(make_config(), store)
+
+    def last() -> dict[tuple[str, str], int]:
+        return {(e.kind, e.registry): e.count for e in sink.of_type(AdvertisedKeys)}
+
+    store.add_built_image(image)
+    store.add_image("ghcr.io/org/demo:v1", image.index_digest)
+    await _until(lambda: last().get(("digest", "ghcr.io")) == 1)
+    assert last()[("tag", "ghcr.io")] == 1 and last()[("digest", "docker.io")] == 1
+    assert last()[("content", "")] == len(image.blobs)
+    store.remove_image("ghcr.io/org/demo:v1")
+    await _until(lambda: last().get(("tag", "ghcr.io")) == 0)
+    assert last()[("digest", "ghcr.io")] == 0  # a registry with nothing left reports 0
+    assert last()[("digest", "docker.io")] == 1
     task.cancel()
 
 
