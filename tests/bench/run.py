@@ -25,7 +25,6 @@ from tests.bench.client import RawClient
 from tests.bench.procstat import PeakRss, cpu_seconds, rss_mb
 
 REFERENCE = "docker.io/library/bench:v1"
-BEGIN, END = "<!-- bench:local:begin -->", "<!-- bench:local:end -->"
 
 
 @dataclass
@@ -326,17 +325,21 @@ def peer_table(results: dict[str, object]) -> str:
     ])
 
 
-def write_doc(path: Path, results: dict[str, object], command: str) -> None:
-    section = (f"{BEGIN}\nMeasured {time.strftime('%Y-%m-%d')} on {results['machine']}; "
+def write_doc(path: Path, results: dict[str, object], command: str,
+              name: str = "local") -> None:
+    """Replace the section ``name`` of ``path`` (between markers) with this run's tables."""
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    section = (f"{begin}\nMeasured {time.strftime('%Y-%m-%d')} on {results['machine']}; "
                f"medians of {results['rounds']} interleaved rounds.\n\n"
                f"Command: `{command}`\n\n### Local serving\n\n{table(results)}\n\n"
-               f"### The peer hop, misses and stores\n\n{peer_table(results)}\n{END}")
+               f"### The peer hop, misses and stores\n\n{peer_table(results)}\n{end}")
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
-        text = text.rstrip() + "\n\n## Latest run\n\n" + section + "\n"
+        title = "Latest run" if name == "local" else f"Run: {name}"
+        text = text.rstrip() + f"\n\n## {title}\n\n" + section + "\n"
     path.write_text(text)
 
 
@@ -353,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--write", type=Path, default=None,
                         help="Update this markdown file (e.g. docs/benchmarks.md).")
+    parser.add_argument("--section", default="local",
+                        help="Name of the section of --write this run replaces.")
     args = parser.parse_args(argv)
     results = run(args)
     print(table(results))
@@ -361,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.write:
-        write_doc(args.write, results, "nox -s bench -- " + " ".join(argv or sys.argv[1:]))
+        write_doc(args.write, results, "nox -s bench -- " + " ".join(argv or sys.argv[1:]),
+                  args.section)
         print(f"bench: wrote {args.write}")
     return 0
 

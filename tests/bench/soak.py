@@ -39,7 +39,7 @@ def soak(minutes: float, workdir: Path, max_requests: int) -> dict[str, object]:
         a.start().wait_ready()
         b.start().wait_ready()
         assert a.process is not None and b.process is not None
-        paths = [f"/v2/library/soak/manifests/v1?ns=docker.io",
+        paths = ["/v2/library/soak/manifests/v1?ns=docker.io",
                  *(f"/v2/library/soak/manifests/{d}" for d in image.manifest_digests),
                  *(f"/v2/library/soak/blobs/{d}" for d in image.layer_digests),
                  f"/v2/library/soak/blobs/sha256:{'7' * 64}"]
