@@ -124,6 +124,22 @@ class CoreSettings(SpegelSettings):
         default=0.02, description="How long to wait for a provider before giving up (e.g. 20ms)."
     )
     mirror_resolve_retries: int = Field(default=3, ge=0, le=100, description="Providers to try.")
+    mirror_peer_penalty: Duration = Field(
+        default=30.0, description="How long a peer that failed or served bad bytes is skipped."
+    )
+    mirror_max_client_connections: int = Field(
+        default=128, ge=1, le=65536,
+        description="Open connections one client address may hold (more are closed at once).",
+    )
+    mirror_header_timeout: Duration = Field(
+        default=10.0, gt=0,
+        description="Time a connection has to send a request's headers (stops slow clients).",
+    )
+    peer_cidrs: CommaList = Field(
+        default_factory=list,
+        description="Networks peers may be in (e.g. 10.0.0.0/8); others are never asked for "
+        "content nor taken as DHT contacts. Empty: any address.",
+    )
     resolve_tags: bool = Field(default=True, description="Advertise and resolve tags.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
@@ -148,6 +164,13 @@ class CoreSettings(SpegelSettings):
             except re.error as exc:
                 raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
         return value
+
+    @field_validator("peer_cidrs")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        from spegel_core.peer_filter import parse_networks
+
+        return [str(network) for network in parse_networks(value)]
 
     @field_validator("mirrored_registries")
     @classmethod

@@ -41,6 +41,10 @@ half-configured cluster fails loudly (counted drops) rather than silently. Times
 must be within ``max_skew`` (30 s) of the receiver's clock, and a keyed codec remembers
 the MACs it accepted for twice that long, so a captured datagram cannot be replayed
 (from another address, say) while its timestamp is fresh.
+
+Key rotation: a codec may hold several keys. It signs with the first and accepts a
+datagram signed with any of them, so a cluster changes its key in three rolls
+(``docs/security.md``): add the new key second, then make it first, then drop the old.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import hmac
 import ipaddress
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -82,17 +86,26 @@ _TRAILER_TS = struct.Struct("!Q")
 _MAC_BYTES = 32
 _TRAILER_BYTES = _TRAILER_TS.size + _MAC_BYTES
 _MAX_COUNT = 255
+#: Shortest cluster key accepted, in bytes.
+MIN_KEY_BYTES = 16
+#: Most keys one codec accepts (each costs one HMAC per datagram that fails the others).
+MAX_KEYS = 4
 
 _Entry = TypeVar("_Entry", Contact, ProviderInfo)
 
 
 class DecodeError(Exception):
-    """A datagram that is not a valid message; ``reason`` is a short metric label."""
+    """A datagram that is not a valid message; ``reason`` is a short metric label.
+
+    ``message_type`` is the type the header claimed, once the header was read (so a
+    dropped ADD_PROVIDER can be counted as one), else None.
+    """
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.message_type: MessageType | None = None
 
 
 class EncodeError(ValueError):
@@ -102,7 +115,8 @@ class EncodeError(ValueError):
 class Codec:
     """Encodes and decodes messages, optionally authenticated with a cluster key.
 
-    :param key: HMAC-SHA256 cluster pre-shared key, or None for no authentication.
+    :param key: HMAC-SHA256 cluster pre-shared key, or several (datagrams are signed
+        with the first and accepted under any), or None for no authentication.
     :param max_skew: accepted clock difference in seconds for authenticated datagrams.
     :param max_size: the largest datagram encoded or decoded.
     :param clock: wall clock in seconds (for tests).
@@ -110,15 +124,20 @@ class Codec:
 
     def __init__(
         self,
-        key: bytes | None = None,
+        key: bytes | Sequence[bytes] | None = None,
         *,
         max_skew: float = 30.0,
         max_size: int = MAX_DATAGRAM,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if key is not None and len(key) < 16:
-            raise ValueError("a cluster key needs at least 16 bytes")
-        self._key = key
+        keys = [] if key is None else [key] if isinstance(key, bytes) else list(key)
+        if len(keys) > MAX_KEYS:
+            raise ValueError(f"at most {MAX_KEYS} cluster keys")
+        for each in keys:
+            if not isinstance(each, bytes) or len(each) < MIN_KEY_BYTES:
+                raise ValueError(f"a cluster key needs at least {MIN_KEY_BYTES} bytes")
+        self._keys = tuple(keys)
+        self._key = keys[0] if keys else None
         self.max_skew = max_skew
         self.max_size = max_size
         self._clock = clock
@@ -129,6 +148,11 @@ class Codec:
     def authenticated(self) -> bool:
         """Whether datagrams carry (and must carry) a MAC."""
         return self._key is not None
+
+    @property
+    def key_count(self) -> int:
+        """How many keys datagrams are accepted under (0: unauthenticated)."""
+        return len(self._keys)
 
     @property
     def overhead(self) -> int:
@@ -204,19 +228,23 @@ class Codec:
             mtype = MessageType(type_byte)
         except ValueError:
             raise DecodeError("type", str(type_byte)) from None
-        if flags & ~FLAG_AUTH:
-            raise DecodeError("flags", hex(flags))
-        end = len(data)
-        if flags & FLAG_AUTH:
-            if self._key is None:
-                raise DecodeError("auth_unexpected")
-            end = self._verify(data)
-        elif self._key is not None:
-            raise DecodeError("auth_missing")
-        reader = _Reader(data, _HEADER.size, end)
-        body = _DECODERS[mtype](reader)
-        if reader.pos != end:
-            raise DecodeError("trailing", f"{end - reader.pos} bytes")
+        try:
+            if flags & ~FLAG_AUTH:
+                raise DecodeError("flags", hex(flags))
+            end = len(data)
+            if flags & FLAG_AUTH:
+                if self._key is None:
+                    raise DecodeError("auth_unexpected")
+                end = self._verify(data)
+            elif self._key is not None:
+                raise DecodeError("auth_missing")
+            reader = _Reader(data, _HEADER.size, end)
+            body = _DECODERS[mtype](reader)
+            if reader.pos != end:
+                raise DecodeError("trailing", f"{end - reader.pos} bytes")
+        except DecodeError as exc:
+            exc.message_type = mtype
+            raise
         return Message(body, request_id, sender, mirror_port, host, port)
 
     def _verify(self, data: bytes) -> int:
@@ -224,8 +252,13 @@ class Codec:
         end = len(data) - _TRAILER_BYTES
         if end < _HEADER.size:
             raise DecodeError("short", "no auth trailer")
-        expected = hmac.new(self._key, data[: len(data) - _MAC_BYTES], hashlib.sha256).digest()
-        if not hmac.compare_digest(expected, data[len(data) - _MAC_BYTES :]):
+        signed = data[: len(data) - _MAC_BYTES]
+        mac = data[len(data) - _MAC_BYTES :]
+        for key in self._keys:
+            expected = hmac.new(key, signed, hashlib.sha256).digest()
+            if hmac.compare_digest(expected, mac):
+                break
+        else:
             raise DecodeError("mac")
         (millis,) = _TRAILER_TS.unpack_from(data, end)
         now = self._clock()

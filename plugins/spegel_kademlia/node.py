@@ -15,7 +15,7 @@ import logging
 import random
 import secrets
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, TypeVar
@@ -85,7 +85,9 @@ class KademliaRouter:
     :param metrics: receives ``DhtMessage``, ``DroppedDatagram`` and ``PeerCount`` events.
     :param settings: tuning; defaults to :class:`KademliaSettings` defaults.
     :param node_id: 32-byte node id (random if None).
-    :param cluster_key: HMAC-SHA256 pre-shared key, or None for unauthenticated datagrams.
+    :param cluster_key: HMAC-SHA256 pre-shared key (or several during a rotation: the
+        first signs, any is accepted), or None for unauthenticated datagrams.
+    :param allowed: whether an address may be a peer (``--peer-cidrs``); None: any.
     """
 
     name = "kademlia"
@@ -100,7 +102,8 @@ class KademliaRouter:
         metrics: MetricsSink | None = None,
         settings: KademliaSettings | None = None,
         node_id: bytes | None = None,
-        cluster_key: bytes | None = None,
+        cluster_key: bytes | Sequence[bytes] | None = None,
+        allowed: Callable[[str], bool] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = s = settings or KademliaSettings.model_construct()
@@ -116,8 +119,9 @@ class KademliaRouter:
         self.providers = ProviderStore(ttl=s.kademlia_provider_ttl)
         self.advertised = AdvertisedKeys(interval=s.kademlia_reprovide_interval,
                                          jitter=s.kademlia_reprovide_jitter, rng=self._rng)
+        self._allowed = allowed
         self._rpc = RpcEndpoint(Codec(cluster_key), self.node_id, mirror_port,
-                                self._on_message, self._metrics)
+                                self._on_message, self._metrics, allowed=allowed)
         self._state = "new"
         self._address: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -150,6 +154,10 @@ class KademliaRouter:
         self._spawn(self._maintenance_loop(), "maintenance")
         self._spawn(self._reprovide_loop(), "reprovide")
         log.info("kademlia node %s listening on udp %s", self.node_id.hex()[:12], self.address)
+        if not self._rpc.codec.authenticated:
+            log.warning("the DHT runs open: no --cluster-key-file, so anyone who can reach udp "
+                        "%s can join it and advertise content (see docs/security.md)",
+                        self.address)
 
     async def aclose(self) -> None:
         """Tell the closest nodes our records are gone, stop the tasks, close the socket."""
@@ -255,7 +263,10 @@ class KademliaRouter:
                    "provides": self._provided, "provide_failures": self._provide_failures,
                    "unstored_keys": len(self._unstored), "datagrams_sent": self._rpc.sent,
                    "datagrams_received": self._rpc.received,
-                   "datagrams_dropped": self._rpc.dropped, "rpc_timeouts": self._rpc.timeouts},
+                   "datagrams_dropped": self._rpc.dropped, "rpc_timeouts": self._rpc.timeouts,
+                   "dropped_by_reason": dict(self._rpc.drop_reasons),
+                   "dropped_by_type": dict(self._rpc.dropped_types),
+                   "authenticated": self._rpc.codec.authenticated},
         )
 
     def __repr__(self) -> str:
@@ -452,6 +463,9 @@ class KademliaRouter:
         family = socket.AF_INET6 if ":" in (self._address or ("",))[0] else socket.AF_INET
         target = await resolve(address, family)
         if target is None:
+            return
+        if self._allowed is not None and not self._allowed(target[0]):
+            log.debug("bootstrap peer %s is outside --peer-cidrs; not asked", address)
             return
         try:
             await self._rpc.request(target, Ping(),

@@ -13,13 +13,14 @@ import ipaddress
 import logging
 import secrets
 import socket
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 from spegel_core.protocols import DhtMessage, DroppedDatagram, MetricsSink
 from spegel_kademlia.codec import Codec, DecodeError, EncodeError
-from spegel_kademlia.messages import Body, Message, message_type
+from spegel_kademlia.messages import Body, Message, Nodes, Providers, message_type
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class RpcEndpoint:
     :param mirror_port: this node's mirror port, carried in every header.
     :param on_message: called with every valid request and every matched response.
     :param metrics: receives ``DhtMessage`` and ``DroppedDatagram`` events.
+    :param allowed: whether an address may be a peer (``--peer-cidrs``); datagrams from
+        other addresses are dropped, and contacts and providers at other addresses are
+        removed from answers before anything sees them. None allows every address.
     """
 
     def __init__(
@@ -82,12 +86,17 @@ class RpcEndpoint:
         mirror_port: int,
         on_message: Callable[[Message], None],
         metrics: MetricsSink,
+        allowed: Callable[[str], bool] | None = None,
     ) -> None:
         self.codec = codec
         self.node_id = node_id
         self.mirror_port = mirror_port
         self._on_message = on_message
         self._metrics = metrics
+        self._allowed = allowed
+        #: Dropped datagrams by reason, and by the message type their header claimed.
+        self.drop_reasons: Counter[str] = Counter()
+        self.dropped_types: Counter[str] = Counter()
         self._transport: Transport | None = None
         self._closed = False
         self._map_v4 = False
@@ -190,12 +199,18 @@ class RpcEndpoint:
     # -- receiving ----------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         """Decode a datagram and route it: matched response, request, or dropped."""
+        allowed = self._allowed
+        if allowed is not None and not (addr and isinstance(addr[0], str) and allowed(addr[0])):
+            self._drop("peer_cidrs")
+            return
         try:
             message = self.codec.decode(data, addr)
         except DecodeError as exc:
             log.debug("dropped datagram from %s: %s", addr, exc)
-            self._drop(exc.reason)
+            self._drop(exc.reason, exc.message_type.label if exc.message_type else None)
             return
+        if allowed is not None:
+            message = _only_allowed(message, allowed)
         if message.sender == self.node_id:
             self._drop("self")
             return
@@ -213,14 +228,32 @@ class RpcEndpoint:
             log.exception("error handling %s from %s", message.type.label, addr)
             self._drop("handler_error")
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, type_label: str | None = None) -> None:
         self.dropped += 1
+        self.drop_reasons[reason] += 1
+        if type_label is not None:
+            self.dropped_types[type_label] += 1
         self._metrics.emit(DroppedDatagram(reason))
 
     def __repr__(self) -> str:
         return (f"<RpcEndpoint sent={self.sent} received={self.received} "
                 f"dropped={self.dropped} timeouts={self.timeouts} "
                 f"outstanding={len(self._pending)} closed={self._closed}>")
+
+
+def _only_allowed(message: Message, allowed: Callable[[str], bool]) -> Message:
+    """``message`` without the contacts and providers at addresses that are not allowed."""
+    body = message.body
+    if isinstance(body, Nodes):
+        contacts = tuple(c for c in body.contacts if allowed(c.host))
+        if len(contacts) != len(body.contacts):
+            return replace(message, body=Nodes(contacts))
+    elif isinstance(body, Providers):
+        providers = tuple(p for p in body.providers if allowed(p.host))
+        contacts = tuple(c for c in body.contacts if allowed(c.host))
+        if len(providers) != len(body.providers) or len(contacts) != len(body.contacts):
+            return replace(message, body=Providers(providers, contacts))
+    return message
 
 
 def _matches(pending: _Pending, message: Message) -> bool:

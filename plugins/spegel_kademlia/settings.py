@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from spegel_core.config import Duration, SpegelSettings
+from spegel_core.config import CommaList, Duration, SpegelSettings
 
 
 class KademliaSettings(SpegelSettings):
@@ -48,6 +48,12 @@ class KademliaSettings(SpegelSettings):
     )
     kademlia_refresh_interval: Duration = Field(
         default=10 * 60.0, gt=0, description="Buckets without a lookup this long are refreshed."
+    )
+    cluster_key_file: CommaList = Field(
+        default_factory=list,
+        description="File holding the DHT's pre-shared key (>= 16 bytes; a Secret). Two files, "
+        "or two lines of one, during a key rotation: the first signs, both are accepted. "
+        "Unset: the DHT runs unauthenticated.",
     )
 
     @field_validator("kademlia_reprovide_jitter")
