@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from spegel_core.config import SettingsRegistry, SpegelConfig
+    from spegel_core.node import Node
     from spegel_core.protocols import ContentStore, Discovery, MetricsSink, Router
     from spegel_core.registries import DiscoveryRegistry, MetricsRegistry
 
@@ -119,15 +120,23 @@ def spegel_register_metrics(config: SpegelConfig, registry: MetricsRegistry) -> 
 
 
 @hookspec
-def spegel_add_routes(app: FastAPI, config: SpegelConfig) -> None:
-    """Add routes to the mirror application (debug pages, metrics on the mirror port).
+def spegel_add_routes(
+    app: FastAPI, config: SpegelConfig, node: Node, metrics_app: FastAPI
+) -> None:
+    """Add routes (and middleware) to the mirror, or routes to the metrics listener.
 
     Called once while the application is built, after the /v2 routes exist.
+    ``metrics_app`` is served on ``--metrics-addr`` beside the mirror, in the same
+    process and event loop; it only listens when some plugin adds a route to it.
+    Implementations may take any subset of the parameters.
 
     All implementations are called.
 
-    :param app: the FastAPI application.
+    :param app: the FastAPI mirror application.
     :param config: the frozen configuration.
+    :param node: the node being built (store, router, metrics hub, peers, tracker),
+        for pages that show its state; it is started later, in the mirror's lifespan.
+    :param metrics_app: the application for ``--metrics-addr`` (``/metrics``, ``/debug``).
     """
 
 

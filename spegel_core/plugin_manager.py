@@ -25,6 +25,8 @@ from spegel_core.registries import DiscoveryRegistry, MetricsRegistry
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from spegel_core.node import Node
+
 log = logging.getLogger(__name__)
 
 #: (name, module) of the built-in plugins, registered in this order.
@@ -156,8 +158,10 @@ class PluginManager:
         self.pluggy.hook.spegel_register_metrics(config=config, registry=registry)
         return registry.sinks
 
-    def add_routes(self, app: FastAPI, config: SpegelConfig) -> None:
-        self.pluggy.hook.spegel_add_routes(app=app, config=config)
+    def add_routes(self, app: FastAPI, config: SpegelConfig, node: Node,
+                   metrics_app: FastAPI) -> None:
+        self.pluggy.hook.spegel_add_routes(app=app, config=config, node=node,
+                                           metrics_app=metrics_app)
 
     # -- introspection -----------------------------------------------------------
     def plugin_infos(self) -> list[PluginInfo]:

@@ -56,6 +56,7 @@ def _start(node: DemoNode, extra: list[str]) -> None:
         sys.executable, "-m", "spegel_core.cli.main", "registry",
         "--registry-addr", f"{node.ip}:{node.port}",
         "--router-addr", f"{node.ip}:{node.port + 1}",
+        "--metrics-addr", f"{node.ip}:9090",
         "--content-store", "oci-layout", "--oci-layout-path", str(node.layout),
         "--log-level", "WARNING", *extra,
     ]

@@ -97,14 +97,16 @@ def cmd_plugins(pm: PluginManager, *, as_json: bool) -> int:
 def cmd_registry(pm: PluginManager, config: object) -> int:
     from spegel_core.config import SpegelConfig
     from spegel_core.logs import configure_logging
-    from spegel_core.mirror.app import create_app
+    from spegel_core.mirror.app import create_app, metrics_app_of
     from spegel_core.server.run import serve
 
     assert isinstance(config, SpegelConfig)
     configure_logging(config.core.log_level, config.core.log_format)
     app = create_app(config, pm)
+    metrics_app = metrics_app_of(app)
     log.info("spegel %s mirror on %s", __version__, config.core.registry_addr)
-    return serve(app, config.core.registry_addr, drain_timeout=config.core.drain_timeout)
+    return serve(app, config.core.registry_addr, drain_timeout=config.core.drain_timeout,
+                 metrics=(metrics_app, config.core.metrics_addr) if metrics_app else None)
 
 
 if __name__ == "__main__":

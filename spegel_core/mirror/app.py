@@ -48,5 +48,16 @@ def create_app(config: SpegelConfig, pm: PluginManager, *,
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(routes_v2.router)
-    pm.add_routes(app, config)
+    metrics_app = FastAPI(title="spegel metrics", version=__version__, docs_url=None,
+                          redoc_url=None, openapi_url=None)
+    app.state.metrics_app = metrics_app
+    pm.add_routes(app, config, node, metrics_app)
     return app
+
+
+def metrics_app_of(app: FastAPI) -> FastAPI | None:
+    """The application to serve on ``--metrics-addr``, or None when no plugin added a route."""
+    metrics_app = getattr(app.state, "metrics_app", None)
+    if isinstance(metrics_app, FastAPI) and metrics_app.routes:
+        return metrics_app
+    return None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
 from spegel_core.config import Address
+from spegel_core.server.side import SideListener
 from spegel_core.server.zerocopy import ZeroCopyHttpToolsProtocol, check_uvicorn_compatible
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,18 @@ class DrainingServer(uvicorn.Server):
     make a clean, drained stop look like a crash (exit -15) to Kubernetes.
     """
 
+    #: Extra listener (the metrics address) started before and stopped after this one.
+    side: SideListener | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.side is not None:
+            await self.side.start()
+        try:
+            await super().serve(sockets)
+        finally:
+            if self.side is not None:
+                await self.side.stop()
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         captured = getattr(self, "_captured_signals", None)
@@ -50,9 +64,15 @@ class DrainingServer(uvicorn.Server):
             log.info("SIGTERM: draining in-flight responses")
 
 
-def serve(app: FastAPI, address: Address, *, drain_timeout: float) -> int:
-    """Run until SIGTERM/SIGINT; in-flight responses get ``drain_timeout`` seconds. Returns 0."""
+def serve(app: FastAPI, address: Address, *, drain_timeout: float,
+          metrics: tuple[FastAPI, Address] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; in-flight responses get ``drain_timeout`` seconds. Returns 0.
+
+    ``metrics`` is an app served on its own address in the same event loop.
+    """
     server = DrainingServer(uvicorn_config(app, address, drain_timeout=drain_timeout))
+    if metrics is not None:
+        server.side = SideListener(*metrics)
     server.run()
     if not server.started:
         log.error("the mirror could not start on %s", address)

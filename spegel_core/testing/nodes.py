@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _counter = itertools.count()
+#: The metrics port of every test node (on its own loopback address, as in a cluster).
+METRICS_PORT = 9090
 
 
 def free_loopback_ip(port: int = 5000) -> str:
-    """A 127.0.x.y address whose ``port`` (TCP and UDP ``port + 1``) is free right now.
+    """A 127.0.x.y address whose ``port`` (TCP and UDP ``port + 1``) and metrics port
+    (TCP :data:`METRICS_PORT`) are free right now.
 
     Each call returns a different address, so tests can run nodes on the same
     ports as a real cluster without colliding.
@@ -33,7 +36,8 @@ def free_loopback_ip(port: int = 5000) -> str:
 
 
 def _bindable(ip: str, port: int) -> bool:
-    for kind, number in ((socket.SOCK_STREAM, port), (socket.SOCK_DGRAM, port + 1)):
+    for kind, number in ((socket.SOCK_STREAM, port), (socket.SOCK_DGRAM, port + 1),
+                         (socket.SOCK_STREAM, METRICS_PORT)):
         with socket.socket(socket.AF_INET, kind) as sock:
             if kind == socket.SOCK_STREAM:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -54,15 +58,22 @@ class NodeProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    metrics_port: int = METRICS_PORT
 
     @property
     def url(self) -> str:
         return f"http://{self.ip}:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """Where ``/metrics`` and ``/debug`` are served (``--metrics-addr``)."""
+        return f"http://{self.ip}:{self.metrics_port}"
+
     def start(self) -> NodeProcess:
         command = [sys.executable, "-m", "spegel_core.cli.main", "registry",
                    "--registry-addr", f"{self.ip}:{self.port}",
-                   "--router-addr", f"{self.ip}:{self.port + 1}", *self.args]
+                   "--router-addr", f"{self.ip}:{self.port + 1}",
+                   "--metrics-addr", f"{self.ip}:{self.metrics_port}", *self.args]
         env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
