@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("containerd", "spegel_containerd.plugin"),
     ("static", "spegel_static.plugin"),
     ("dns", "spegel_dns.plugin"),
+    ("prometheus", "spegel_prometheus.plugin"),
 )
 
 
