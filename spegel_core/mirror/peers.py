@@ -5,6 +5,16 @@ out, blobs while they stream (the last chunk is held back until the digest
 matches, so a corrupt blob is never completed as a 200). A provider that fails
 is penalised for a while and the next one is tried; a stream that breaks
 mid-way resumes from another provider with a Range request.
+
+A ranged request is verified when the range covers the whole blob. A range of
+part of a blob cannot be checked against the blob's digest without reading the
+rest, so its bytes are relayed as the peer sent them (the extent is still
+checked); the client verifies the digest of the blob it assembles (containerd
+does) and the providers are nodes of the cluster (``docs/security.md``).
+
+Only providers the router found are ever asked, at the address the router gives
+(``--peer-cidrs`` narrows which addresses are trusted): repository names, tags,
+digests and ``ns`` only ever become the path and query of a request to a peer.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -20,9 +31,12 @@ from typing import TypeVar
 import aiohttp
 
 from spegel_core.config import SpegelConfig
-from spegel_core.errors import BlobUnknown, ManifestUnknown, PeerError
+from spegel_core.errors import BlobUnknown, ManifestUnknown, OCIError, PeerError
+from spegel_core.mirror.ranges import parse_range
 from spegel_core.mirror.service import Manifest, ManifestCache
+from spegel_core.oci.digest import compute_digest, split_digest
 from spegel_core.oci.mediatypes import MANIFEST_TYPES, MAX_MANIFEST_SIZE, sniff_manifest_type
+from spegel_core.peer_filter import PeerFilter
 from spegel_core.protocols import MetricsSink, Peer, ResolveDuration, Router
 
 log = logging.getLogger(__name__)
@@ -42,6 +56,8 @@ class PeerSettings:
     penalty: float = 30.0
     cache_ttl: float = 5.0
     pool_size: int = 256
+    #: Networks providers may be in (``--peer-cidrs``); empty: any address.
+    peer_cidrs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -71,6 +87,11 @@ class PeerFetcher:
         self.settings = settings
         self._cache: dict[str, _Cached] = {}
         self._penalties: dict[tuple[str, int], float] = {}
+        self._trusted = PeerFilter(settings.peer_cidrs)
+        #: Penalties given, by kind of failure (see :func:`penalty_kind`).
+        self.penalty_counts: Counter[str] = Counter()
+        #: Providers the router found outside ``--peer-cidrs`` (never asked).
+        self.untrusted_providers = 0
         self._session: aiohttp.ClientSession | None = None
         #: Verified manifests fetched from peers (content-addressed, so safe to reuse).
         self.manifests = ManifestCache(4 * 1024 * 1024)
@@ -81,6 +102,8 @@ class PeerFetcher:
         return cls(router, metrics, PeerSettings(
             resolve_timeout=config.core.mirror_resolve_timeout,
             resolve_retries=max(1, config.core.mirror_resolve_retries),
+            penalty=config.core.mirror_peer_penalty,
+            peer_cidrs=tuple(config.core.peer_cidrs),
         ))
 
     @property
@@ -105,6 +128,7 @@ class PeerFetcher:
     # -- providers ----------------------------------------------------------------
     def penalise(self, peer: Peer, reason: str) -> None:
         log.warning("penalising peer %s for %.0fs: %s", peer.url, self.settings.penalty, reason)
+        self.penalty_counts[penalty_kind(reason)] += 1
         self._penalties[(peer.host, peer.port)] = time.monotonic() + self.settings.penalty
         for cached in self._cache.values():
             if peer in cached.peers:
@@ -121,6 +145,7 @@ class PeerFetcher:
 
     @property
     def penalties(self) -> dict[str, float]:
+        """Peers on the penalty list (``host:port``) and the seconds left."""
         now = time.monotonic()
         return {f"{h}:{p}": until - now for (h, p), until in self._penalties.items() if until > now}
 
@@ -153,6 +178,10 @@ class PeerFetcher:
                 if not found:
                     self.metrics.emit(ResolveDuration(self.router.name,
                                                       time.perf_counter() - started, True))
+                if not self._trusted.allows(peer.host):
+                    self.untrusted_providers += 1
+                    log.debug("provider %s is outside --peer-cidrs; not asked", peer.url)
+                    continue
                 found.append(peer)
                 if peer in tried or self.penalised(peer):
                     continue
@@ -203,8 +232,9 @@ class PeerFetcher:
             raise PeerError(f"{type(exc).__name__}: {exc}") from exc
         if len(data) > MAX_MANIFEST_SIZE:
             raise PeerError("manifest too large")
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
         expected = digest or header_digest
+        algorithm = split_digest(expected)[0] if expected.startswith("sha512:") else "sha256"
+        actual = compute_digest(data, algorithm)
         if actual != expected:
             raise PeerError(f"manifest digest mismatch: expected {expected}, got {actual}")
         if media_type not in MANIFEST_TYPES:
@@ -220,7 +250,10 @@ class PeerFetcher:
         async def open_checked(peer: Peer) -> tuple[aiohttp.ClientResponse, int, int, int]:
             response = await self._open_blob(peer, registry, name, digest, range_header)
             try:
-                return (response, *_extent(response, range_header))
+                _check_digest_header(response, digest)
+                size, start, length = _extent(response, range_header)
+                _check_range(range_header, size, start, length)
+                return response, size, start, length
             except PeerError:
                 response.release()
                 raise
@@ -231,8 +264,9 @@ class PeerFetcher:
             raise BlobUnknown(f"blob {digest} not found on any peer")
         (response, size, start, length), peer = won
         stream = BlobStream(size, start, length, _empty(), peer)
+        # A range that covers the whole blob is verified like a full fetch.
         stream.chunks = self._stream(stream, response, registry, name, digest,
-                                     verify=range_header is None)
+                                     verify=start == 0 and length == size)
         return stream
 
     async def _hedged(self, peers: AsyncIterator[Peer],
@@ -323,7 +357,7 @@ class PeerFetcher:
         The last chunk is only released once the digest is known to match.
         """
         loop = asyncio.get_running_loop()
-        hasher = hashlib.new(digest.partition(":")[0]) if verify else None
+        hasher = hashlib.new(split_digest(digest)[0]) if verify else None
         hashing: asyncio.Future[None] | None = None
         sent = 0
         held = b""
@@ -354,7 +388,7 @@ class PeerFetcher:
                                                         stream)
             if hashing is not None:
                 await hashing
-            if hasher is not None and f"{digest.partition(':')[0]}:{hasher.hexdigest()}" != digest:
+            if hasher is not None and f"{split_digest(digest)[0]}:{hasher.hexdigest()}" != digest:
                 self.penalise(peer, "blob digest mismatch")
                 raise PeerError(f"blob {digest} from {peer.url} does not match its digest")
             if held:
@@ -375,15 +409,57 @@ class PeerFetcher:
             except PeerError as exc:
                 self.penalise(peer, str(exc))
                 continue
+            try:
+                _check_digest_header(response, digest)
+                size, start, length = _extent(response, "resume")
+                if (size, start, length) != (stream.size, position, end - position + 1):
+                    raise PeerError(f"resumed with bytes {start}+{length} of {size}, asked for "
+                                    f"{position}-{end} of {stream.size}")
+            except PeerError as exc:
+                response.release()
+                self.penalise(peer, str(exc))
+                continue
             log.info("resuming %s at byte %d from %s", digest, position, peer.url)
             stream.resumed.append(peer)
             return response, peer
         raise PeerError(f"no provider left to resume {digest} at byte {position}")
 
 
+def penalty_kind(reason: str) -> str:
+    """A short label for a penalty reason (for counters): digest, stream, status or connect."""
+    if "digest" in reason or "not a manifest" in reason or "too large" in reason:
+        return "digest"
+    if reason.startswith("stream") or "bytes" in reason or "Content-" in reason:
+        return "stream"
+    if reason.startswith("HTTP"):
+        return "status"
+    return "connect"
+
+
+def _check_digest_header(response: aiohttp.ClientResponse, digest: str) -> None:
+    claimed = response.headers.get("Docker-Content-Digest")
+    if claimed is not None and claimed.strip() != digest:
+        raise PeerError(f"peer sent blob {claimed[:80]!r} for digest {digest}")
+
+
+def _check_range(range_header: str | None, size: int, start: int, length: int) -> None:
+    """The peer sent the range asked for (as this node would have served it)."""
+    if range_header is None:
+        return
+    try:
+        wanted = parse_range(range_header, size)
+    except OCIError as exc:  # e.g. the peer claims a size the range does not fit
+        raise PeerError(f"peer's size {size} does not fit {range_header!r}: {exc}") from None
+    if wanted is None or (wanted.start, wanted.length) != (start, length):
+        raise PeerError(f"peer sent bytes {start}+{length} for {range_header!r}")
+
+
 def _extent(response: aiohttp.ClientResponse, range_header: str | None) -> tuple[int, int, int]:
     """(total size, first byte, length) of what the peer is sending."""
-    length = int(response.headers.get("Content-Length", "-1"))
+    try:
+        length = int(response.headers.get("Content-Length", "-1"))
+    except ValueError:
+        raise PeerError("peer sent an invalid Content-Length") from None
     if response.status == 206:
         content_range = response.headers.get("Content-Range", "")
         span, _, total = content_range.removeprefix("bytes ").partition("/")
@@ -392,8 +468,8 @@ def _extent(response: aiohttp.ClientResponse, range_header: str | None) -> tuple
             start, end, size = int(first), int(last), int(total)
         except ValueError as exc:
             raise PeerError(f"bad Content-Range {content_range!r}") from exc
-        if length != end - start + 1:
-            raise PeerError("Content-Length does not match Content-Range")
+        if length != end - start + 1 or not 0 <= start <= end < size:
+            raise PeerError(f"Content-Length does not match Content-Range {content_range!r}")
         return size, start, length
     if length < 0:
         raise PeerError("peer sent no Content-Length")

@@ -155,8 +155,8 @@ async def get_blob(
 async def _blob_from_peers(request: Request, node: NodeDep, registry: str, name: str,
                            digest: str, range_header: str | None, started: float) -> Response:
     assert node.peers is not None
-    if range_header is not None:
-        parse_range(range_header, 2**63 - 1)  # syntax only: the size is the peer's to know
+    if range_header is not None and parse_range(range_header, 2**63 - 1) is None:
+        range_header = None  # several ranges: the whole blob, as RFC 9110 allows
     try:
         stream = await node.peers.blob(registry, name, digest, range_header)
     except NotFound:
