@@ -15,6 +15,7 @@ from spegel_core.mirror.service import MirrorService
 from spegel_core.node import Node
 from spegel_core.plugin_manager import PluginManager
 from spegel_core.protocols import ContentStore
+from spegel_core.server.zerocopy import ConnectionLimits
 
 
 def create_app(config: SpegelConfig, pm: PluginManager, *,
@@ -45,6 +46,9 @@ def create_app(config: SpegelConfig, pm: PluginManager, *,
     )
     app.state.node = node
     app.state.service = service
+    app.state.connection_limits = ConnectionLimits(
+        max_client_connections=config.core.mirror_max_client_connections,
+        header_timeout=config.core.mirror_header_timeout)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(routes_v2.router)

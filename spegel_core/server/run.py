@@ -12,20 +12,27 @@ from fastapi import FastAPI
 
 from spegel_core.config import Address
 from spegel_core.server.side import SideListener
-from spegel_core.server.zerocopy import ZeroCopyHttpToolsProtocol, check_uvicorn_compatible
+from spegel_core.server.zerocopy import (
+    ConnectionLimits,
+    check_uvicorn_compatible,
+    limited_protocol,
+)
 
 log = logging.getLogger(__name__)
 
 
 def uvicorn_config(app: FastAPI, address: Address, *, drain_timeout: float,
                    loop: str = "uvloop") -> uvicorn.Config:
+    """The server of the mirror: connection limits from ``app.state.connection_limits``."""
     check_uvicorn_compatible()
+    limits = getattr(app.state, "connection_limits", None)
     return uvicorn.Config(
         app,
         host=address.bind_host,
         port=address.port,
         loop=loop,
-        http=ZeroCopyHttpToolsProtocol,
+        http=limited_protocol(limits if isinstance(limits, ConnectionLimits)
+                              else ConnectionLimits()),
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -12,6 +12,20 @@ the kernel; Python only loops once per socket-buffer's worth (megabytes).
 It relies on uvicorn's ``RequestResponseCycle`` internals (``transport``,
 ``expected_content_length``, ``disconnected``, ``send``), so it is pinned to the
 uvicorn range in pyproject.toml and refuses to load on a cycle without them.
+
+It also bounds what one client can hold (uvicorn has no such limits):
+
+- the URL and headers of a request (:data:`MAX_URL_BYTES`, :data:`MAX_HEADER_BYTES`),
+  refused with a 400;
+- open connections per client address (``--mirror-max-client-connections``): more are
+  closed as soon as they are accepted, so one client cannot use up uvicorn's global
+  ``limit_concurrency`` and starve the others. HTTP/1.1 carries one request at a time
+  per connection, so this also caps a client's concurrent streams;
+- the time to send a request's headers (``--mirror-header-timeout``), counted from the
+  connection's opening or the request's first byte: a slowloris client that trickles
+  headers is disconnected. Idle keep-alive connections close after uvicorn's
+  ``timeout_keep_alive``; a client that stops reading a zero-copy response is dropped
+  after :data:`SEND_IDLE_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -19,7 +33,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -48,18 +65,99 @@ MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 32 * 1024
 
 
+#: Seconds between two warnings about refused connections.
+_REFUSAL_LOG_INTERVAL = 10.0
+
+
 class RequestTooLarge(Exception):
     """Raised from a parser callback; httptools reports it as a parse error (400)."""
 
 
-class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus the ``spegel.zerocopy`` extension and size limits."""
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one client may hold open (see the module docstring)."""
 
+    max_client_connections: int = 128
+    header_timeout: float = 10.0
+
+
+class _ClientTable:
+    """Open connections by client address, shared by every protocol of one server."""
+
+    def __init__(self) -> None:
+        self.open: Counter[str] = Counter()
+        self.refused = 0
+        self._logged = 0.0
+
+    def refuse(self, host: str, limit: int) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._logged >= _REFUSAL_LOG_INTERVAL:
+            self._logged = now
+            log.warning("client %s holds %d connections (the limit); closing new ones "
+                        "(%d refused so far)", host, limit, self.refused)
+
+
+class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the ``spegel.zerocopy`` extension and limits."""
+
+    limits = ConnectionLimits()
     _request_bytes = 0
+    _client_host: str | None = None
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        table = _client_table(self.server_state)
+        host = self.client[0] if self.client else None
+        if host is not None:
+            if table.open[host] >= self.limits.max_client_connections:
+                table.refuse(host, self.limits.max_client_connections)
+                transport.close()
+                return
+            table.open[host] += 1
+            self._client_host = host
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        host, self._client_host = self._client_host, None
+        if host is not None:
+            table = _client_table(self.server_state)
+            table.open[host] -= 1
+            if table.open[host] <= 0:
+                del table.open[host]
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.limits.header_timeout,
+                                                      self._header_timeout_expired)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout_expired(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_header_timer()  # a pipelined request waits for the current response
+            return
+        log.debug("%s sent no complete request head in %.0fs; closing",
+                  self._client_host, self.limits.header_timeout)
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         self._request_bytes = 0
+        self._arm_header_timer()
         super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
 
     def on_url(self, url: bytes) -> None:
         self._request_bytes += len(url)
@@ -78,6 +176,21 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
         scope.setdefault("extensions", {})[ZEROCOPY_EXTENSION] = {}
         cycle.send = _wrap_send(cycle, cycle.send)  # type: ignore[method-assign,assignment]
         super()._start_asgi_task(cycle, app)
+
+
+def limited_protocol(limits: ConnectionLimits) -> type[ZeroCopyHttpToolsProtocol]:
+    """The protocol class to hand uvicorn for a server with these limits."""
+    return type("LimitedZeroCopyHttpToolsProtocol", (ZeroCopyHttpToolsProtocol,),
+                {"limits": limits})
+
+
+def _client_table(server_state: Any) -> _ClientTable:
+    table = getattr(server_state, "spegel_clients", None)
+    if table is None:
+        table = _ClientTable()
+        server_state.spegel_clients = table
+    assert isinstance(table, _ClientTable)
+    return table
 
 
 def _wrap_send(
