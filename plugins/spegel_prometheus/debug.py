@@ -28,6 +28,7 @@ table{border-collapse:collapse;margin:.4em 0}
 td,th{padding:.15em .7em;text-align:left;border-bottom:1px solid #eee;vertical-align:top}
 th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
 code{font:12px ui-monospace,monospace}.ok{color:#070}.bad{color:#b00}.muted{color:#777}
+code.path{word-break:break-all}#requests{width:100%}
 """
 
 
@@ -131,7 +132,7 @@ def render(node: Node, recent: RecentRequests, *, metrics_addr: str) -> str:
         ["time (UTC)", "method", "path", "registry", "kind", "source", "status", "size",
          "duration"],
         [(datetime.fromtimestamp(seen.at, UTC).strftime("%H:%M:%S.%f")[:-3],
-          escape(seen.request.method), f"<code>{escape(seen.request.path)}</code>",
+          escape(seen.request.method), f'<code class="path">{escape(seen.request.path)}</code>',
           escape(seen.request.registry), escape(seen.request.kind),
           f'<span class="source">{escape(seen.request.source.value)}</span>',
           str(seen.request.status), _size(seen.request.bytes),

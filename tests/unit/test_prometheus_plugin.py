@@ -40,7 +40,7 @@ def samples(sink: PrometheusSink) -> dict[tuple[str, frozenset[tuple[str, str]]]
 
 
 def value(sink: PrometheusSink, name: str, **labels: str) -> float | None:
-    return samples(sink).get((name, frozenset(labels.items())))
+    return sink.registry.get_sample_value(name, labels)
 
 
 def every_event() -> list[Any]:
@@ -56,8 +56,8 @@ def every_event() -> list[Any]:
         AdvertisedKeys("digest", "docker.io", 1),
         AdvertisedKeys("content", "", 7),
         PeerCount(4),
-        DhtMessage("FIND_NODE", "sent"),
-        DroppedDatagram("bad_mac"),
+        DhtMessage("find_node", "sent"),
+        DroppedDatagram("mac"),
         DnsQuery(0.004, "ok"),
         StoreConnection(True),
     ]
@@ -78,8 +78,8 @@ def test_each_event_moves_its_family_at_once() -> None:
     assert value(sink, "spegel_advertised_image_digests", registry="docker.io") == 1
     assert value(sink, "spegel_advertised_content_digests", registry="") == 7
     assert value(sink, "spegel_routing_table_peers") == 4
-    assert value(sink, "spegel_dht_messages_total", type="FIND_NODE", outcome="sent") == 1
-    assert value(sink, "spegel_dht_dropped_datagrams_total", reason="bad_mac") == 1
+    assert value(sink, "spegel_dht_messages_total", type="find_node", outcome="sent") == 1
+    assert value(sink, "spegel_dht_dropped_datagrams_total", reason="mac") == 1
     assert value(sink, "spegel_dns_query_duration_seconds_count", result="ok") == 1
     assert value(sink, "spegel_store_connected") == 1
     sink.emit(StoreConnection(False))
