@@ -282,3 +282,55 @@ async def test_walker_remembers_absent_manifests_until_fresh() -> None:
     held[D2] = manifest
     await walker.walk(read, root, OCI_INDEX, fresh=True)
     assert reads == [root, D1, D2, D2] and walker.absent == set()
+
+
+async def test_store_reports_each_connection_change_to_its_metrics_sink(
+    tmp_path: Path
+) -> None:
+    from spegel_core.protocols import MetricEvent, StoreConnection
+    from spegel_core.testing.fakes import RecordingSink
+
+    broken = asyncio.Event()
+
+    class BreakingClient(FakeClient):
+        """The first event stream ends when ``broken`` is set (containerd restarted)."""
+
+        def subscribe(self, filters: list[str]) -> object:
+            if broken.is_set():
+                return super().subscribe(filters)
+
+            class Ends:
+                def __aiter__(self) -> Ends:
+                    return self
+
+                async def __anext__(self) -> object:
+                    await broken.wait()
+                    raise StopAsyncIteration
+
+                def cancel(self) -> None:
+                    pass
+
+            return Ends()
+
+    def factory(socket: Path, namespace: str) -> FakeClient:
+        return BreakingClient(["1.7.0"])
+
+    reconnected = asyncio.Event()
+
+    class Sink(RecordingSink):
+        def emit(self, event: MetricEvent) -> None:
+            super().emit(event)
+            if len(self.of_type(StoreConnection)) == 3:
+                reconnected.set()
+
+    sink = Sink()
+    store = ContainerdStore(tmp_path / "s.sock", reconnect_min_backoff=0.01,
+                            reconnect_max_backoff=0.05,
+                            client_factory=factory)  # type: ignore[arg-type]
+    store.metrics = sink  # what the node does for a store with a ``metrics`` attribute
+    async with store:
+        assert sink.of_type(StoreConnection) == [StoreConnection(True)]
+        broken.set()
+        await asyncio.wait_for(reconnected.wait(), 5)
+    assert sink.of_type(StoreConnection) == [
+        StoreConnection(True), StoreConnection(False), StoreConnection(True)]
