@@ -9,7 +9,6 @@ request, the only hosts the mirror connects to are providers the router gave it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
@@ -30,52 +29,14 @@ from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.plugin_manager import PluginManager
 from spegel_core.protocols import Peer
 from spegel_core.testing.fakes import MemoryContentStore, MemoryNetwork, MemoryRouter
+from spegel_core.testing.faults import HostilePeer, Respond, honest_responder, http_response
 
 REF = "docker.io/library/demo:v1"
-Respond = Callable[[str, dict[str, str], bytes], bytes]
 
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     return build_image(tmp_path_factory.mktemp("layout"), REF, layer_sizes=(3 * 2**20, 5000))
-
-
-def http(status: str, headers: dict[str, str], body: bytes) -> bytes:
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    return f"HTTP/1.1 {status}\r\n{head}Connection: close\r\n\r\n".encode() + body
-
-
-class HostilePeer:
-    """An HTTP server on 127.0.0.1 that answers every request with ``respond(...)``."""
-
-    def __init__(self, respond: Respond) -> None:
-        self.respond = respond
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> Peer:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return Peer("127.0.0.1", self.server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            target = head[0].split(" ")[1]
-            headers = {k.lower(): v.strip() for k, _, v in
-                       (line.partition(":") for line in head[1:] if line)}
-            self.requests.append((target, headers))
-            digest = target.split("?")[0].rsplit("/", 1)[-1]
-            writer.write(self.respond(target, headers, digest.encode()))
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def aclose(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 class Mirror:
@@ -134,29 +95,13 @@ async def hostile(start_mirror: Any, respond: Respond) -> tuple[HostilePeer, Pee
     return peer, await peer.start()
 
 
-def honest(image: BuiltImage) -> Respond:
-    """Answers like a mirror: the blob, or the requested single range of it."""
-    def respond(target: str, headers: dict[str, str], digest: bytes) -> bytes:
-        data = image.blob_path(digest.decode()).read_bytes()
-        common = {"Docker-Content-Digest": digest.decode()}
-        spec = headers.get("range")
-        if spec is None:
-            return http("200 OK", {**common, "Content-Length": str(len(data))}, data)
-        first, _, last = spec.removeprefix("bytes=").partition("-")
-        start, end = int(first), int(last) if last else len(data) - 1
-        return http("206 Partial Content", {
-            **common, "Content-Length": str(end - start + 1),
-            "Content-Range": f"bytes {start}-{end}/{len(data)}"}, data[start:end + 1])
-    return respond
-
-
 async def test_a_wrong_digest_header_is_a_penalty(start_mirror: Any, image: BuiltImage) -> None:
     mirror = await start_mirror()
     layer, other = image.layer_digests[0], image.layer_digests[1]
-    good = honest(image)
+    good = honest_responder(image)
 
-    def lying(target: str, headers: dict[str, str], digest: bytes) -> bytes:
-        return good(target, headers, other.encode())  # another blob, and says so
+    def lying(target: str, headers: dict[str, str], digest: str) -> bytes:
+        return good(target, headers, other)  # another blob, and says so
 
     _, liar_peer = await hostile(start_mirror, lying)
     mirror.network.add_provider(layer, liar_peer)
@@ -170,9 +115,9 @@ async def test_a_range_of_the_whole_blob_is_verified(start_mirror: Any,
                                                      image: BuiltImage) -> None:
     mirror = await start_mirror()
     layer = image.layer_digests[0]
-    good = honest(image)
+    good = honest_responder(image)
 
-    def corrupt(target: str, headers: dict[str, str], digest: bytes) -> bytes:
+    def corrupt(target: str, headers: dict[str, str], digest: str) -> bytes:
         answer = good(target, headers, digest)
         head, _, body = answer.partition(b"\r\n\r\n")
         return head + b"\r\n\r\n" + bytes(b ^ 0x55 for b in body[:64]) + body[64:]
@@ -189,9 +134,9 @@ async def test_the_range_a_peer_sends_must_be_the_one_asked(start_mirror: Any,
                                                             image: BuiltImage) -> None:
     mirror = await start_mirror()
     layer = image.layer_digests[0]
-    good = honest(image)
+    good = honest_responder(image)
 
-    def shifted(target: str, headers: dict[str, str], digest: bytes) -> bytes:
+    def shifted(target: str, headers: dict[str, str], digest: str) -> bytes:
         return good(target, {**headers, "range": "bytes=0-99"}, digest)
 
     _, bad = await hostile(start_mirror, shifted)
@@ -215,12 +160,12 @@ async def test_a_resume_must_continue_where_the_stream_broke(start_mirror: Any,
     mirror = await start_mirror()
     layer = image.layer_digests[0]
     data = image.blob_path(layer).read_bytes()
-    good = honest(image)
+    good = honest_responder(image)
 
-    def truncated(target: str, headers: dict[str, str], digest: bytes) -> bytes:
+    def truncated(target: str, headers: dict[str, str], digest: str) -> bytes:
         return good(target, headers, digest)[: 200 + len(data) // 2]
 
-    def wrong_resume(target: str, headers: dict[str, str], digest: bytes) -> bytes:
+    def wrong_resume(target: str, headers: dict[str, str], digest: str) -> bytes:
         return good(target, {**headers, "range": "bytes=0-"}, digest) \
             if "range" in headers else good(target, headers, digest)
 
@@ -237,11 +182,11 @@ async def test_a_resume_must_continue_where_the_stream_broke(start_mirror: Any,
 
 
 @pytest.mark.parametrize("answer", [
-    http("200 OK", {"Content-Length": "x1"}, b""),
-    http("200 OK", {"Transfer-Encoding": "chunked"}, b"0\r\n\r\n"),
-    http("206 Partial Content", {"Content-Length": "10", "Content-Range": "bytes 0-9/5"},
+    http_response("200 OK", {"Content-Length": "x1"}, b""),
+    http_response("200 OK", {"Transfer-Encoding": "chunked"}, b"0\r\n\r\n"),
+    http_response("206 Partial Content", {"Content-Length": "10", "Content-Range": "bytes 0-9/5"},
          b"0123456789"),
-    http("302 Found", {"Location": "http://169.254.169.254/", "Content-Length": "0"}, b""),
+    http_response("302 Found", {"Location": "http://169.254.169.254/", "Content-Length": "0"}, b""),
     b"garbage\r\n\r\n",
 ])
 async def test_malformed_answers_are_a_fast_404(start_mirror: Any, image: BuiltImage,
@@ -259,7 +204,7 @@ async def test_providers_outside_the_peer_cidrs_are_never_asked(start_mirror: An
                                                                 image: BuiltImage) -> None:
     mirror = await start_mirror(peer_cidrs="10.0.0.0/8")
     layer = image.layer_digests[1]
-    peer, address = await hostile(start_mirror, honest(image))
+    peer, address = await hostile(start_mirror, honest_responder(image))
     mirror.network.add_provider(layer, address)
     assert (await mirror.client.get(f"/v2/library/demo/blobs/{layer}")).status_code == 404
     assert peer.requests == [] and mirror.peers.untrusted_providers == 1
@@ -281,7 +226,7 @@ async def test_no_request_makes_the_mirror_connect_anywhere_but_a_provider(
 ) -> None:
     mirror = await start_mirror(mirror_peer_penalty="0s")
     provider, address = await hostile(
-        start_mirror, lambda *_: http("404 Not Found", {"Content-Length": "0"}, b""))
+        start_mirror, lambda *_: http_response("404 Not Found", {"Content-Length": "0"}, b""))
     connected: list[str] = []
 
     async def on_start(session: Any, context: Any, params: aiohttp.TraceRequestStartParams
