@@ -148,7 +148,7 @@ async def get_blob(
                                        status_code=status, headers=headers,
                                        media_type=OCTET_STREAM)
     sent = 0 if request.method == "HEAD" else count
-    _record(node, registry, "blob", request, sent, started, Source.LOCAL)
+    _record(node, registry, "blob", request, sent, started, Source.LOCAL, status)
     return response
 
 
@@ -172,7 +172,7 @@ async def _blob_from_peers(request: Request, node: NodeDep, registry: str, name:
     if request.method == "HEAD":
         await stream.chunks.aclose()  # type: ignore[attr-defined]
     sent = 0 if request.method == "HEAD" else stream.length
-    _record(node, registry, "blob", request, sent, started, Source.PEER)
+    _record(node, registry, "blob", request, sent, started, Source.PEER, status)
     return StoreStreamResponse(stream.chunks, stream.length, status_code=status,
                                headers=headers, media_type=OCTET_STREAM)
 
