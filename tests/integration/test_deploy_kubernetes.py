@@ -557,3 +557,10 @@ def test_plain_http_registry_overlay() -> None:
     (base_config,) = of_kind(render("base"), "ConfigMap")
     assert set(base_config["data"]["MIRRORED_REGISTRIES"].split(",")) < set(registries)
     assert config["metadata"]["name"] != base_config["metadata"]["name"]  # rolls the pods
+
+
+def test_install_guide_names_every_build() -> None:
+    text = (ROOT / "docs" / "install.md").read_text()
+    for build in KUSTOMIZATIONS + COMPONENTS:
+        if build not in (".", "base", "cleanup/base"):
+            assert build in text, f"docs/install.md does not mention {build}"
