@@ -1,6 +1,6 @@
-# syntax=docker/dockerfile:1
 # The spegel node image (docs/install.md):
 #   docker build -t REGISTRY/spegel:0.1.0 .
+# Needs BuildKit (Docker's default builder since 23.0) or Buildah, for RUN --mount.
 # Stage 1 builds the wheels of spegel and of everything it depends on; stage 2
 # installs them from that directory alone (no index, no compiler, no build
 # tools), so the final image holds the Python runtime, the installed packages
