@@ -15,10 +15,9 @@ from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.testing.dns import DnsServer, dnsmasq_path
 from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(dnsmasq_path() is None, reason="dnsmasq is not installed"),
-]
+pytestmark = pytest.mark.e2e
+# No skip when dnsmasq is missing: CI installs it (Debian dnsmasq-base).
+assert dnsmasq_path() is not None, "dnsmasq is required (apt-get install dnsmasq-base)"
 
 NAME = "spegel-bootstrap.spegel.test"
 StartNode = Callable[..., NodeProcess]

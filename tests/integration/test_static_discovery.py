@@ -11,7 +11,7 @@ import pytest
 
 from spegel_core.protocols import PeerAddress
 from spegel_core.testing.discovery_conformance import DiscoveryConformance
-from spegel_core.testing.dns import DnsServer, InProcessDns, dnsmasq_path, free_port
+from spegel_core.testing.dns import DnsServer, InProcessDns, free_port
 from spegel_dns.local import LocalAddresses
 from spegel_static import StaticDiscovery
 
@@ -96,7 +96,6 @@ async def test_silent_server_costs_at_most_the_timeout(dns: InProcessDns,
     assert "node-a.spegel.test" in caplog.text
 
 
-@pytest.mark.skipif(dnsmasq_path() is None, reason="dnsmasq is not installed")
 async def test_names_from_dnsmasq(tmp_path: Path) -> None:
     with DnsServer(tmp_path) as server:
         server.set_records("node-a.test", ["127.0.0.3"])
