@@ -16,6 +16,7 @@ Everything listens on and connects to 127.0.0.0/8 only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
@@ -78,6 +79,7 @@ class HostilePeer:
         self.hold_open = hold_open
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._server: asyncio.Server | None = None
+        self._closing = asyncio.Event()
 
     async def start(self) -> Peer:
         """Listen; returns the peer as a router would give it."""
@@ -96,7 +98,8 @@ class HostilePeer:
             writer.write(self.respond(target, headers, digest))
             await writer.drain()
             if self.hold_open:
-                await asyncio.sleep(self.hold_open)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), self.hold_open)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
                 IndexError):
             pass
@@ -104,6 +107,7 @@ class HostilePeer:
             writer.close()
 
     async def aclose(self) -> None:
+        self._closing.set()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
