@@ -53,3 +53,19 @@ def soak(session: nox.Session) -> None:
     """Memory over a bounded 10-minute run of mixed requests (``-- --minutes N``)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "tests.bench.soak", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The fuzzers, long: every ``-m fuzz`` test with thousands of hypothesis examples each,
+    the datagram loops 50 times longer, and schemathesis with at least 1000 generated
+    requests (random seed) against a real node's /openapi.json. The suite runs them short.
+    """
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "fuzz", "-p", "no:cacheprovider", *session.posargs, env={
+        "HYPOTHESIS_PROFILE": "fuzz",
+        "SPEGEL_FUZZ_SCALE": "50",
+        "SPEGEL_SCHEMATHESIS_EXAMPLES": "300",
+        "SPEGEL_SCHEMATHESIS_MIN_CASES": "1000",
+        "SPEGEL_SCHEMATHESIS_RANDOM": "1",
+    })

@@ -11,6 +11,7 @@ from spegel_core import __version__
 from spegel_core.config import SpegelConfig
 from spegel_core.mirror import health, routes_v2
 from spegel_core.mirror.errors import install_error_handlers
+from spegel_core.mirror.openapi import install_openapi
 from spegel_core.mirror.service import MirrorService
 from spegel_core.node import Node
 from spegel_core.plugin_manager import PluginManager
@@ -50,6 +51,7 @@ def create_app(config: SpegelConfig, pm: PluginManager, *,
         max_client_connections=config.core.mirror_max_client_connections,
         header_timeout=config.core.mirror_header_timeout)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(routes_v2.router)
     metrics_app = FastAPI(title="spegel metrics", version=__version__, docs_url=None,

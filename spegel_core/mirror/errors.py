@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spegel_core.errors import OCIError, RangeNotSatisfiable
+from spegel_core.mirror.openapi import ALLOWED_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,18 @@ async def _oci_error(request: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, RangeNotSatisfiable):
         headers = {"Content-Range": f"bytes */{exc.size}"}
+    elif exc.status == 405:
+        headers = {"Allow": ALLOWED_METHODS}  # RFC 9110: a 405 names what is allowed
     return oci_error_response(exc.status, exc.code, exc.message, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(exc.status_code, "UNKNOWN")
-    return oci_error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # every route allows GET and HEAD (Starlette names one)
+        headers["Allow"] = ALLOWED_METHODS
+    return oci_error_response(exc.status_code, code, str(exc.detail), headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -100,6 +100,7 @@ def test_unsatisfiable_ranges(header: str) -> None:
         parse_range(header, 10)
 
 
+@pytest.mark.fuzz
 @given(st.text(max_size=60), st.integers(min_value=0, max_value=2**40))
 def test_range_parser_never_raises_anything_else(header: str, size: int) -> None:
     try:
@@ -110,6 +111,7 @@ def test_range_parser_never_raises_anything_else(header: str, size: int) -> None
         assert 0 <= result.start <= result.end < size
 
 
+@pytest.mark.fuzz
 @given(st.text(max_size=300))
 def test_reference_parsers_never_raise_anything_else(text: str) -> None:
     from spegel_core.errors import OCIError

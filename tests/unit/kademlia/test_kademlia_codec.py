@@ -27,6 +27,7 @@ from spegel_kademlia.messages import (
     ProviderInfo,
     Providers,
 )
+from tests.fuzzing import fuzz_scale
 
 KEY = b"cluster-key-0123456789abcdef0123"
 SOURCE = ("127.0.0.1", 5001)
@@ -224,6 +225,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(buf)
 
 
+@pytest.mark.fuzz
 @pytest.mark.parametrize("keyed", [False, True])
 def test_fuzz_decode_only_raises_decode_error(keyed: bool) -> None:
     rng = random.Random(20240 + keyed)
@@ -231,7 +233,7 @@ def test_fuzz_decode_only_raises_decode_error(keyed: bool) -> None:
     valid = _valid_datagrams(codec, rng)
     header = struct.pack("!2sBBB", b"SK", 1, 4, 1 if keyed else 0)
     decoded = 0
-    for i in range(20_000):
+    for i in range(20_000 * fuzz_scale()):
         if i % 2:
             data = rng.randbytes(rng.randint(0, 2000))
             if i % 4 == 1:  # a valid-looking header so the payload parser is reached
