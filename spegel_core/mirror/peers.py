@@ -222,6 +222,7 @@ class PeerFetcher:
                 url, params={"ns": registry},
                 headers={MIRRORED_HEADER: "true", "Accept": ACCEPT},
                 timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
+                allow_redirects=False,  # a peer answers itself; never follow it elsewhere
             ) as response:
                 if response.status != 200:
                     raise PeerError(f"HTTP {response.status} for {reference}")
@@ -337,7 +338,8 @@ class PeerFetcher:
             headers["Range"] = range_header
         try:
             response = await self.session.get(f"{peer.url}/v2/{name}/blobs/{digest}",
-                                              params={"ns": registry}, headers=headers)
+                                              params={"ns": registry}, headers=headers,
+                                              allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"{type(exc).__name__}: {exc}") from exc
         expected = 206 if range_header is not None else 200

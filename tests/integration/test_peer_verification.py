@@ -186,7 +186,6 @@ async def test_a_resume_must_continue_where_the_stream_broke(start_mirror: Any,
     http_response("200 OK", {"Transfer-Encoding": "chunked"}, b"0\r\n\r\n"),
     http_response("206 Partial Content", {"Content-Length": "10", "Content-Range": "bytes 0-9/5"},
          b"0123456789"),
-    http_response("302 Found", {"Location": "http://169.254.169.254/", "Content-Length": "0"}, b""),
     b"garbage\r\n\r\n",
 ])
 async def test_malformed_answers_are_a_fast_404(start_mirror: Any, image: BuiltImage,
@@ -198,6 +197,21 @@ async def test_malformed_answers_are_a_fast_404(start_mirror: Any, image: BuiltI
     response = await mirror.client.get(f"/v2/library/demo/blobs/{layer}")
     assert response.status_code == 404
     assert len(peer.requests) == 1  # no redirect followed, nothing else asked
+
+
+async def test_redirects_are_never_followed(start_mirror: Any, image: BuiltImage) -> None:
+    mirror = await start_mirror(mirror_peer_penalty="0s")
+    target, target_address = await hostile(start_mirror, honest_responder(image))
+    layer = image.layer_digests[1]
+    location = f"http://127.0.0.1:{target_address.port}/v2/library/demo/blobs/{layer}"
+    redirecting, address = await hostile(start_mirror, lambda *_: http_response(
+        "307 Temporary Redirect", {"Location": location, "Content-Length": "0"}, b""))
+    mirror.network.add_provider(layer, address)
+    mirror.network.add_provider(image.manifest_digests[0], address)
+    assert (await mirror.client.get(f"/v2/library/demo/blobs/{layer}")).status_code == 404
+    manifest = await mirror.client.get(f"/v2/library/demo/manifests/{image.manifest_digests[0]}")
+    assert manifest.status_code == 404
+    assert len(redirecting.requests) == 2 and target.requests == []
 
 
 async def test_providers_outside_the_peer_cidrs_are_never_asked(start_mirror: Any,
@@ -216,7 +230,7 @@ async def test_providers_outside_the_peer_cidrs_are_never_asked(start_mirror: An
 
 names = st.text(st.sampled_from("abz09._-/:@?#%\\ \x00é"), min_size=1, max_size=40)
 references = st.one_of(names, st.just("v1"), st.just("sha256:" + "a" * 64))
-namespaces = st.one_of(st.none(), st.sampled_from(["evil.example", "http://169.254.169.254",
+namespaces = st.one_of(st.none(), st.sampled_from(["evil.example", "http://127.0.0.9:9",
                                                     "127.0.0.1:1", "user@host", "a/b", "[::1]:80"]),
                        names)
 
