@@ -7,6 +7,24 @@ import logging
 import sys
 import time
 
+from spegel_core.errors import PeerError
+
+
+class AbortedResponseFilter(logging.Filter):
+    """Drop the server's traceback of a response cut off on purpose.
+
+    When a peer's bytes fail verification mid-stream the response is aborted by raising
+    :class:`~spegel_core.errors.PeerError` out of it (the client sees a short read, never
+    a complete 200). The mirror's error handler logs that as one warning line; the
+    server's "Exception in ASGI application" with a traceback would only repeat it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        return not isinstance(error, PeerError)
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -34,4 +52,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    if not any(isinstance(f, AbortedResponseFilter) for f in logging.getLogger("uvicorn.error")
+               .filters):
+        logging.getLogger("uvicorn.error").addFilter(AbortedResponseFilter())
     logging.getLogger("uvicorn.access").setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spegel_core.errors import OCIError, RangeNotSatisfiable
+from spegel_core.errors import OCIError, PeerError, RangeNotSatisfiable
 from spegel_core.mirror.openapi import ALLOWED_METHODS
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, PeerError):
+        # A peer's bytes failed verification after the response started: it is cut off
+        # on purpose (the client retries), so one line, not a traceback.
+        log.warning("cut off %s %s: %s", request.method, request.url.path, exc)
+        return oci_error_response(502, "UNKNOWN", "a peer failed while streaming")
     log.exception("unexpected error serving %s %s", request.method, request.url.path)
     return oci_error_response(500, "UNKNOWN", "internal error")
 
