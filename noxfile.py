@@ -56,6 +56,24 @@ def soak(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def scale(session: nox.Session) -> None:
+    """Scale simulation: N real Kademlia + DNS nodes on loopback UDP (see docs/scale.md).
+
+    Pass options after ``--``: ``nox -s scale -- --nodes N [--json PATH] [--churn F]
+    [--join-rate R] [--keys-per-node K]`` (``-- --help`` lists the rest). It prints a
+    table and writes the figures as JSON. ``nox -s scale -- plot OUT.png RUN.json...``
+    draws the figure of docs/scale.md from such JSON files (installs matplotlib here
+    only: it is no dependency of spegel).
+    """
+    session.install("-e", ".[test]")
+    if session.posargs[:1] == ["plot"]:
+        session.install("matplotlib")
+        session.run("python", "-m", "tests.scale.plot", *session.posargs[1:])
+    else:
+        session.run("python", "-m", "tests.scale.run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def fuzz(session: nox.Session) -> None:
     """The fuzzers, long: every ``-m fuzz`` test with thousands of hypothesis examples each,
     the datagram loops 50 times longer, and schemathesis with at least 1000 generated

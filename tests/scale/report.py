@@ -1,0 +1,242 @@
+"""Figures of a simulation run: how each is derived, the goals, the printed table.
+
+Definitions (also in ``docs/scale.md``):
+
+- ``ready_*_s``: from a node's ``router.start()`` to the end of its first
+  self-lookup with a non-empty routing table (see :mod:`tests.scale.simrouter`).
+  Node 0 is left out: when it starts nobody else exists, so it waits for node 1.
+- ``lookup_*``: a lookup as the mirror does it (3 providers, 1 s budget) from a
+  random live node, of a random key of another random live node; it succeeds when
+  a live holder of the key is yielded, and its time is until then. Percentiles are
+  over the successful lookups (nearest rank); failures are in the ratio.
+- ``hops``: hop of the first answer naming a provider (0: the node held a record).
+- ``dns_queries_per_node``: DNS resolutions (``DNSDiscovery.bootstrap_peers``
+  calls: an A and an AAAA question each) per node; ``dns_questions_per_node``
+  counts every question dnsmasq answered (its ``SIGUSR1`` statistics:
+  A and AAAA, over UDP and the TCP retries of truncated answers).
+- ``msgs_per_node_per_s``: steady state with 50 keys per node (whatever
+  ``--keys-per-node``) and the field defaults, derived from costs measured on an idle
+  network (the "probe" step: provides of fresh keys and FIND_NODEs of random ids, one
+  at a time per worker, every datagram every node sent counted, answers included)::
+
+      50 * datagrams_per_key_advertised / 900 s                       (reprovide)
+      + (10 + (1 + B) * datagrams_per_find_node) / 1800 s             (re-bootstrap)
+      + B * datagrams_per_find_node / 600 s                           (bucket refresh)
+
+  where B (``buckets_refreshed``) is the mean number of buckets from a node's
+  closest contact outwards, all refreshed at each re-bootstrap (DNS refresh, 30 min:
+  5 pings, a self-lookup, the refresh) and, as an upper bound, every 10 minutes
+  (lookups keep most buckets fresh in practice). Lookups caused by pulls come on
+  top (``queries_per_lookup`` requests and as many answers each). The bulk figures
+  (``*_bulk``) are the same costs measured in the saturated join and advertise
+  phases, where late answers trigger hedged queries.
+- ``rss_mb_per_node``: the workers' RSS after the advertise phase, less their RSS
+  before the first node, over the nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from typing import Any
+
+#: Goals of issue 5 at 1000 nodes (and up to 1000); ``max`` or ``min`` bound.
+GOALS_1000: dict[str, tuple[str, float]] = {
+    "ready_p99_s": ("max", 0.100),
+    "lookup_success_ratio": ("min", 0.999),
+    "lookup_p99_ms": ("max", 20.0),
+    "hops_p99": ("max", 3),
+    "routing_table_max": ("max", 200),
+    "dns_queries_per_node": ("max", 3),
+    "lookup_success_ratio_after_churn": ("min", 0.999),
+    "lookup_p99_ms_after_churn": ("max", 250.0),
+    "msgs_per_node_per_s": ("max", 10.0),
+}
+#: At 2000 nodes and more, some bounds are looser.
+GOALS_2000 = {**GOALS_1000, "ready_p99_s": ("max", 0.200), "lookup_p99_ms": ("max", 30.0),
+              "hops_p99": ("max", 4)}
+
+Lookup = Sequence[Any]  # (ok, seconds, hops, queries)
+
+#: Keys per node the steady-state message rate is given for (issue 5).
+STEADY_KEYS = 50
+#: Datagrams of the pings of a re-bootstrap (5 DNS samples, a request and an answer each).
+_BOOTSTRAP_PINGS = 10
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The nearest-rank ``p``-th percentile of ``values`` (None when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def goals_for(nodes: int) -> dict[str, tuple[str, float]]:
+    """The goals that apply at ``nodes`` nodes."""
+    return GOALS_2000 if nodes >= 2000 else GOALS_1000
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _per(probe: dict[str, Any]) -> float:
+    return probe["counters"]["datagrams_sent"] / probe["count"] if probe["count"] else 0.0
+
+
+def lookup_figures(results: Sequence[Lookup], suffix: str = "") -> dict[str, Any]:
+    """Success ratio, latency and hop percentiles of a lookup phase."""
+    good = [r for r in results if r[0]]
+    seconds = [r[1] for r in good]
+    hops = [r[2] for r in good if r[2] is not None]
+    queries = [r[3] for r in results]
+    return {
+        f"lookups{suffix}": len(results),
+        f"lookup_success_ratio{suffix}": _round(len(good) / len(results)) if results else None,
+        f"lookup_p50_ms{suffix}": _ms(percentile(seconds, 50)),
+        f"lookup_p99_ms{suffix}": _ms(percentile(seconds, 99)),
+        f"hops_p50{suffix}": percentile(hops, 50),
+        f"hops_p99{suffix}": percentile(hops, 99),
+        f"queries_per_lookup{suffix}": _round(sum(queries) / len(queries), 2) if queries else None,
+    }
+
+
+def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON figures of a run from the raw phase results."""
+    nodes, keys = args.nodes, args.keys_per_node
+    ready = [seconds for index, seconds in raw["ready"].items() if index != 0]
+    joined = [seconds for index, seconds in raw["joined"].items() if index != 0]
+    tables = [size for state in raw["state"] for size in state["tables"]]
+    records = [size for state in raw["state"] for size in state["records"]]
+    rss = sum(state["rss_mb"] for state in raw["state"]) - raw["baseline_rss_mb"]
+    bulk_per_key = raw["advertise_counters"]["datagrams_sent"] / (nodes * keys) if keys else 0.0
+    bulk_per_join = raw["join_counters"]["datagrams_sent"] / nodes
+    probes = raw["probes"]
+    per_key = _per(probes["provide"])
+    per_find = _per(probes["find_node"])
+    buckets = probes["stale_buckets"]
+    reprovide = STEADY_KEYS * per_key / raw["reprovide_interval_s"]
+    maintenance = ((_BOOTSTRAP_PINGS + (1 + buckets) * per_find) / raw["rebootstrap_interval_s"]
+                   + buckets * per_find / raw["refresh_interval_s"])
+    counters = raw["counters"]
+    figures: dict[str, Any] = {
+        "nodes": nodes,
+        "workers": args.workers,
+        "keys_per_node": keys,
+        "join_rate": args.join_rate,
+        "ready_p50_s": _round(percentile(ready, 50)),
+        "ready_p99_s": _round(percentile(ready, 99)),
+        "ready_max_s": _round(max(ready, default=None)),
+        "nodes_not_ready": nodes - 1 - len(ready),
+        "joined_p50_s": _round(percentile(joined, 50)),
+        "joined_p99_s": _round(percentile(joined, 99)),
+        "start_lag_max_s": _round(raw["start_lag_s"]),
+        **lookup_figures(raw["lookups"]),
+        "routing_table_max": max(tables, default=0),
+        "routing_table_mean": _round(sum(tables) / len(tables), 1) if tables else 0,
+        "provider_records_mean": _round(sum(records) / len(records), 1) if records else 0,
+        "dns_queries_per_node": _round(counters["dns_resolutions"] / nodes, 3),
+        "dns_questions_per_node": (None if raw["dns_questions"] is None
+                                   else _round(raw["dns_questions"] / nodes, 3)),
+        "lookup_success_ratio_after_churn": None,
+        "lookup_p99_ms_after_churn": None,
+        "datagrams_per_key_advertised": _round(per_key, 1),
+        "datagrams_per_find_node": _round(per_find, 1),
+        "buckets_refreshed": _round(buckets, 2),
+        "datagrams_per_key_advertised_bulk": _round(bulk_per_key, 1),
+        "datagrams_per_join_bulk": _round(bulk_per_join, 1),
+        "advertise_seconds": _round(raw["advertise_seconds"], 2),
+        "advertise_keys_per_s": _round(nodes * keys / max(raw["advertise_seconds"], 1e-3), 1),
+        "advertise_unfinished_nodes": raw["advertise_unfinished"],
+        "provide_failures": counters["provide_failures"],
+        "rpc_timeouts_join": raw["join_counters"]["rpc_timeouts"],
+        "rpc_timeouts_advertise": raw["advertise_counters"]["rpc_timeouts"],
+        "msgs_per_node_per_s": _round(reprovide + maintenance, 3),
+        "msgs_per_node_per_s_reprovide": _round(reprovide, 3),
+        "msgs_per_node_per_s_maintenance": _round(maintenance, 3),
+        "msgs_derivation": (
+            f"{STEADY_KEYS} keys * {per_key:.1f} / {raw['reprovide_interval_s']:g} s"
+            f" + ({_BOOTSTRAP_PINGS} + (1 + {buckets:.2f}) * {per_find:.1f})"
+            f" / {raw['rebootstrap_interval_s']:g} s"
+            f" + {buckets:.2f} * {per_find:.1f} / {raw['refresh_interval_s']:g} s"),
+        "rss_mb_per_node": _round(rss / nodes, 3),
+        "wall_seconds": _round(raw.get("wall_seconds", 0.0), 1),
+    }
+    if "lookups_after_churn" in raw:
+        churned = lookup_figures(raw["lookups_after_churn"], "_after_churn")
+        figures.update(churned)
+        figures["killed"] = raw["killed"]
+    if "overload" in raw:
+        figures["overload"] = _overload_figures(raw["overload"])
+    figures["goals"] = {name: {"bound": bound, "limit": limit,
+                               "met": _met(figures.get(name), bound, limit)}
+                        for name, (bound, limit) in goals_for(nodes).items()}
+    return figures
+
+
+def _overload_figures(overload: dict[str, Any]) -> dict[str, Any]:
+    counters, seconds = overload["counters"], overload["seconds"]
+    return {
+        "factor": overload["factor"],
+        "capacity_keys_per_s": _round(overload["capacity_keys_per_s"], 1),
+        "demand_keys_per_s": _round(overload["demand_keys_per_s"], 1),
+        "reprovide_interval_s": _round(overload["interval_s"], 3),
+        "provides_per_s": _round(counters["provides"] / seconds, 1),
+        "rpc_timeouts": counters["rpc_timeouts"],
+        "seconds": _round(seconds, 2),
+        **lookup_figures(overload["lookups"]),
+    }
+
+
+def _met(value: Any, bound: str, limit: float) -> bool | None:
+    if value is None:
+        return None
+    return bool(value <= limit) if bound == "max" else bool(value >= limit)
+
+
+_ROWS = [
+    ("nodes", "nodes", ""),
+    ("ready_p50_s", "ready p50", "s"),
+    ("ready_p99_s", "ready p99", "s"),
+    ("lookup_success_ratio", "lookup success", ""),
+    ("lookup_p50_ms", "lookup p50", "ms"),
+    ("lookup_p99_ms", "lookup p99", "ms"),
+    ("hops_p99", "hops p99", ""),
+    ("routing_table_max", "routing table max", "entries"),
+    ("dns_queries_per_node", "DNS resolutions per node", ""),
+    ("dns_questions_per_node", "DNS questions per node", ""),
+    ("lookup_success_ratio_after_churn", "success after churn", ""),
+    ("lookup_p99_ms_after_churn", "lookup p99 after churn", "ms"),
+    ("msgs_per_node_per_s", "datagrams/node/s (steady)", ""),
+    ("datagrams_per_key_advertised", "datagrams per key advertised", ""),
+    ("datagrams_per_find_node", "datagrams per FIND_NODE", ""),
+    ("rss_mb_per_node", "RSS per node", "MiB"),
+    ("wall_seconds", "wall time", "s"),
+]
+
+
+def table(figures: dict[str, Any]) -> str:
+    """The figures as an aligned text table, with goals and whether each is met."""
+    lines = [f"{'figure':<30} {'value':>12}  {'goal':<12} met"]
+    goals = figures.get("goals", {})
+    for name, label, unit in _ROWS:
+        value = figures.get(name)
+        goal = goals.get(name)
+        shown = "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        limit = "" if goal is None else f"{'<=' if goal['bound'] == 'max' else '>='} " \
+                                        f"{goal['limit']:g}"
+        met = "" if goal is None or goal["met"] is None else ("yes" if goal["met"] else "NO")
+        lines.append(f"{label:<30} {shown + (' ' + unit if unit else ''):>12}  {limit:<12} {met}")
+    overload = figures.get("overload")
+    if overload:
+        lines.append(f"overload x{overload['factor']:g}: demand {overload['demand_keys_per_s']:g}"
+                     f" keys/s vs capacity {overload['capacity_keys_per_s']:g}; done "
+                     f"{overload['provides_per_s']:g}/s; lookups "
+                     f"{overload['lookup_success_ratio']} ok, p99 {overload['lookup_p99_ms']} ms")
+    return "\n".join(lines)

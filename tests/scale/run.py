@@ -1,0 +1,341 @@
+"""``nox -s scale -- --nodes N [--json PATH] [--churn F] [--join-rate R] [--keys-per-node K]``.
+
+The coordinator: starts dnsmasq on 127.0.0.1 (a free port) answering
+``spegel-bootstrap.sim.local`` with the address of every node that has started
+(as a headless Service lists running pods), spawns worker processes
+(:mod:`tests.scale.worker`), and runs the phases one after the other, each bounded
+by a timeout:
+
+1. **join**: node ``i`` starts at ``i / join_rate`` s; each bootstraps from DNS.
+2. **advertise**: every node announces its keys (paced: a few nodes per worker at
+   a time, since hundreds of nodes share one core here).
+3. **probes**: a few provides and FIND_NODEs one at a time (steady-state costs), then
+   **lookups** of keys other nodes hold, from random nodes.
+4. **overload** (``--overload F``, off by default): reprovide interval shortened so
+   that reproviding asks F times what the advertise phase measured the CPU can do;
+   lookups while that runs.
+5. **churn**: ``--churn`` of the nodes are killed at once (no goodbyes), then
+   lookups of keys that live nodes hold.
+
+It prints a table and writes JSON (``--json``); :mod:`tests.scale.report` explains
+each figure. Network: loopback only (127.0.0.0/8), one address per node, UDP 5001.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import socket
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from tests.scale import report
+from tests.scale.dns import QuietDnsServer
+from tests.scale.population import DOMAIN, ROUTER_PORT, Population
+from tests.scale.worker import Plan, main
+
+#: Reprovide period and refresh intervals of the field defaults (KademliaSettings).
+REPROVIDE_INTERVAL = 15 * 60.0
+REFRESH_INTERVAL = 10 * 60.0
+#: How often a joined node re-bootstraps: the DNS refresh interval (DNSSettings).
+REBOOTSTRAP_INTERVAL = 30 * 60.0
+_DNS_BATCH = 0.05
+
+
+class SimulationError(RuntimeError):
+    """A phase did not finish in time or a worker died."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of ``nox -s scale``."""
+    parser = argparse.ArgumentParser(prog="nox -s scale --", description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=100, help="Simulated nodes.")
+    parser.add_argument("--json", type=Path, default=None, help="Write the figures here.")
+    parser.add_argument("--churn", type=float, default=0.2,
+                        help="Share of nodes killed at once before the last lookups (0: skip).")
+    parser.add_argument("--join-rate", type=float, default=200.0, help="Nodes started per second.")
+    parser.add_argument("--keys-per-node", type=int, default=50, help="Keys each node advertises.")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                        help="Worker processes (default: one per core).")
+    parser.add_argument("--lookups", type=int, default=2000, help="Lookups per lookup phase.")
+    parser.add_argument("--lookup-concurrency", type=int, default=1,
+                        help="Lookups in flight per worker.")
+    parser.add_argument("--advertise-concurrency", type=int, default=1,
+                        help="Nodes advertising at once per worker.")
+    parser.add_argument("--overload", type=float, default=0.0,
+                        help="Drive reproviding at this multiple of the measured capacity.")
+    parser.add_argument("--reprovide-concurrency", type=int, default=8,
+                        help="kademlia_reprovide_concurrency of every node (field default 8).")
+    parser.add_argument("--soak", type=float, default=5.0,
+                        help="Seconds of overload before its lookups.")
+    parser.add_argument("--progress", action="store_true",
+                        help="Workers log progress and event-loop lag every 5 s.")
+    parser.add_argument("--seed", type=int, default=1, help="Seed of ids, keys and choices.")
+    parser.add_argument("--max-seconds", type=float, default=900.0,
+                        help="Give up (and stop everything) after this long.")
+    args = parser.parse_args(argv)
+    if args.nodes < 2 or args.workers < 1 or not 0 <= args.churn < 1 or args.join_rate <= 0:
+        parser.error("need --nodes >= 2, --workers >= 1, 0 <= --churn < 1, --join-rate > 0")
+    args.workers = min(args.workers, args.nodes)
+    return args
+
+
+def pick_base_octet(rng: random.Random) -> int:
+    """A second octet ``B`` whose ``127.B.1.1:5001`` is free (others may run tests too)."""
+    for _ in range(50):
+        base = rng.randrange(32, 224)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((f"127.{base}.1.1", ROUTER_PORT))
+            except OSError:
+                continue
+            return base
+    raise SimulationError("no free 127.B.0.0/16 range for the nodes")
+
+
+class Coordinator:
+    """Runs the workers and the DNS server; :meth:`call` runs one phase on every worker."""
+
+    def __init__(self, args: argparse.Namespace, population: Population,
+                 dns: QuietDnsServer) -> None:
+        self.args = args
+        self.pop = population
+        self.dns = dns
+        self.deadline = time.monotonic() + args.max_seconds
+        self.listed: set[int] = set()
+        self._dirty = False
+        self._published = 0.0
+        self.hello: list[dict[str, Any]] = []
+        context = multiprocessing.get_context("spawn")
+        self.commands: list[Connection] = []
+        self.events: list[Connection] = []
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        settings = {"kademlia_reprovide_interval": REPROVIDE_INTERVAL,
+                    "kademlia_reprovide_concurrency": args.reprovide_concurrency}
+        for index in range(args.workers):
+            command_read, command_write = context.Pipe(duplex=False)
+            event_read, event_write = context.Pipe(duplex=False)
+            plan = Plan(index, args.workers, population, dns.nameserver, settings,
+                        progress=args.progress)
+            process = context.Process(target=main, args=(plan, command_read, event_write),
+                                      name=f"scale-worker-{index}", daemon=True)
+            process.start()
+            command_read.close()
+            event_write.close()
+            self.commands.append(command_write)
+            self.events.append(event_read)
+            self.processes.append(process)
+        self.hello = self._collect("hello", 60.0)
+
+    # -- phases ----------------------------------------------------------------------------
+    def call(self, name: str, args: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        """Send ``name`` to every worker; their results, in worker order."""
+        for connection in self.commands:
+            connection.send((name, args))
+        return self._collect(name, timeout)
+
+    def _collect(self, name: str, timeout: float) -> list[dict[str, Any]]:
+        limit = min(time.monotonic() + timeout, self.deadline)
+        results: dict[int, dict[str, Any]] = {}
+        while len(results) < len(self.events):
+            now = time.monotonic()
+            if now > limit:
+                raise SimulationError(f"phase {name!r} did not finish in {timeout:.0f}s "
+                                      f"(or --max-seconds ran out)")
+            for connection in wait([c for i, c in enumerate(self.events) if i not in results],
+                                   timeout=min(_DNS_BATCH, limit - now)):
+                assert isinstance(connection, Connection)
+                worker = self.events.index(connection)
+                try:
+                    message = connection.recv()
+                except EOFError as exc:
+                    raise SimulationError(f"worker {worker} died during {name!r}") from exc
+                if message[0] == "up":
+                    self.listed.add(message[1])
+                    self._dirty = True
+                elif message[0] == "hello" and name == "hello":
+                    results[worker] = message[1]
+                elif message[0] == "done" and message[1] == name:
+                    results[worker] = message[2]
+            self._publish()
+        self._publish(force=True)
+        return [results[i] for i in range(len(self.events))]
+
+    def _publish(self, force: bool = False) -> None:
+        """List the started nodes in DNS, in batches (a reload every 50 ms at most)."""
+        now = time.monotonic()
+        if self._dirty and (force or now - self._published >= _DNS_BATCH):
+            self.dns.set_records(DOMAIN, [self.pop.host(i) for i in sorted(self.listed)])
+            self.dns.reload()
+            self._dirty = False
+            self._published = now
+
+    def unlist(self, indices: list[int]) -> None:
+        """Drop killed nodes from DNS, as the Service's endpoints would."""
+        self.listed.difference_update(indices)
+        self._dirty = True
+        self._publish(force=True)
+
+    def close(self) -> None:
+        """Ask the workers to quit; stop those that do not."""
+        try:
+            if all(p.is_alive() for p in self.processes):
+                self.call("quit", {}, 30.0)
+        except (SimulationError, OSError) as exc:
+            print(f"scale: workers did not quit cleanly: {exc}", file=sys.stderr)
+        for process in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+
+
+def _merge(results: list[dict[str, Any]], key: str) -> dict[int, Any]:
+    merged: dict[int, Any] = {}
+    for result in results:
+        merged.update(result[key])
+    return merged
+
+
+def _sum(results: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for result in results:
+        for name, value in result.items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before.get(name, 0) for name in after}
+
+
+def simulate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the whole simulation; returns the figures (see :func:`report.summarise`)."""
+    rng = random.Random(args.seed)
+    population = Population(args.nodes, args.keys_per_node, args.seed, pick_base_octet(rng))
+    raw: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v)
+                                    for k, v in vars(args).items()},
+                           "reprovide_interval_s": REPROVIDE_INTERVAL,
+                           "refresh_interval_s": REFRESH_INTERVAL,
+                           "rebootstrap_interval_s": REBOOTSTRAP_INTERVAL}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="spegel-scale-") as workdir:
+        dns = QuietDnsServer(Path(workdir), domain="sim.local")
+        dns.start()
+        try:
+            _phases(args, rng, population, dns, raw)
+        finally:
+            dns.stop()
+    raw["wall_seconds"] = time.monotonic() - started
+    return report.summarise(raw, args)
+
+
+def _phases(args: argparse.Namespace, rng: random.Random, population: Population,
+            dns: QuietDnsServer, raw: dict[str, Any]) -> None:
+    """Run the phases on fresh workers, filling ``raw``; the workers are always stopped."""
+    coordinator = Coordinator(args, population, dns)
+    try:
+        raw["baseline_rss_mb"] = sum(h["rss_mb"] for h in coordinator.hello)
+        before = _sum(coordinator.call("counters", {}, 30.0))
+        join_time = args.nodes / args.join_rate
+        joined = coordinator.call("join", {"t0": time.monotonic() + 0.5, "rate": args.join_rate,
+                                           "limit": join_time + 30.0}, join_time + 60.0)
+        raw["ready"] = _merge(joined, "ready")
+        raw["joined"] = _merge(joined, "joined")
+        raw["start_lag_s"] = max(r["start_lag_s"] for r in joined)
+        after_join = _sum(coordinator.call("counters", {}, 30.0))
+        raw["join_counters"] = _delta(after_join, before)
+        limit = min(600.0, 60.0 + args.nodes * args.keys_per_node / 50)
+        advertised = coordinator.call(
+            "advertise", {"concurrency": args.advertise_concurrency, "limit": limit},
+            limit + 60.0)
+        raw["advertise_seconds"] = max(r["seconds"] for r in advertised)
+        raw["advertise_unfinished"] = sum(r["unfinished"] for r in advertised)
+        after_advertise = _sum(coordinator.call("counters", {}, 30.0))
+        raw["advertise_counters"] = _delta(after_advertise, after_join)
+        raw["probes"] = _probes(coordinator)
+        raw["state"] = coordinator.call("state", {}, 30.0)
+        alive = list(range(args.nodes))
+        raw["lookups"] = _lookups(coordinator, args, alive)
+        if args.overload > 0:
+            raw["overload"] = _overload(coordinator, args, raw, alive)
+        if args.churn > 0:
+            victims = sorted(rng.sample(alive, int(args.nodes * args.churn)))
+            coordinator.call("kill", {"indices": victims}, 60.0)
+            coordinator.unlist(victims)
+            alive = sorted(set(alive) - set(victims))
+            raw["killed"] = len(victims)
+            raw["lookups_after_churn"] = _lookups(coordinator, args, alive)
+        raw["counters"] = _sum(coordinator.call("counters", {}, 30.0))
+        raw["dns_questions"] = dns.questions_answered()
+    finally:
+        coordinator.close()
+
+
+def _probes(coordinator: Coordinator, count: int = 20) -> dict[str, Any]:
+    """Datagrams per isolated provide and per FIND_NODE (all workers, one at a time each)."""
+    out: dict[str, Any] = {}
+    for kind in ("provide", "find_node"):
+        before = _sum(coordinator.call("counters", {}, 30.0))
+        results = coordinator.call("probe", {"kind": kind, "count": count}, 120.0)
+        after = _sum(coordinator.call("counters", {}, 30.0))
+        done = sum(r["count"] for r in results)
+        out[kind] = {"count": done, "counters": _delta(after, before),
+                     "queries": sum(r["queries"] for r in results)}
+        out["stale_buckets"] = sum(r["stale_buckets"] for r in results) / len(results)
+    return out
+
+
+def _lookups(coordinator: Coordinator, args: argparse.Namespace,
+             alive: list[int]) -> list[tuple[bool, float, int | None, int]]:
+    per_worker = max(1, args.lookups // args.workers)
+    results = coordinator.call("lookups", {"count": per_worker, "alive": alive,
+                                           "concurrency": args.lookup_concurrency,
+                                           "budget": 1.0, "limit": 120.0}, 150.0)
+    out: list[tuple[bool, float, int | None, int]] = []
+    for result in results:
+        out += [(bool(r[0]), float(r[1]), r[2], int(r[3])) for r in result["results"]]
+        out += [(False, 1.0, None, 0)] * result["unfinished"]
+    return out
+
+
+def _overload(coordinator: Coordinator, args: argparse.Namespace, raw: dict[str, Any],
+              alive: list[int]) -> dict[str, Any]:
+    """Reprovide at ``--overload`` times the measured capacity; lookups meanwhile."""
+    keys = args.nodes * args.keys_per_node
+    capacity = keys / max(raw["advertise_seconds"], 1e-3)  # keys announced per second
+    interval = keys / (args.overload * capacity)
+    before = _sum(coordinator.call("counters", {}, 30.0))
+    coordinator.call("reprovide_every", {"interval": interval}, 60.0)
+    soak_started = time.monotonic()
+    time.sleep(args.soak)
+    lookups = _lookups(coordinator, args, alive)
+    seconds = time.monotonic() - soak_started
+    after = _sum(coordinator.call("counters", {}, 30.0))
+    coordinator.call("reprovide_every", {"interval": REPROVIDE_INTERVAL}, 60.0)
+    return {"factor": args.overload, "capacity_keys_per_s": capacity,
+            "interval_s": interval, "demand_keys_per_s": keys / interval,
+            "seconds": seconds, "counters": _delta(after, before), "lookups": lookups}
+
+
+def main_cli(argv: list[str] | None = None) -> int:
+    """Run, print the table, write the JSON; exit status 0 even when a goal is missed."""
+    args = parse_args(argv)
+    figures = simulate(args)
+    print(report.table(figures))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_cli())

@@ -1,0 +1,157 @@
+"""The real :class:`KademliaRouter`, with the measurements the simulation needs.
+
+Nothing here changes what the router does; the subclass only watches:
+
+- **ready**: the moment the first self-lookup (FIND_NODE of the node's own id) of a
+  successful bootstrap finishes, with a non-empty routing table. From then on the
+  node knows its closest neighbours, they know it, and both its lookups and its
+  answers reach the rest of the DHT. The later bucket refresh of the same bootstrap
+  is recorded apart (``joined_at``).
+- **hops** of a lookup traced with :func:`traced_lookup`: contacts taken from the
+  node's own table are hop 1; a contact first learnt from the answer of a hop-``h``
+  contact is hop ``h + 1``; the lookup's hop count is the hop of the first answer
+  that named a provider (0 when the node held a provider record itself).
+- **kill**: close abruptly, like a crashed node: no withdrawals sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from spegel_core.protocols import Peer
+from spegel_kademlia import KademliaRouter
+from spegel_kademlia.ids import Contact
+from spegel_kademlia.messages import Body, Message, Nodes, Providers
+
+
+@dataclass(slots=True)
+class Trace:
+    """What one traced lookup saw: hop of every contact, queries sent, hop of the answer."""
+
+    depth: dict[bytes, int] = field(default_factory=dict)
+    queries: int = 0
+    hops: int | None = None
+
+
+_TRACE: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("scale_trace",
+                                                                      default=None)
+
+
+class SimRouter(KademliaRouter):
+    """A :class:`KademliaRouter` that records readiness and traces lookups."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.joined_at: float | None = None
+        self.ready = asyncio.Event()
+        self.joined = asyncio.Event()
+        self.killed = False
+
+    async def start(self) -> None:
+        """Start the router, noting the time (monotonic, shared by all processes)."""
+        self.started_at = time.monotonic()
+        await super().start()
+
+    async def kill(self) -> None:
+        """Close like a crashed node: the socket goes away, nobody is told."""
+        self.killed = True
+        await self.aclose()
+
+    def reprovide_every(self, interval: float) -> None:
+        """Announce every key again within ``interval`` s, and every ``interval`` s after.
+
+        For the overload phase: it changes only the schedule, so the router's own
+        pacing (``kademlia_reprovide_concurrency``) decides what actually gets done.
+        """
+        keys = self.advertised
+        keys.interval = interval
+        keys.jitter = min(keys.jitter, interval / 10)
+        for key in keys:
+            keys.reschedule(key, self._rng.uniform(0.0, interval))
+        self._wake_reprovide.set()
+
+    async def probe_find_node(self, target: bytes) -> int:
+        """One FIND_NODE lookup of ``target``, as a bucket refresh does; its query count."""
+        trace = Trace()
+        token = _TRACE.set(trace)
+        try:
+            await self._find_node(target)
+        finally:
+            _TRACE.reset(token)
+        return trace.queries
+
+    # -- watched internals ---------------------------------------------------------------
+    async def _find_node(self, target: bytes) -> list[Contact]:
+        result = await super()._find_node(target)
+        if target == self.node_id and self.ready_at is None and len(self.table):
+            self.ready_at = time.monotonic()
+            self.ready.set()
+        return result
+
+    async def _bootstrap_once(self) -> bool:
+        ok = await super()._bootstrap_once()
+        if ok and self.joined_at is None:
+            self.joined_at = time.monotonic()
+            self.joined.set()
+        return ok
+
+    def _send_withdrawals(self, keys: Sequence[str]) -> None:
+        if not self.killed:
+            super()._send_withdrawals(keys)
+
+    async def _request(self, contact: Contact, body: Body, *, retries: int) -> Message:
+        trace = _TRACE.get()
+        if trace is None:
+            return await super()._request(contact, body, retries=retries)
+        hop = trace.depth.setdefault(contact.node_id, 1)
+        trace.queries += 1
+        reply = await super()._request(contact, body, retries=retries)
+        answer = reply.body
+        if isinstance(answer, Nodes | Providers):
+            for known in answer.contacts:
+                trace.depth.setdefault(known.node_id, hop + 1)
+        if isinstance(answer, Providers) and answer.providers and trace.hops is None:
+            trace.hops = hop
+        return reply
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """One lookup: whether a wanted provider came, after how long, through how many hops."""
+
+    ok: bool
+    seconds: float
+    hops: int | None
+    queries: int
+
+
+async def traced_lookup(router: SimRouter, key: str, wanted: frozenset[str], *,
+                        count: int = 3, budget: float = 1.0) -> LookupResult:
+    """Look ``key`` up as the mirror does (``count`` providers within ``budget`` s).
+
+    Succeeds when a provider whose host is in ``wanted`` is yielded; the time is
+    until that provider arrived.
+    """
+    trace = Trace()
+    token = _TRACE.set(trace)
+    started = time.perf_counter()  # uvloop's loop.time() has millisecond resolution
+    ok = False
+    peers = cast(AsyncGenerator[Peer, None], router.lookup(key, count, budget))
+    try:
+        async for peer in peers:
+            if peer.host in wanted:
+                ok = True
+                break
+    finally:
+        await peers.aclose()
+        _TRACE.reset(token)
+    seconds = time.perf_counter() - started
+    hops = (trace.hops if trace.hops is not None else 0) if ok else None
+    return LookupResult(ok, seconds, hops, trace.queries)

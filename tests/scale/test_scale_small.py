@@ -1,0 +1,92 @@
+"""Small runs of ``nox -s scale`` in the normal suite: the simulation works end to end.
+
+No timing goals here (they belong to the full runs in ``docs/scale.md``): the JSON
+has every figure with sane values, lookups succeed, and under reprovide overload
+lookups still succeed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from spegel_core.testing.dns import dnsmasq_path
+from tests.scale import report
+from tests.scale.population import Population
+from tests.scale.run import main_cli, parse_args, simulate
+
+needs_dnsmasq = pytest.mark.skipif(dnsmasq_path() is None,
+                                   reason="dnsmasq is not installed (Debian dnsmasq-base)")
+
+REQUIRED = ("nodes", "ready_p50_s", "ready_p99_s", "lookup_success_ratio", "lookup_p50_ms",
+            "lookup_p99_ms", "hops_p99", "routing_table_max", "dns_queries_per_node",
+            "lookup_success_ratio_after_churn", "lookup_p99_ms_after_churn",
+            "msgs_per_node_per_s", "rss_mb_per_node")
+
+
+def test_population_is_loopback_distinct_and_shares_popular_keys() -> None:
+    pop = Population(nodes=600, keys_per_node=50, seed=3, base_octet=40)
+    hosts = {pop.host(i) for i in range(pop.nodes)}
+    assert len(hosts) == pop.nodes
+    assert all(ipaddress.ip_address(h).is_loopback for h in hosts)
+    assert len({pop.node_id(i) for i in range(pop.nodes)}) == pop.nodes
+    keys = pop.keys(7)
+    assert len(keys) == len(set(keys)) == 50
+    popular = [k for k in keys if k in pop.popular]
+    assert len(popular) == pop.popular_count == 5
+    assert all(7 in pop.holders(7, k) and len(pop.holders(7, k)) > 50 for k in popular)
+    assert pop.holders(7, keys[0]) == frozenset({7})
+
+
+def test_percentile_is_nearest_rank() -> None:
+    assert report.percentile([], 50) is None
+    assert report.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert report.percentile(list(range(1, 101)), 99) == 99
+    assert report.percentile([5.0], 99) == 5.0
+
+
+@needs_dnsmasq
+def test_small_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    out = tmp_path / "scale.json"
+    assert main_cli(["--nodes", "50", "--keys-per-node", "10", "--join-rate", "50",
+                     "--lookups", "200", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert "lookup success" in capsys.readouterr().out
+    for key in REQUIRED:
+        assert figures[key] is not None, key
+    assert figures["nodes"] == 50 and figures["nodes_not_ready"] == 0
+    assert 0 < figures["ready_p50_s"] <= figures["ready_p99_s"] < 30
+    assert figures["lookups"] == 200 and figures["lookup_success_ratio"] >= 0.99
+    assert 0 <= figures["lookup_p50_ms"] <= figures["lookup_p99_ms"] < 1000
+    assert 0 <= figures["hops_p99"] <= 4
+    assert 1 <= figures["routing_table_max"] <= 49
+    assert 1 <= figures["dns_queries_per_node"] <= 3
+    assert figures["killed"] == 10
+    assert figures["lookup_success_ratio_after_churn"] >= 0.95
+    assert figures["lookup_p99_ms_after_churn"] < 1000
+    assert figures["datagrams_per_key_advertised"] > 20
+    assert 0 < figures["msgs_per_node_per_s"] < 100
+    assert figures["rss_mb_per_node"] > 0
+    assert set(figures["goals"]) == set(report.GOALS_1000)
+
+
+@needs_dnsmasq
+def test_lookups_survive_reprovide_overload() -> None:
+    """Reprovide due twice as fast as the CPU announces keys: lookups still succeed.
+
+    Twenty nodes share each core here, so each gets the smallest cap (one key at a
+    time); the field default (8) is sized for a node with a core of its own.
+    """
+    args = parse_args(["--nodes", "40", "--keys-per-node", "20", "--join-rate", "40",
+                       "--lookups", "300", "--churn", "0", "--overload", "2", "--soak", "3",
+                       "--reprovide-concurrency", "1", "--advertise-concurrency", "8"])
+    figures = simulate(args)
+    overload = figures["overload"]
+    assert overload["demand_keys_per_s"] > 1.5 * overload["capacity_keys_per_s"]
+    assert overload["provides_per_s"] < overload["demand_keys_per_s"]  # reproviding waits
+    assert overload["lookups"] == 300
+    assert overload["lookup_success_ratio"] >= 0.99
