@@ -20,8 +20,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import urllib.error
@@ -94,6 +96,19 @@ def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
         assert time.monotonic() - started < timeout, f"{what} after {timeout}s"
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def stop_all(nodes: list[NodeProcess]) -> None:
+    """SIGTERM every node at once, then wait (the fixture would stop them one by one)."""
+    running = [n.process for n in nodes if n.process is not None and n.process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    for process in running:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def link_layout(source: Path, target: Path) -> None:
@@ -411,3 +426,4 @@ def test_lookups_survive_a_fifth_of_the_nodes_killed(spegel_node: StartNode,
     assert len(outcomes) == len(live) * (len(live) - 1) * 4
     assert rate >= 0.99, f"{rate:.1%} of {len(outcomes)} lookups succeeded"
     print(f"{len(outcomes)} lookups after killing {sorted(dead)}: {rate:.2%} in {elapsed:.1f}s")
+    stop_all(nodes)
