@@ -254,7 +254,9 @@ def test_wrong_bytes_are_never_passed_on_as_a_complete_200(spegel_node: StartNod
                                                            tmp_path: Path) -> None:
     image = build_image(tmp_path / "layout", REF, layer_sizes=(3 * 2**20,) * len(MODES),
                         raw_layers=True, platforms=ONE_PLATFORM, seed=12)
-    consumer = layout_node(spegel_node, tmp_path / "empty", wait=False)
+    # A long penalty: however slow the machine, the liars are not asked again below.
+    consumer = layout_node(spegel_node, tmp_path / "empty", "--mirror-peer-penalty", "10m",
+                           wait=False)
     honest = layout_node(spegel_node, tmp_path / "honest", *static(consumer.ip), wait=False)
     consumer.wait_ready()
     honest.wait_ready()
