@@ -3,17 +3,21 @@
 Definitions (also in ``docs/scale.md``):
 
 - ``ready_*_s``: from a node's ``router.start()`` to the end of its first
-  self-lookup with a non-empty routing table (see :mod:`tests.scale.simrouter`).
-  Node 0 is left out: when it starts nobody else exists, so it waits for node 1.
+  self-lookup with a non-empty routing table (see :mod:`tests.scale.simrouter`),
+  for the N nodes joining at ``--join-rate``. Node 0 is left out: when it starts
+  nobody else exists, so it waits for node 1. ``late_ready_*_s``: the same for
+  ``--late-joiners`` more nodes, joining one at a time once the N are in: the
+  protocol's ready time, without a queue of joins sharing this machine's CPU.
 - ``lookup_*``: a lookup as the mirror does it (3 providers, 1 s budget) from a
   random live node, of a random key of another random live node; it succeeds when
   a live holder of the key is yielded, and its time is until then. Percentiles are
   over the successful lookups (nearest rank); failures are in the ratio.
 - ``hops``: hop of the first answer naming a provider (0: the node held a record).
 - ``dns_queries_per_node``: DNS resolutions (``DNSDiscovery.bootstrap_peers``
-  calls: an A and an AAAA question each) per node; ``dns_questions_per_node``
-  counts every question dnsmasq answered (its ``SIGUSR1`` statistics:
-  A and AAAA, over UDP and the TCP retries of truncated answers).
+  calls: an A and an AAAA question each) per node started (late joiners too);
+  ``dns_questions_per_node`` counts every question dnsmasq answered (its ``SIGUSR1`` statistics:
+  A and AAAA, over UDP and the TCP retries of truncated answers);
+  ``dns_resolution_*_ms``: how long each resolution took (``DnsQuery`` events).
 - ``msgs_per_node_per_s``: steady state with 50 keys per node (whatever
   ``--keys-per-node``) and the field defaults, derived from costs measured on an idle
   network (the "probe" step: provides of fresh keys and FIND_NODEs of random ids, one
@@ -29,7 +33,9 @@ Definitions (also in ``docs/scale.md``):
   (lookups keep most buckets fresh in practice). Lookups caused by pulls come on
   top (``queries_per_lookup`` requests and as many answers each). The bulk figures
   (``*_bulk``) are the same costs measured in the saturated join and advertise
-  phases, where late answers trigger hedged queries.
+  phases, where late answers trigger hedged queries. ``eviction_ping_share``: the
+  share of the probes' datagrams that were PING/PONG: in the probe window those are
+  only the checks a node makes before it would evict a bucket's oldest contact.
 - ``rss_mb_per_node``: the workers' RSS after the advertise phase, less their RSS
   before the first node, over the nodes.
 """
@@ -86,6 +92,16 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def _ping_share(probes: dict[str, Any]) -> float | None:
+    """Share of the probes' datagrams that were PING/PONG (ping-before-evict checks)."""
+    sent = pings = 0
+    for kind in ("provide", "find_node"):
+        counters = probes[kind]["counters"]
+        sent += counters["datagrams_sent"]
+        pings += counters.get("sent_ping", 0) + counters.get("sent_pong", 0)
+    return _round(pings / sent, 3) if sent else None
+
+
 def _per(probe: dict[str, Any]) -> float:
     return probe["counters"]["datagrams_sent"] / probe["count"] if probe["count"] else 0.0
 
@@ -110,9 +126,13 @@ def lookup_figures(results: Sequence[Lookup], suffix: str = "") -> dict[str, Any
 def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The JSON figures of a run from the raw phase results."""
     nodes, keys = args.nodes, args.keys_per_node
+    started = nodes + len(raw["late_ready"])
+    late = list(raw["late_ready"].values())
+    late_count = max(0, args.late_joiners)
     ready = [seconds for index, seconds in raw["ready"].items() if index != 0]
     joined = [seconds for index, seconds in raw["joined"].items() if index != 0]
     tables = [size for state in raw["state"] for size in state["tables"]]
+    dns = [seconds for state in raw["state"] for seconds in state.get("dns_seconds", [])]
     records = [size for state in raw["state"] for size in state["records"]]
     rss = sum(state["rss_mb"] for state in raw["state"]) - raw["baseline_rss_mb"]
     bulk_per_key = raw["advertise_counters"]["datagrams_sent"] / (nodes * keys) if keys else 0.0
@@ -134,6 +154,12 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "ready_p99_s": _round(percentile(ready, 99)),
         "ready_max_s": _round(max(ready, default=None)),
         "nodes_not_ready": nodes - 1 - len(ready),
+        "late_joiners": late_count,
+        "late_ready_p50_s": _round(percentile(late, 50)),
+        "late_ready_p99_s": _round(percentile(late, 99)),
+        "late_joiners_not_ready": late_count - len(late),
+        "datagrams_per_late_join": (_round(raw["late_counters"]["datagrams_sent"] / len(late), 1)
+                                    if late else None),
         "joined_p50_s": _round(percentile(joined, 50)),
         "joined_p99_s": _round(percentile(joined, 99)),
         "start_lag_max_s": _round(raw["start_lag_s"]),
@@ -141,13 +167,19 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "routing_table_max": max(tables, default=0),
         "routing_table_mean": _round(sum(tables) / len(tables), 1) if tables else 0,
         "provider_records_mean": _round(sum(records) / len(records), 1) if records else 0,
-        "dns_queries_per_node": _round(counters["dns_resolutions"] / nodes, 3),
+        "dns_queries_per_node": _round(counters["dns_resolutions"] / started, 3),
         "dns_questions_per_node": (None if raw["dns_questions"] is None
-                                   else _round(raw["dns_questions"] / nodes, 3)),
+                                   else _round(raw["dns_questions"] / started, 3)),
+        "dns_resolution_p50_ms": _ms(percentile(dns, 50)),
+        "dns_resolution_p99_ms": _ms(percentile(dns, 99)),
         "lookup_success_ratio_after_churn": None,
         "lookup_p99_ms_after_churn": None,
         "datagrams_per_key_advertised": _round(per_key, 1),
         "datagrams_per_find_node": _round(per_find, 1),
+        "queries_per_find_node": (_round(probes["find_node"]["queries"]
+                                         / probes["find_node"]["count"], 1)
+                                  if probes["find_node"]["count"] else None),
+        "eviction_ping_share": _ping_share(probes),
         "buckets_refreshed": _round(buckets, 2),
         "datagrams_per_key_advertised_bulk": _round(bulk_per_key, 1),
         "datagrams_per_join_bulk": _round(bulk_per_join, 1),
@@ -204,6 +236,8 @@ _ROWS = [
     ("nodes", "nodes", ""),
     ("ready_p50_s", "ready p50", "s"),
     ("ready_p99_s", "ready p99", "s"),
+    ("late_ready_p50_s", "ready p50, late joiners", "s"),
+    ("late_ready_p99_s", "ready p99, late joiners", "s"),
     ("lookup_success_ratio", "lookup success", ""),
     ("lookup_p50_ms", "lookup p50", "ms"),
     ("lookup_p99_ms", "lookup p99", "ms"),
@@ -211,11 +245,14 @@ _ROWS = [
     ("routing_table_max", "routing table max", "entries"),
     ("dns_queries_per_node", "DNS resolutions per node", ""),
     ("dns_questions_per_node", "DNS questions per node", ""),
+    ("dns_resolution_p50_ms", "DNS resolution p50", "ms"),
     ("lookup_success_ratio_after_churn", "success after churn", ""),
     ("lookup_p99_ms_after_churn", "lookup p99 after churn", "ms"),
     ("msgs_per_node_per_s", "datagrams/node/s (steady)", ""),
     ("datagrams_per_key_advertised", "datagrams per key advertised", ""),
     ("datagrams_per_find_node", "datagrams per FIND_NODE", ""),
+    ("queries_per_find_node", "queries per FIND_NODE", ""),
+    ("eviction_ping_share", "PING/PONG share of those", ""),
     ("rss_mb_per_node", "RSS per node", "MiB"),
     ("wall_seconds", "wall time", "s"),
 ]

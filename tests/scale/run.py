@@ -7,6 +7,8 @@ The coordinator: starts dnsmasq on 127.0.0.1 (a free port) answering
 by a timeout:
 
 1. **join**: node ``i`` starts at ``i / join_rate`` s; each bootstraps from DNS.
+   Then ``--late-joiners`` more nodes join one at a time (per worker) on the quiet
+   network: their ready time is the protocol's, not that of a queue of joins.
 2. **advertise**: every node announces its keys (paced: a few nodes per worker at
    a time, since hundreds of nodes share one core here).
 3. **probes**: a few provides and FIND_NODEs one at a time (steady-state costs), then
@@ -28,6 +30,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import socket
 import sys
 import tempfile
@@ -69,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Lookups in flight per worker.")
     parser.add_argument("--advertise-concurrency", type=int, default=1,
                         help="Nodes advertising at once per worker.")
+    parser.add_argument("--late-joiners", type=int, default=None,
+                        help="Extra nodes joining one at a time after the others "
+                             "(default: N/5, at most 20; 0: none).")
     parser.add_argument("--overload", type=float, default=0.0,
                         help="Drive reproviding at this multiple of the measured capacity.")
     parser.add_argument("--reprovide-concurrency", type=int, default=8,
@@ -84,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.nodes < 2 or args.workers < 1 or not 0 <= args.churn < 1 or args.join_rate <= 0:
         parser.error("need --nodes >= 2, --workers >= 1, 0 <= --churn < 1, --join-rate > 0")
     args.workers = min(args.workers, args.nodes)
+    if args.late_joiners is None:
+        args.late_joiners = min(20, max(1, args.nodes // 5))
     return args
 
 
@@ -137,8 +145,13 @@ class Coordinator:
     # -- phases ----------------------------------------------------------------------------
     def call(self, name: str, args: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
         """Send ``name`` to every worker; their results, in worker order."""
-        for connection in self.commands:
-            connection.send((name, args))
+        return self.call_each(name, [args] * len(self.commands), timeout)
+
+    def call_each(self, name: str, args: list[dict[str, Any]], timeout: float
+                  ) -> list[dict[str, Any]]:
+        """Send ``name`` with ``args[i]`` to worker ``i``; their results, in worker order."""
+        for connection, arguments in zip(self.commands, args, strict=True):
+            connection.send((name, arguments))
         return self._collect(name, timeout)
 
     def _collect(self, name: str, timeout: float) -> list[dict[str, Any]]:
@@ -246,12 +259,17 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         before = _sum(coordinator.call("counters", {}, 30.0))
         join_time = args.nodes / args.join_rate
         joined = coordinator.call("join", {"t0": time.monotonic() + 0.5, "rate": args.join_rate,
-                                           "limit": join_time + 30.0}, join_time + 60.0)
+                                           "limit": 1.5 * join_time + 30.0},
+                                  1.5 * join_time + 60.0)
         raw["ready"] = _merge(joined, "ready")
         raw["joined"] = _merge(joined, "joined")
         raw["start_lag_s"] = max(r["start_lag_s"] for r in joined)
         after_join = _sum(coordinator.call("counters", {}, 30.0))
         raw["join_counters"] = _delta(after_join, before)
+        raw["late_ready"] = _merge(_late_join(coordinator, args), "ready")
+        after_late = _sum(coordinator.call("counters", {}, 30.0))
+        raw["late_counters"] = _delta(after_late, after_join)
+        after_join = after_late
         limit = min(600.0, 60.0 + args.nodes * args.keys_per_node / 50)
         advertised = coordinator.call(
             "advertise", {"concurrency": args.advertise_concurrency, "limit": limit},
@@ -277,6 +295,14 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         raw["dns_questions"] = dns.questions_answered()
     finally:
         coordinator.close()
+
+
+def _late_join(coordinator: Coordinator, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Nodes N, N+1, ... joining one at a time per worker, after the bulk join."""
+    extra = range(args.nodes, args.nodes + max(0, args.late_joiners))
+    return coordinator.call_each(
+        "late_join", [{"indices": [i for i in extra if i % args.workers == worker],
+                       "gap": 0.2, "limit": 120.0} for worker in range(args.workers)], 150.0)
 
 
 def _probes(coordinator: Coordinator, count: int = 20) -> dict[str, Any]:
@@ -325,10 +351,19 @@ def _overload(coordinator: Coordinator, args: argparse.Namespace, raw: dict[str,
             "seconds": seconds, "counters": _delta(after, before), "lookups": lookups}
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(f"scale: stopped by signal {signum}")
+
+
 def main_cli(argv: list[str] | None = None) -> int:
     """Run, print the table, write the JSON; exit status 0 even when a goal is missed."""
     args = parse_args(argv)
-    figures = simulate(args)
+    # SIGTERM unwinds like an exception, so that the workers and dnsmasq are stopped.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        figures = simulate(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(report.table(figures))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import contextvars
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from spegel_core.protocols import Peer
 from spegel_kademlia import KademliaRouter
@@ -45,8 +45,8 @@ _TRACE: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("scale_tra
 class SimRouter(KademliaRouter):
     """A :class:`KademliaRouter` that records readiness and traces lookups."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.joined_at: float | None = None

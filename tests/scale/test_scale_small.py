@@ -63,12 +63,15 @@ def test_small_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     assert figures["lookups"] == 200 and figures["lookup_success_ratio"] >= 0.99
     assert 0 <= figures["lookup_p50_ms"] <= figures["lookup_p99_ms"] < 1000
     assert 0 <= figures["hops_p99"] <= 4
-    assert 1 <= figures["routing_table_max"] <= 49
+    assert figures["late_joiners"] == 10 and figures["late_joiners_not_ready"] == 0
+    assert 0 < figures["late_ready_p50_s"] <= figures["late_ready_p99_s"] < 30
+    assert 1 <= figures["routing_table_max"] <= 50 + 10 - 1
     assert 1 <= figures["dns_queries_per_node"] <= 3
     assert figures["killed"] == 10
     assert figures["lookup_success_ratio_after_churn"] >= 0.95
     assert figures["lookup_p99_ms_after_churn"] < 1000
     assert figures["datagrams_per_key_advertised"] > 20
+    assert 0 <= figures["eviction_ping_share"] < 0.5
     assert 0 < figures["msgs_per_node_per_s"] < 100
     assert figures["rss_mb_per_node"] > 0
     assert set(figures["goals"]) == set(report.GOALS_1000)

@@ -3,9 +3,9 @@
 The coordinator (:mod:`tests.scale.run`) sends commands over one pipe and reads
 results (and a ``("up", index)`` line per node that has bound its socket, so that
 the DNS server can list it) from another. Each command is a phase: ``join``,
-``advertise``, ``probe``, ``lookups``, ``reprovide_every``, ``kill``, ``counters``, ``state``,
-``quit``; every
-phase is bounded by a timeout the coordinator gives.
+``late_join``, ``advertise``, ``probe``, ``lookups``, ``reprovide_every``, ``kill``,
+``counters``, ``state``, ``quit``; every phase is bounded by a timeout the
+coordinator gives.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import gc
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from spegel_core.protocols import DhtMessage, DnsQuery, MetricEvent
 from spegel_dns import DNSDiscovery, LocalAddresses
 from spegel_kademlia import KademliaSettings
 from tests.scale.population import DOMAIN, ROUTER_PORT, Population
@@ -56,6 +58,23 @@ def rss_mb() -> float:
     return 0.0
 
 
+class SentByType:
+    """A metrics sink: datagrams sent by message type (``ping``, ``find_node``...) and
+    the duration of every DNS resolution."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.dns_seconds: list[float] = []
+
+    def emit(self, event: MetricEvent) -> None:
+        """Count a sent :class:`DhtMessage`, note a :class:`DnsQuery`; ignore the rest."""
+        if isinstance(event, DhtMessage):
+            if event.outcome == "sent":
+                self.sent[event.type] += 1
+        elif isinstance(event, DnsQuery):
+            self.dns_seconds.append(event.duration_s)
+
+
 def _count(extra: Mapping[str, object], name: str) -> int:
     value = extra.get(name, 0)
     return value if isinstance(value, int) else 0
@@ -73,16 +92,17 @@ class Worker:
         self.discoveries: dict[int, DNSDiscovery] = {}
         self.alive: set[int] = set()
         self.rng = random.Random(f"{self.pop.seed}/worker/{plan.worker}")
+        self.sink = SentByType()
         self.phase = "start"
 
     def _make(self, index: int) -> SimRouter:
         host = self.pop.host(index)
         discovery = DNSDiscovery(DOMAIN, port=ROUTER_PORT, nameservers=[self.plan.nameserver],
-                                 own=LocalAddresses([host]),
+                                 own=LocalAddresses([host]), metrics=self.sink,
                                  rng=random.Random(f"{self.pop.seed}/dns/{index}"))
         self.discoveries[index] = discovery
         return SimRouter(host=host, port=ROUTER_PORT, mirror_port=_MIRROR_PORT,
-                         discovery=[discovery], settings=self.settings,
+                         discovery=[discovery], settings=self.settings, metrics=self.sink,
                          node_id=self.pop.node_id(index),
                          rng=random.Random(f"{self.pop.seed}/router/{index}"))
 
@@ -115,6 +135,32 @@ class Worker:
                   if r.joined_at is not None and r.started_at is not None}
         return {"ready": ready, "joined": joined, "start_lag_s": lag}
 
+    async def late_join(self, indices: list[int], gap: float, limit: float) -> dict[str, Any]:
+        """Start nodes ``indices`` one at a time on a quiet network; their ready times.
+
+        Each waits for the previous one's whole first bootstrap, then ``gap`` s, so
+        what is measured is the protocol, not a queue of joins sharing the CPU.
+        """
+        deadline = time.monotonic() + limit
+        ready: dict[int, float] = {}
+        for index in indices:
+            if time.monotonic() > deadline:
+                break
+            router = self._make(index)
+            self.routers[index] = router
+            await router.start()
+            self.alive.add(index)
+            self.events.send(("up", index))
+            try:
+                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                    await router.joined.wait()
+            except TimeoutError:
+                break
+            if router.ready_at is not None and router.started_at is not None:
+                ready[index] = router.ready_at - router.started_at
+            await asyncio.sleep(gap)
+        return {"ready": ready}
+
     async def advertise(self, concurrency: int, limit: float) -> dict[str, Any]:
         """Every node advertises its keys, at most ``concurrency`` nodes at a time.
 
@@ -128,7 +174,9 @@ class Worker:
             async with slots:
                 await self.routers[index].advertise(list(self.pop.keys(index)))
 
-        tasks = [asyncio.ensure_future(one(i)) for i in sorted(self.alive)]
+        # Late joiners (index >= N) are measuring probes: they hold no content.
+        tasks = [asyncio.ensure_future(one(i)) for i in sorted(self.alive)
+                 if i < self.pop.nodes]
         done, late = await asyncio.wait(tasks, timeout=limit) if tasks else (set(), set())
         for task in late:
             task.cancel()
@@ -208,6 +256,7 @@ class Worker:
             extra = router.status().extra
             for name in totals:
                 totals[name] += _count(extra, name)
+        totals.update({f"sent_{kind}": count for kind, count in self.sink.sent.items()})
         totals["dns_resolutions"] = sum(d.calls for d in self.discoveries.values())
         totals["bootstraps"] = sum(_count(r.status().extra, "bootstrap_attempts")
                                    for r in self.routers.values())
@@ -220,6 +269,7 @@ class Worker:
         return {"tables": [len(r.table) for r in live],
                 "buckets": [r.table.nonempty_buckets for r in live],
                 "records": [len(r.providers) for r in live],
+                "dns_seconds": self.sink.dns_seconds,
                 "rss_mb": rss_mb(), "nodes": len(self.routers)}
 
     async def quit(self) -> dict[str, Any]:
@@ -265,6 +315,8 @@ class Worker:
             gc.collect()  # between phases, where a pause costs nothing
             if name == "join":
                 result = await self.join(**args)
+            elif name == "late_join":
+                result = await self.late_join(**args)
             elif name == "advertise":
                 result = await self.advertise(**args)
             elif name == "lookups":
