@@ -39,6 +39,10 @@ def draw(runs: list[dict[str, Any]], out: Path) -> None:
                               ("ready_p99_s", "s--", "p99, joining at the run's rate")):
         points = [(r["nodes"], r[key] * 1000) for r in runs if r.get(key) is not None]
         ready.plot([n for n, _ in points], [v for _, v in points], style, label=label)
+    points = [(r["nodes"], r["dns_resolution_p50_ms"]) for r in runs
+              if r.get("dns_resolution_p50_ms") is not None]
+    ready.plot([n for n, _ in points], [v for _, v in points], "^:", color="black",
+               label="of which DNS resolution, p50")
     ready.axhline(100, color="grey", linestyle=":", label="goal p99 at 1000 (100 ms)")
     ready.set_xscale("log")
     ready.set_yscale("log")

@@ -153,6 +153,7 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "ready_p50_s": _round(percentile(ready, 50)),
         "ready_p99_s": _round(percentile(ready, 99)),
         "ready_max_s": _round(max(ready, default=None)),
+        "nodes_started": raw["started"],
         "nodes_not_ready": nodes - 1 - len(ready),
         "late_joiners": late_count,
         "late_ready_p50_s": _round(percentile(late, 50)),

@@ -258,12 +258,14 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         raw["baseline_rss_mb"] = sum(h["rss_mb"] for h in coordinator.hello)
         before = _sum(coordinator.call("counters", {}, 30.0))
         join_time = args.nodes / args.join_rate
+        limit = 1.5 * join_time + 30.0
         joined = coordinator.call("join", {"t0": time.monotonic() + 0.5, "rate": args.join_rate,
-                                           "limit": 1.5 * join_time + 30.0},
-                                  1.5 * join_time + 60.0)
+                                           "limit": limit}, 2 * limit + 60.0)
         raw["ready"] = _merge(joined, "ready")
         raw["joined"] = _merge(joined, "joined")
         raw["start_lag_s"] = max(r["start_lag_s"] for r in joined)
+        started = sorted(i for r in joined for i in r["started"])
+        raw["started"] = len(started)
         after_join = _sum(coordinator.call("counters", {}, 30.0))
         raw["join_counters"] = _delta(after_join, before)
         raw["late_ready"] = _merge(_late_join(coordinator, args), "ready")
@@ -280,12 +282,12 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         raw["advertise_counters"] = _delta(after_advertise, after_join)
         raw["probes"] = _probes(coordinator)
         raw["state"] = coordinator.call("state", {}, 30.0)
-        alive = list(range(args.nodes))
+        alive = started
         raw["lookups"] = _lookups(coordinator, args, alive)
         if args.overload > 0:
             raw["overload"] = _overload(coordinator, args, raw, alive)
         if args.churn > 0:
-            victims = sorted(rng.sample(alive, int(args.nodes * args.churn)))
+            victims = sorted(rng.sample(alive, int(len(alive) * args.churn)))
             coordinator.call("kill", {"indices": victims}, 60.0)
             coordinator.unlist(victims)
             alive = sorted(set(alive) - set(victims))

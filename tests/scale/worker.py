@@ -112,6 +112,8 @@ class Worker:
         deadline = time.monotonic() + limit
         lag = 0.0
         for index in self.plan.indices:
+            if time.monotonic() > deadline:
+                break  # too far behind: the nodes not started count as not ready
             delay = t0 + index / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -133,7 +135,8 @@ class Worker:
                  if r.ready_at is not None and r.started_at is not None}
         joined = {i: r.joined_at - r.started_at for i, r in self.routers.items()
                   if r.joined_at is not None and r.started_at is not None}
-        return {"ready": ready, "joined": joined, "start_lag_s": lag}
+        return {"ready": ready, "joined": joined, "start_lag_s": lag,
+                "started": sorted(self.routers)}
 
     async def late_join(self, indices: list[int], gap: float, limit: float) -> dict[str, Any]:
         """Start nodes ``indices`` one at a time on a quiet network; their ready times.
