@@ -347,8 +347,8 @@ def test_random_datagrams_leave_the_node_ready_and_finding(spegel_node: StartNod
 
 
 # -- DNS down at start -------------------------------------------------------------------
-@pytest.mark.skipif(dnsmasq_path() is None, reason="dnsmasq is not installed")
 def test_dns_down_at_start_then_back(spegel_node: StartNode, tmp_path: Path) -> None:
+    assert dnsmasq_path() is not None, "dnsmasq is required (apt-get install dnsmasq-base)"
     name = "spegel-bootstrap.spegel.test"
     image = build_image(tmp_path / "layout", REF, layer_sizes=(1000,),
                         platforms=ONE_PLATFORM, seed=14)
