@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -14,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spegel_core.pull import MirrorClient, PullError
+from spegel_core.testing.nodes import NodeProcess
 
 DEMO_REFERENCE = "docker.io/library/demo:v1"
 
@@ -31,16 +30,15 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class DemoNode:
+    """A numbered node of the demo: its layout and its ``spegel registry`` process."""
+
     index: int
-    ip: str
-    port: int
     layout: Path
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: NodeProcess
 
     @property
     def url(self) -> str:
-        return f"http://{self.ip}:{self.port}"
+        return self.process.url
 
 
 def _ip(first: str, offset: int) -> str:
@@ -51,36 +49,11 @@ def _ip(first: str, offset: int) -> str:
     return ".".join(map(str, parts))
 
 
-def _start(node: DemoNode, extra: list[str]) -> None:
-    command = [
-        sys.executable, "-m", "spegel_core.cli.main", "registry",
-        "--registry-addr", f"{node.ip}:{node.port}",
-        "--router-addr", f"{node.ip}:{node.port + 1}",
-        "--metrics-addr", f"{node.ip}:9090",
-        "--content-store", "oci-layout", "--oci-layout-path", str(node.layout),
-        "--log-level", "WARNING", *extra,
-    ]
-    with open(node.log, "wb") as log:
-        node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _wait_ready(node: DemoNode, timeout: float = 20.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        assert node.process is not None
-        if node.process.poll() is not None:
-            raise SystemExit(
-                f"spegel demo: node {node.index} exited with {node.process.returncode}; "
-                f"log:\n{node.log.read_text()[-2000:]}"
-            )
-        try:
-            with urllib.request.urlopen(f"{node.url}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"spegel demo: node {node.index} not ready after {timeout:.0f}s")
+def _wait_ready(node: DemoNode) -> float:
+    try:
+        return node.process.wait_ready()
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"spegel demo: node {node.index}: {exc}") from None
 
 
 def _wait_resolvable(node: DemoNode, timeout: float = 20.0) -> float:
@@ -97,17 +70,6 @@ def _wait_resolvable(node: DemoNode, timeout: float = 20.0) -> float:
             pass
         time.sleep(0.05)
     raise SystemExit(f"spegel demo: node {node.index} did not find the image in {timeout:.0f}s")
-
-
-def _stop(node: DemoNode) -> int | None:
-    if node.process is None or node.process.poll() is not None:
-        return node.process.returncode if node.process else None
-    node.process.send_signal(signal.SIGTERM)
-    try:
-        return node.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        node.process.kill()
-        return node.process.wait()
 
 
 class ProgressBar:
@@ -138,10 +100,18 @@ def run_demo(args: argparse.Namespace) -> int:
         raise SystemExit("spegel demo: --nodes must be between 1 and 50")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spegel-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    nodes = [DemoNode(i + 1, _ip(args.first_ip, i), args.port, workdir / f"node-{i + 1}",
-                      workdir / f"node-{i + 1}.log") for i in range(args.nodes)]
-    for node in nodes:
-        node.layout.mkdir(exist_ok=True)
+    ips = [_ip(args.first_ip, i) for i in range(args.nodes)]
+    nodes: list[DemoNode] = []
+    for index, ip in enumerate(ips, start=1):
+        layout = workdir / f"node-{index}"
+        layout.mkdir(exist_ok=True)
+        peers = [f"/ip4/{other}/udp/{args.port + 1}" for other in ips if other != ip]
+        extra = ["--router", "kademlia", "--bootstrap-kind", "static",
+                 "--static-peers", ",".join(peers)] if peers else []
+        process = NodeProcess(ip, args.port, [
+            "--content-store", "oci-layout", "--oci-layout-path", str(layout),
+            "--log-level", "WARNING", *extra], workdir / f"node-{index}.log")
+        nodes.append(DemoNode(index, layout, process))
     layer = int(args.layer_mib * 2**20)
     print(f"spegel demo: building {DEMO_REFERENCE} (2 platforms, 2 layers of "
           f"{args.layer_mib:g} MiB) into {nodes[0].layout}")
@@ -151,11 +121,7 @@ def run_demo(args: argparse.Namespace) -> int:
     target = nodes[-1]
     try:
         for node in nodes:
-            peers = [f"/ip4/{other.ip}/udp/{other.port + 1}"
-                     for other in nodes if other is not node]
-            extra = ["--router", "kademlia", "--bootstrap-kind", "static",
-                     "--static-peers", ",".join(peers)] if peers else []
-            _start(node, extra)
+            node.process.start()
         for node in nodes:
             took = _wait_ready(node)
             print(f"  node {node.index} on {node.url} ready in {took * 1000:.0f} ms")
@@ -167,7 +133,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"spegel demo: pulling {DEMO_REFERENCE} through node {target.index} "
               f"({target.url}); {holder}")
         bar = ProgressBar("pull")
-        client = MirrorClient(target.ip, target.port)
+        client = MirrorClient(target.process.ip, target.process.port)
         started = time.perf_counter()
         try:
             result = client.pull(DEMO_REFERENCE, progress=bar)
@@ -197,7 +163,7 @@ def run_demo(args: argparse.Namespace) -> int:
         ok = result.digest == image.index_digest
         return 0 if ok else 1
     finally:
-        codes = [_stop(node) for node in nodes]
+        codes = [node.process.stop() for node in nodes]
         print(f"spegel demo: nodes stopped (exit codes {codes}); logs in {workdir}")
         if args.workdir is None and all(code == 0 for code in codes):
             import shutil
