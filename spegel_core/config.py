@@ -140,6 +140,13 @@ class CoreSettings(SpegelSettings):
         description="Networks peers may be in (e.g. 10.0.0.0/8); others are never asked for "
         "content nor taken as DHT contacts. Empty: any address.",
     )
+    peer_blob_verify: Literal["mirror", "client"] = Field(
+        default="mirror",
+        description="Who checks the digest of a whole blob fetched from a peer: 'mirror' "
+        "hashes it while relaying (a bad blob is never completed; one core's sha256 bounds "
+        "the hop), 'client' relays it socket to socket unhashed and leaves the check to the "
+        "client (containerd verifies every blob). Manifests are always verified here.",
+    )
     resolve_tags: bool = Field(default=True, description="Advertise and resolve tags.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."

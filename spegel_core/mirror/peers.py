@@ -12,6 +12,13 @@ rest, so its bytes are relayed as the peer sent them (the extent is still
 checked); the client verifies the digest of the blob it assembles (containerd
 does) and the providers are nodes of the cluster (``docs/security.md``).
 
+With ``--peer-blob-verify client`` whole blobs are relayed like such ranges:
+not hashed here (sha256 on one core is slower than the hop), the client's own
+digest check being the one that counts. Every body that is not hashed goes
+socket to socket in the kernel where the server allows it
+(:mod:`spegel_core.mirror.peer_relay`); lengths, ranges, digest headers and
+resuming are checked and done the same way on both paths.
+
 Only providers the router found are ever asked, at the address the router gives
 (``--peer-cidrs`` narrows which addresses are trusted): repository names, tags,
 digests and ``ns`` only ever become the path and query of a request to a peer.
@@ -26,13 +33,15 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import aiohttp
 
 from spegel_core.config import SpegelConfig
-from spegel_core.errors import BlobUnknown, ManifestUnknown, OCIError, PeerError
-from spegel_core.mirror.ranges import parse_range
+from spegel_core.errors import BlobUnknown, ManifestUnknown, PeerError
+from spegel_core.mirror.peer_checks import check_digest_header, check_range, extent, penalty_kind
+from spegel_core.mirror.peer_relay import relay_blob
+from spegel_core.mirror.responses import Relay, SpliceSink
 from spegel_core.mirror.service import Manifest, ManifestCache
 from spegel_core.oci.digest import compute_digest, split_digest
 from spegel_core.oci.mediatypes import MANIFEST_TYPES, MAX_MANIFEST_SIZE, sniff_manifest_type
@@ -45,6 +54,8 @@ T = TypeVar("T")
 MIRRORED_HEADER = "X-Spegel-Mirrored"
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
 STREAM_CHUNK = 1024 * 1024
+#: Keys whose providers are cached at most (each entry lives ``cache_ttl`` seconds).
+MAX_CACHED_KEYS = 4096
 
 
 @dataclass
@@ -58,6 +69,8 @@ class PeerSettings:
     pool_size: int = 256
     #: Networks providers may be in (``--peer-cidrs``); empty: any address.
     peer_cidrs: tuple[str, ...] = ()
+    #: Who verifies whole blobs (``--peer-blob-verify``): this node or the client.
+    blob_verify: Literal["mirror", "client"] = "mirror"
 
 
 @dataclass
@@ -68,7 +81,12 @@ class _Cached:
 
 @dataclass
 class BlobStream:
-    """A verified stream from peers: headers known, body an async iterator."""
+    """A stream from peers: headers known, the body as chunks or, unhashed, as a relay.
+
+    Use one of ``chunks`` (bytes through Python, hashed when ``verified``) or
+    ``relay`` (socket to socket; only for bodies that are not hashed), or neither
+    and :meth:`aclose`.
+    """
 
     size: int
     start: int
@@ -76,6 +94,14 @@ class BlobStream:
     chunks: AsyncIterator[bytes]
     peer: Peer
     resumed: list[Peer] = field(default_factory=list)
+    verified: bool = False
+    relay: Relay | None = None
+    response: aiohttp.ClientResponse | None = None
+
+    async def aclose(self) -> None:
+        await self.chunks.aclose()  # type: ignore[attr-defined]
+        if self.response is not None:
+            self.response.release()
 
 
 class PeerFetcher:
@@ -104,6 +130,7 @@ class PeerFetcher:
             resolve_retries=max(1, config.core.mirror_resolve_retries),
             penalty=config.core.mirror_peer_penalty,
             peer_cidrs=tuple(config.core.peer_cidrs),
+            blob_verify=config.core.peer_blob_verify,
         ))
 
     @property
@@ -129,10 +156,24 @@ class PeerFetcher:
     def penalise(self, peer: Peer, reason: str) -> None:
         log.warning("penalising peer %s for %.0fs: %s", peer.url, self.settings.penalty, reason)
         self.penalty_counts[penalty_kind(reason)] += 1
-        self._penalties[(peer.host, peer.port)] = time.monotonic() + self.settings.penalty
+        now = time.monotonic()
+        for expired in [p for p, until in self._penalties.items() if until < now]:
+            del self._penalties[expired]
+        self._penalties[(peer.host, peer.port)] = now + self.settings.penalty
         for cached in self._cache.values():
             if peer in cached.peers:
                 cached.peers.remove(peer)
+
+    def _remember(self, key: str, found: list[Peer]) -> None:
+        """Cache the providers of ``key``; expired entries go once the cache is large."""
+        now = time.monotonic()
+        if len(self._cache) >= MAX_CACHED_KEYS:
+            for old in [k for k, entry in self._cache.items() if entry.expires <= now]:
+                del self._cache[old]
+            while len(self._cache) >= MAX_CACHED_KEYS:  # all fresh: drop the oldest
+                del self._cache[next(iter(self._cache))]
+        self._cache.pop(key, None)  # re-inserted last: the dict stays in insertion order
+        self._cache[key] = _Cached(found, now + self.settings.cache_ttl)
 
     def penalised(self, peer: Peer) -> bool:
         until = self._penalties.get((peer.host, peer.port))
@@ -192,7 +233,7 @@ class PeerFetcher:
             if close is not None:
                 await close()
             if found:
-                self._cache[key] = _Cached(found, time.monotonic() + self.settings.cache_ttl)
+                self._remember(key, found)
             else:
                 self.metrics.emit(ResolveDuration(self.router.name,
                                                   time.perf_counter() - started, False))
@@ -251,9 +292,9 @@ class PeerFetcher:
         async def open_checked(peer: Peer) -> tuple[aiohttp.ClientResponse, int, int, int]:
             response = await self._open_blob(peer, registry, name, digest, range_header)
             try:
-                _check_digest_header(response, digest)
-                size, start, length = _extent(response, range_header)
-                _check_range(range_header, size, start, length)
+                check_digest_header(response, digest)
+                size, start, length = extent(response, range_header)
+                check_range(range_header, size, start, length)
                 return response, size, start, length
             except PeerError:
                 response.release()
@@ -264,10 +305,16 @@ class PeerFetcher:
         if won is None:
             raise BlobUnknown(f"blob {digest} not found on any peer")
         (response, size, start, length), peer = won
-        stream = BlobStream(size, start, length, _empty(), peer)
+        stream = BlobStream(size, start, length, _empty(), peer, response=response)
         # A range that covers the whole blob is verified like a full fetch.
+        stream.verified = (start == 0 and length == size
+                           and self.settings.blob_verify == "mirror")
         stream.chunks = self._stream(stream, response, registry, name, digest,
-                                     verify=start == 0 and length == size)
+                                     verify=stream.verified)
+        if not stream.verified:
+            async def relay(sink: SpliceSink) -> None:
+                await relay_blob(self, stream, response, registry, name, digest, sink)
+            stream.relay = relay
         return stream
 
     async def _hedged(self, peers: AsyncIterator[Peer],
@@ -386,8 +433,8 @@ class PeerFetcher:
                     self.penalise(peer, f"stream broke: {exc}")
                     position = stream.start + sent + len(held)
                     end = stream.start + stream.length - 1
-                    response, peer = await self._resume(registry, name, digest, position, end,
-                                                        stream)
+                    response, peer = await self.resume(registry, name, digest, position, end,
+                                                       stream)
             if hashing is not None:
                 await hashing
             if hasher is not None and f"{split_digest(digest)[0]}:{hasher.hexdigest()}" != digest:
@@ -400,8 +447,9 @@ class PeerFetcher:
                 await asyncio.wait([hashing])
             response.release()
 
-    async def _resume(self, registry: str, name: str, digest: str, position: int, end: int,
-                      stream: BlobStream) -> tuple[aiohttp.ClientResponse, Peer]:
+    async def resume(self, registry: str, name: str, digest: str, position: int, end: int,
+                     stream: BlobStream) -> tuple[aiohttp.ClientResponse, Peer]:
+        """The rest of ``stream`` (bytes ``position``-``end``) from a provider not yet asked."""
         async for peer in self.providers(digest):
             if peer == stream.peer or peer in stream.resumed:
                 continue
@@ -412,8 +460,8 @@ class PeerFetcher:
                 self.penalise(peer, str(exc))
                 continue
             try:
-                _check_digest_header(response, digest)
-                size, start, length = _extent(response, "resume")
+                check_digest_header(response, digest)
+                size, start, length = extent(response, "resume")
                 if (size, start, length) != (stream.size, position, end - position + 1):
                     raise PeerError(f"resumed with bytes {start}+{length} of {size}, asked for "
                                     f"{position}-{end} of {stream.size}")
@@ -425,57 +473,6 @@ class PeerFetcher:
             stream.resumed.append(peer)
             return response, peer
         raise PeerError(f"no provider left to resume {digest} at byte {position}")
-
-
-def penalty_kind(reason: str) -> str:
-    """A short label for a penalty reason (for counters): digest, stream, status or connect."""
-    if "digest" in reason or "not a manifest" in reason or "too large" in reason:
-        return "digest"
-    if reason.startswith("stream") or "bytes" in reason or "Content-" in reason:
-        return "stream"
-    if reason.startswith("HTTP"):
-        return "status"
-    return "connect"
-
-
-def _check_digest_header(response: aiohttp.ClientResponse, digest: str) -> None:
-    claimed = response.headers.get("Docker-Content-Digest")
-    if claimed is not None and claimed.strip() != digest:
-        raise PeerError(f"peer sent blob {claimed[:80]!r} for digest {digest}")
-
-
-def _check_range(range_header: str | None, size: int, start: int, length: int) -> None:
-    """The peer sent the range asked for (as this node would have served it)."""
-    if range_header is None:
-        return
-    try:
-        wanted = parse_range(range_header, size)
-    except OCIError as exc:  # e.g. the peer claims a size the range does not fit
-        raise PeerError(f"peer's size {size} does not fit {range_header!r}: {exc}") from None
-    if wanted is None or (wanted.start, wanted.length) != (start, length):
-        raise PeerError(f"peer sent bytes {start}+{length} for {range_header!r}")
-
-
-def _extent(response: aiohttp.ClientResponse, range_header: str | None) -> tuple[int, int, int]:
-    """(total size, first byte, length) of what the peer is sending."""
-    try:
-        length = int(response.headers.get("Content-Length", "-1"))
-    except ValueError:
-        raise PeerError("peer sent an invalid Content-Length") from None
-    if response.status == 206:
-        content_range = response.headers.get("Content-Range", "")
-        span, _, total = content_range.removeprefix("bytes ").partition("/")
-        first, _, last = span.partition("-")
-        try:
-            start, end, size = int(first), int(last), int(total)
-        except ValueError as exc:
-            raise PeerError(f"bad Content-Range {content_range!r}") from exc
-        if length != end - start + 1 or not 0 <= start <= end < size:
-            raise PeerError(f"Content-Length does not match Content-Range {content_range!r}")
-        return size, start, length
-    if length < 0:
-        raise PeerError("peer sent no Content-Length")
-    return length, 0, length
 
 
 async def _batched(content: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:

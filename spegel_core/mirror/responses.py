@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from spegel_core.errors import BlobUnknown
+from spegel_core.server.splice import SpliceReport, Stop
 
 ZEROCOPY_EXTENSION = "spegel.zerocopy"
 ZEROCOPY_MESSAGE = "http.response.zerocopy"
@@ -104,4 +105,61 @@ class StoreStreamResponse(Response):
         if remaining:
             # The store ended early: never complete a short response as if whole.
             raise BlobUnknown("content ended before its recorded size")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class ClientGone(Exception):
+    """The client of a relayed response went away (nothing to retry, nobody to blame)."""
+
+
+class SpliceSink:
+    """Where a relay sends a response body: bytes it holds, or a socket's bytes.
+
+    ``splice`` asks the server to move ``count`` bytes from ``fd`` to the client in
+    the kernel and returns how many it moved and, when fewer, why the source
+    stopped; it raises :class:`ClientGone` when the client did.
+    """
+
+    def __init__(self, send: Send, source_timeout: float) -> None:
+        self._send = send
+        self.source_timeout = source_timeout
+
+    async def write(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def splice(self, fd: int, count: int) -> tuple[int, str]:
+        report = SpliceReport()
+        await self._send({"type": ZEROCOPY_MESSAGE, "socket": fd, "count": count,
+                          "more_body": True, "source_timeout": self.source_timeout,
+                          "report": report})
+        if report.stop is None or report.stop is Stop.DESTINATION_GONE:
+            raise ClientGone(report.detail)
+        return report.moved, f"{report.stop.value}: {report.detail}" if report.detail \
+            else report.stop.value
+
+
+#: A relay: sends exactly the response's ``count`` bytes through the sink, or raises.
+Relay = Callable[[SpliceSink], Awaitable[None]]
+
+
+class RelayResponse(Response):
+    """``count`` bytes a relay moves socket to socket (servers with ``spegel.zerocopy``)."""
+
+    def __init__(self, relay: Relay, count: int, *, source_timeout: float,
+                 status_code: int = 200, headers: Mapping[str, str] | None = None,
+                 media_type: str | None = None) -> None:
+        self.relay = relay
+        self.count = count
+        self.source_timeout = source_timeout
+        super().__init__(status_code=status_code, headers=headers, media_type=media_type)
+        self.headers["content-length"] = str(count)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        try:
+            await self.relay(SpliceSink(send, self.source_timeout))
+        except ClientGone:
+            return
+        # The server refuses to complete a body shorter than Content-Length.
         await send({"type": "http.response.body", "body": b"", "more_body": False})

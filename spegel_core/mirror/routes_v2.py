@@ -11,7 +11,12 @@ from fastapi.responses import JSONResponse, Response
 from spegel_core.errors import EndpointUnknown, NameInvalid, NotFound, Unsupported
 from spegel_core.mirror.deps import NodeDep, ServiceDep
 from spegel_core.mirror.ranges import parse_range
-from spegel_core.mirror.responses import FileRangeResponse, StoreStreamResponse
+from spegel_core.mirror.responses import (
+    ZEROCOPY_EXTENSION,
+    FileRangeResponse,
+    RelayResponse,
+    StoreStreamResponse,
+)
 from spegel_core.oci.digest import parse_digest
 from spegel_core.oci.reference import (
     DEFAULT_REGISTRY,
@@ -21,6 +26,7 @@ from spegel_core.oci.reference import (
 )
 from spegel_core.protocols import BytesServed, MirrorRequest, Source
 from spegel_core.registry_urls import registry_host
+from spegel_core.server import splice
 from spegel_core.state import tag_key
 
 router = APIRouter(tags=["oci"])
@@ -170,9 +176,14 @@ async def _blob_from_peers(request: Request, node: NodeDep, registry: str, name:
         headers["Content-Range"] = (
             f"bytes {stream.start}-{stream.start + stream.length - 1}/{stream.size}")
     if request.method == "HEAD":
-        await stream.chunks.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
     sent = 0 if request.method == "HEAD" else stream.length
     _record(node, registry, "blob", request, sent, started, Source.PEER, status)
+    if (stream.relay is not None and request.method != "HEAD" and splice.AVAILABLE
+            and ZEROCOPY_EXTENSION in request.scope.get("extensions", {})):
+        return RelayResponse(stream.relay, stream.length,
+                             source_timeout=node.peers.settings.request_timeout,
+                             status_code=status, headers=headers, media_type=OCTET_STREAM)
     return StoreStreamResponse(stream.chunks, stream.length, status_code=status,
                                headers=headers, media_type=OCTET_STREAM)
 

@@ -9,6 +9,19 @@ protocol advertises ``scope["extensions"]["spegel.zerocopy"]`` and handles::
 after ``http.response.start``. The bytes go from the page cache to the socket in
 the kernel; Python only loops once per socket-buffer's worth (megabytes).
 
+The same message can carry a source *socket* instead of a file (a peer's answer,
+relayed without being read into Python)::
+
+    {"type": "http.response.zerocopy", "socket": <fd>, "count": int,
+     "more_body": bool, "source_timeout": float, "report": SpliceReport}
+
+The bytes go socket to pipe to socket with ``splice(2)``
+(:mod:`spegel_core.server.splice`). The server fills ``report`` (bytes moved, why
+it stopped) before ``send`` returns. With ``more_body`` the response stays open
+whatever happened to the source, so the application can go on from another
+source (a resumed stream); without it, a source that ends short closes the
+connection, as a short file does. A client that goes away is never waited for.
+
 It relies on uvicorn's ``RequestResponseCycle`` internals (``transport``,
 ``expected_content_length``, ``disconnected``, ``send``), so it is pinned to the
 uvicorn range in pyproject.toml and refuses to load on a cycle without them.
@@ -42,6 +55,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from spegel_core.mirror.responses import ZEROCOPY_EXTENSION, ZEROCOPY_MESSAGE
+from spegel_core.server.splice import SpliceReport, Stop, fd_ready, splice_sockets
 
 log = logging.getLogger(__name__)
 
@@ -203,45 +217,87 @@ def _wrap_send(
         count = int(message["count"])
         if count > cycle.expected_content_length:
             raise RuntimeError("zero-copy response longer than Content-Length")
+        if "socket" in message:
+            await _splice_message(cycle, send, message, count)
+            return
         sent = await _send_file(cycle, message["file"], int(message["offset"]), count)
         cycle.expected_content_length -= sent
         if sent < count:
             # Client gone or file truncated: the response cannot complete. Closing
             # the connection makes the client see a short read, never a whole 200.
-            cycle.transport.close()
-            cycle.disconnected = True
+            _abort(cycle)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     return zerocopy_send
 
 
-async def _send_file(cycle: RequestResponseCycle, file_fd: int, offset: int, count: int) -> int:
+def _abort(cycle: RequestResponseCycle) -> None:
+    cycle.transport.close()
+    cycle.disconnected = True
+
+
+async def _splice_message(cycle: RequestResponseCycle, send: Callable[[Any], Awaitable[None]],
+                          message: Any, count: int) -> None:
+    report = message["report"]
+    assert isinstance(report, SpliceReport)
+    more_body = bool(message.get("more_body", False))
+    client_fd = await _client_fd(cycle)
+    if client_fd is None:
+        report.moved, report.stop, report.detail = 0, Stop.DESTINATION_GONE, "client gone"
+        return
+    try:
+        result = await splice_sockets(int(message["socket"]), client_fd, count,
+                                      source_timeout=float(message["source_timeout"]),
+                                      destination_timeout=SEND_IDLE_TIMEOUT)
+    finally:
+        os.close(client_fd)
+    cycle.expected_content_length -= result.moved
+    report.moved, report.stop, report.detail = result.moved, result.stop, result.detail
+    if result.stop is Stop.DESTINATION_GONE:
+        log.debug("spliced send ended: %s", result.detail)
+        _abort(cycle)
+    elif result.moved < count and not more_body:
+        _abort(cycle)  # never a whole 200 from a source that ended short
+    elif not more_body:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _client_fd(cycle: RequestResponseCycle) -> int | None:
+    """A private descriptor of the client's socket once the transport's buffer is empty.
+
+    Headers (and any body bytes) went through the transport's buffer; it must be
+    empty before the kernel writes behind the transport's back. The descriptor is
+    a ``dup``: if the transport closes the socket meanwhile, ours still refers to
+    it (never to a reused descriptor number). None if the client is gone.
+    """
     transport = cycle.transport
-    loop = asyncio.get_running_loop()
-    # Headers went through the transport's buffer; it must be empty before the
-    # kernel writes behind the transport's back.
     waited = 0.0
     while transport.get_write_buffer_size() and not cycle.disconnected:
         if waited > SEND_IDLE_TIMEOUT:
-            return 0
+            return None
         await asyncio.sleep(0.001)
         waited += 0.001
     if cycle.disconnected or transport.is_closing():
-        return 0
+        return None
     sock = transport.get_extra_info("socket")
     if sock is None:
+        return None
+    return os.dup(sock.fileno())
+
+
+async def _send_file(cycle: RequestResponseCycle, file_fd: int, offset: int, count: int) -> int:
+    loop = asyncio.get_running_loop()
+    sock_fd = await _client_fd(cycle)
+    if sock_fd is None:
         return 0
-    # A private descriptor: if the transport closes the socket meanwhile, ours
-    # still refers to it (never to a reused descriptor number).
-    sock_fd = os.dup(sock.fileno())
     sent = 0
     try:
         while sent < count:
             try:
                 n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
             except (BlockingIOError, InterruptedError):
-                if not await _writable(loop, sock_fd):
+                if not await fd_ready(loop, sock_fd, write=True, limit=SEND_IDLE_TIMEOUT):
                     log.debug("client stalled for %.0fs; abandoning send", SEND_IDLE_TIMEOUT)
                     break
                 continue
@@ -254,20 +310,3 @@ async def _send_file(cycle: RequestResponseCycle, file_fd: int, offset: int, cou
     finally:
         os.close(sock_fd)
     return sent
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> bool:
-    future: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    loop.add_writer(fd, ready)
-    try:
-        await asyncio.wait_for(future, SEND_IDLE_TIMEOUT)
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_writer(fd)
-    return True

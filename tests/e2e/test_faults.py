@@ -1,7 +1,12 @@
 """Faults with real node processes on loopback addresses (same ports on every node).
 
-- a provider killed mid-stream: every stream resumes from another provider with Range;
+- a provider killed mid-stream: every stream resumes from another provider with Range
+  (with the mirror verifying blobs, and with ``--peer-blob-verify client``, where bodies
+  go socket to socket in the kernel);
 - a peer serving wrong bytes under a digest: never passed on as a complete 200;
+- the same peers with ``--peer-blob-verify client``: a body that ends or stalls before its
+  announced length is never completed; bytes of the announced length are passed on as the
+  peer sent them (the client's digest check is the one that counts there);
 - 20,000 random datagrams at a node's router port: it stays ready and keeps finding content;
 - the DNS server down at start, then back: ready throughout, joins once DNS answers;
 - 20% of the nodes killed at once: lookups of content on live nodes still succeed.
@@ -140,12 +145,13 @@ async def providers_of(key: str, seed: NodeProcess) -> set[str]:
 class SlowStream:
     """A GET whose body is read only when asked (so the transfer stalls meanwhile)."""
 
-    def __init__(self, node: NodeProcess, path: str) -> None:
+    def __init__(self, node: NodeProcess, path: str, extra: str = "") -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         self.sock.settimeout(30)
         self.sock.connect((node.ip, node.port))
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n".encode())
         data = b""
         while b"\r\n\r\n" not in data:
             data += self.sock.recv(65536)
@@ -171,16 +177,17 @@ class SlowStream:
         return received, f"sha256:{digest.hexdigest()}"
 
 
+@pytest.mark.parametrize("verify", ["mirror", "client"])
 def test_provider_killed_mid_stream_resumes_from_another(spegel_node: StartNode,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, verify: str) -> None:
     image = build_image(tmp_path / "layout", REF, layer_sizes=(64 * 2**20,), raw_layers=True,
                         platforms=ONE_PLATFORM, seed=11)
     layer = image.layer_digests[0]
     ips = [free_loopback_ip() for _ in range(3)]
     first, consumer, second = (
         layout_node(spegel_node, image.layout_dir, *static(ips[1]), ip=ips[0], wait=False),
-        layout_node(spegel_node, tmp_path / "empty", *static(ips[0], ips[2]), ip=ips[1],
-                    wait=False),
+        layout_node(spegel_node, tmp_path / "empty", *static(ips[0], ips[2]),
+                    "--peer-blob-verify", verify, ip=ips[1], wait=False),
         layout_node(spegel_node, tmp_path / "second", *static(ips[0], ips[1]), ip=ips[2],
                     wait=False))
     for node in (first, consumer, second):
@@ -189,6 +196,10 @@ def test_provider_killed_mid_stream_resumes_from_another(spegel_node: StartNode,
     streams = [SlowStream(consumer, f"/v2/library/demo/blobs/{layer}") for _ in range(4)]
     for stream in streams:
         assert stream.status == 200 and stream.length == image.blobs[layer]
+    # A range of part of the blob (never hashed here, relayed socket to socket).
+    ranged = SlowStream(consumer, f"/v2/library/demo/blobs/{layer}", "Range: bytes=1000-\r\n")
+    assert ranged.status == 206 and ranged.length == image.blobs[layer] - 1000
+    for stream in [*streams, ranged]:
         stream.read_some(256 * 1024)  # every stream is under way, then stalls
     link_layout(image.layout_dir, tmp_path / "second")  # the second node gets the image
     second_mirror = f"{second.ip}:{second.port}"
@@ -197,8 +208,10 @@ def test_provider_killed_mid_stream_resumes_from_another(spegel_node: StartNode,
     first.kill()
     results = [stream.read_rest() for stream in streams]
     assert results == [(image.blobs[layer], layer)] * 4  # all complete, none corrupt
+    rest = hashlib.sha256(image.blob_path(layer).read_bytes()[1000:]).hexdigest()
+    assert ranged.read_rest() == (image.blobs[layer] - 1000, f"sha256:{rest}")
     log = consumer.log_path.read_text()
-    assert log.count(f"resuming {layer}") >= 4, log
+    assert log.count(f"resuming {layer}") >= 5, log
     assert f"from {second.url}" in log
 
 
@@ -297,6 +310,67 @@ def test_wrong_bytes_are_never_passed_on_as_a_complete_200(spegel_node: StartNod
         log = consumer.log_path.read_text()
         assert log.count("penalising peer") >= len(MODES)
         assert "cut off GET" in log and "Traceback" not in log  # one line each
+    finally:
+        done.set()
+        thread.join(timeout=20)
+
+
+#: With --peer-blob-verify client: what a client gets from each hostile peer when no
+#: other provider has the layer. A body shorter than announced (truncate, long: the peer
+#: announces more than it sends; stall) is cut off; a body of the announced length is
+#: passed on as the peer sent it, and only the client's digest check tells.
+CLIENT_MODE_OUTCOMES = {"corrupt": "whole, wrong digest", "truncate": "cut off",
+                        "long": "cut off", "short": "whole, wrong digest", "stall": "cut off"}
+
+
+def test_client_mode_never_completes_a_short_body(spegel_node: StartNode,
+                                                  tmp_path: Path) -> None:
+    image = build_image(tmp_path / "layout", REF, layer_sizes=(3 * 2**20,) * len(MODES),
+                        raw_layers=True, platforms=ONE_PLATFORM, seed=12)
+    consumer = layout_node(spegel_node, tmp_path / "empty", "--mirror-peer-penalty", "10m",
+                           "--peer-blob-verify", "client", wait=False)
+    honest = layout_node(spegel_node, tmp_path / "honest", *static(consumer.ip), wait=False)
+    consumer.wait_ready()
+    honest.wait_ready()
+    done = threading.Event()
+    announced: list[str] = []
+    thread = threading.Thread(target=asyncio.run,
+                              args=(serve_hostile_peers(image, consumer, done, announced),))
+    thread.start()
+    try:
+        until(lambda: len(announced) == len(MODES), 10, "hostile peers not started")
+        layers = image.layer_digests
+        until(lambda: all(status(blob_url(consumer, layer)) == 200 for layer in layers), 15,
+              "the consumer never found the hostile peers")
+        path = "/v2/library/demo/blobs/{}?ns=docker.io"
+        with ThreadPoolExecutor(len(layers)) as pool:
+            results = list(pool.map(
+                lambda layer: raw_get(consumer.ip, consumer.port, path.format(layer),
+                                      timeout=20), layers))
+        for mode, layer, result in zip(MODES, layers, results, strict=True):
+            assert result.status == 200, (mode, result.status)
+            right = hashlib.sha256(result.body).hexdigest() == layer[7:]
+            outcome = "cut off" if not result.complete else (
+                "whole, right digest" if right else "whole, wrong digest")
+            assert outcome == CLIENT_MODE_OUTCOMES[mode], (mode, len(result.body))
+        for manifest in image.manifest_digests:  # manifests are verified in every mode
+            manifest_url = f"{consumer.url}/v2/library/demo/manifests/{manifest}"
+            assert status(manifest_url, "GET") == 404
+        # The peers whose bodies broke off are penalised: with an honest provider the
+        # retry goes there and gets the right bytes.
+        link_layout(image.layout_dir, tmp_path / "honest")
+        honest_mirror = f"{honest.ip}:{honest.port}"
+        until(lambda: all(honest_mirror in asyncio.run(providers_of(layer, consumer))
+                          for layer in layers), 15, "the honest provider never advertised")
+        for mode, layer in zip(MODES, layers, strict=True):
+            if CLIENT_MODE_OUTCOMES[mode] != "cut off":
+                continue
+            retry = raw_get(consumer.ip, consumer.port, path.format(layer), timeout=20)
+            assert retry.status == 200 and retry.complete, mode
+            assert hashlib.sha256(retry.body).hexdigest() == layer[7:], mode
+        log = consumer.log_path.read_text()
+        assert log.count("penalising peer") >= 3
+        assert "cut off GET" in log and "Traceback" not in log
     finally:
         done.set()
         thread.join(timeout=20)

@@ -272,3 +272,36 @@ async def test_no_request_makes_the_mirror_connect_anywhere_but_a_provider(
     assert set(connected) == {f"127.0.0.1:{address.port}"}
     assert all(target.startswith("/v2/") for target, _ in provider.requests)
     await fetcher.aclose()
+
+
+async def test_client_mode_checks_everything_but_the_hash(start_mirror: Any,
+                                                          image: BuiltImage) -> None:
+    """``--peer-blob-verify client`` (here without the zero-copy server: bytes through
+    Python, unhashed): a peer's bytes of the right length pass as it sent them, while
+    lengths, digest headers and resumes are checked as in the default mode."""
+    mirror = await start_mirror(peer_blob_verify="client")
+    layer, other = image.layer_digests[0], image.layer_digests[1]
+    data = image.blob_path(layer).read_bytes()
+    good = honest_responder(image)
+
+    def corrupt(target: str, headers: dict[str, str], digest: str) -> bytes:
+        head, _, body = good(target, headers, digest).partition(b"\r\n\r\n")
+        return head + b"\r\n\r\n" + bytes(b ^ 0x55 for b in body[:64]) + body[64:]
+
+    _, bad = await hostile(start_mirror, corrupt)
+    mirror.network.add_provider(layer, bad)
+    response = await mirror.client.get(f"/v2/library/demo/blobs/{layer}")
+    assert response.status_code == 200 and len(response.content) == len(data)
+    assert response.content != data  # the client's digest check is the one that counts
+    assert mirror.peers.penalties == {}
+
+    mirror.network.remove_provider(layer, bad)
+    mirror = await start_mirror(peer_blob_verify="client")  # nothing cached
+    _, cut = await hostile(start_mirror, lambda t, h, d: good(t, h, d)[: 200 + len(data) // 2])
+    _, liar = await hostile(start_mirror, lambda t, h, d: good(t, h, other))
+    _, right = await hostile(start_mirror, good)
+    for peer in (cut, liar, right):
+        mirror.network.add_provider(layer, peer)
+    response = await mirror.client.get(f"/v2/library/demo/blobs/{layer}")
+    assert response.status_code == 200 and response.content == data
+    assert set(mirror.peers.penalties) == {f"127.0.0.1:{cut.port}", f"127.0.0.1:{liar.port}"}

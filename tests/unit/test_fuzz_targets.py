@@ -17,7 +17,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from spegel_core.errors import OCIError, PeerError, RangeInvalid, RangeNotSatisfiable
-from spegel_core.mirror.peers import _check_range, _extent
+from spegel_core.mirror.peer_checks import check_range, extent
 from spegel_core.mirror.ranges import parse_range
 from spegel_core.oci.digest import parse_digest
 from spegel_core.oci.reference import (
@@ -166,8 +166,8 @@ def test_extent_of_a_peer_answer_is_sane_or_a_peer_error(status: int, length: st
                                                ("Content-Range", content_range)) if value}
     response: Any = SimpleNamespace(status=status, headers=headers)
     try:
-        size, start, count = _extent(response, asked)
-        _check_range(asked, size, start, count)
+        size, start, count = extent(response, asked)
+        check_range(asked, size, start, count)
     except PeerError:
         return
     assert start >= 0 and count >= 0 and start + count <= size

@@ -1,0 +1,101 @@
+"""Relaying a peer's answer socket to socket: the body never enters Python.
+
+Used for bodies the mirror does not hash (ranges of part of a blob, and whole blobs
+with ``--peer-blob-verify client``). aiohttp sends the request and parses the
+answer's head (the checks of :mod:`spegel_core.mirror.peers` run on it as on every
+answer); then the connection is taken from aiohttp: reading is paused, the body
+bytes aiohttp already buffered are kept, and a private duplicate of the socket's
+descriptor is all that remains of the connection. The server splices the rest of
+the body from that descriptor to the client (:mod:`spegel_core.server.splice`).
+
+Exactly the announced length is taken from the peer, never a byte more. A peer
+that closes, fails or stalls before that is penalised and the stream resumes from
+another provider with ``Range: bytes=<position>-``; with no provider left the
+relay raises :class:`~spegel_core.errors.PeerError` and the client's connection
+is closed: a short body is never completed as a whole response.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from spegel_core.errors import PeerError
+from spegel_core.mirror.responses import SpliceSink
+
+if TYPE_CHECKING:
+    from spegel_core.mirror.peers import BlobStream, PeerFetcher
+
+
+def take_socket(response: aiohttp.ClientResponse) -> tuple[int | None, bytes]:
+    """Detach the socket of ``response`` from aiohttp: (a private descriptor, bytes read).
+
+    The bytes are the body aiohttp had already read with the head; when that is the
+    whole body, aiohttp has already let go of the connection and the descriptor is
+    None. The response is closed (its connection is not reused); the descriptor stays
+    open until the caller closes it. Raises :class:`PeerError` when the connection
+    failed before its buffered bytes could be taken.
+    """
+    try:
+        connection = response.connection
+        transport = connection.transport if connection is not None else None
+        if transport is None:  # the body is complete in aiohttp's buffer
+            return None, response.content.read_nowait(-1)
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.is_closing():
+            raise PeerError("the peer's connection closed")
+        # No callback runs between these lines: after the pause nothing more is
+        # read into aiohttp's buffer, and the second read takes what the first left
+        # (draining can make aiohttp resume reading, so pause after it).
+        buffered = response.content.read_nowait(-1)
+        transport.pause_reading()
+        buffered += response.content.read_nowait(-1)
+        return os.dup(sock.fileno()), buffered
+    except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
+        raise PeerError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        response.close()
+
+
+async def relay_blob(fetcher: PeerFetcher, stream: BlobStream,
+                     response: aiohttp.ClientResponse, registry: str, name: str, digest: str,
+                     sink: SpliceSink) -> None:
+    """Send the body of ``stream`` (``stream.length`` bytes) through ``sink``.
+
+    Resumes from other providers when a peer stops short; raises :class:`PeerError`
+    when none is left, and lets :class:`~spegel_core.mirror.responses.ClientGone`
+    through when the client stops.
+    """
+    sent = 0
+    peer = stream.peer
+    try:
+        while True:
+            why = ""
+            try:
+                fd, buffered = take_socket(response)
+            except PeerError as exc:
+                why = str(exc)
+            else:
+                try:
+                    part = buffered[: stream.length - sent]
+                    if part:
+                        await sink.write(part)
+                        sent += len(part)
+                    if sent < stream.length:
+                        if fd is None:
+                            why = "the body ended early"
+                        else:
+                            moved, why = await sink.splice(fd, stream.length - sent)
+                            sent += moved
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+            if sent >= stream.length:
+                return
+            fetcher.penalise(peer, f"stream broke after {sent} of {stream.length} bytes: {why}")
+            response, peer = await fetcher.resume(registry, name, digest, stream.start + sent,
+                                                  stream.start + stream.length - 1, stream)
+    finally:
+        response.close()
