@@ -48,6 +48,9 @@ class DNSDiscovery:
         nameservers: servers to ask (``IP``, ``IP:PORT``, ``[IPV6]:PORT``); empty
             for the system's.
         sample_size: how many peers to return at most.
+        udp_pool: sample from a plain UDP answer (truncated or not) when it lists at
+            least this many peers; only with fewer is the whole answer fetched (over
+            TCP when it does not fit a datagram). 0: always the whole answer.
         timeout: longest time one call may take, in seconds.
         refresh_interval: seconds between refreshes once the router is healthy.
         srv_name: an SRV name whose targets and ports are the peers.
@@ -59,11 +62,14 @@ class DNSDiscovery:
     name = "dns"
 
     def __init__(self, domain: str, *, port: int, nameservers: Sequence[str] = (),
-                 sample_size: int = 5, timeout: float = 2.0, refresh_interval: float = 1800.0,
+                 sample_size: int = 5, udp_pool: int = 16, timeout: float = 2.0,
+                 refresh_interval: float = 1800.0,
                  srv_name: str | None = None, own: LocalAddresses | None = None,
                  metrics: MetricsSink | None = None, rng: random.Random | None = None) -> None:
         if sample_size < 1:
             raise ValueError("sample_size must be at least 1")
+        if udp_pool < 0:
+            raise ValueError("udp_pool must not be negative")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.domain = check_dns_name(domain)
@@ -71,6 +77,7 @@ class DNSDiscovery:
         self.port = port
         self.nameservers = [parse_nameserver(server) for server in nameservers]
         self.sample_size = sample_size
+        self.udp_pool = udp_pool
         self.timeout = timeout
         self.refresh_interval = refresh_interval
         self.own = own if own is not None else LocalAddresses()
@@ -89,29 +96,76 @@ class DNSDiscovery:
         await self.own.load()  # once; bounded by its own timeout, outside the DNS budget
         started = time.perf_counter()
         peers: list[PeerAddress] = []
-        try:
-            # Half the budget per try, so a lost datagram is retried once within it.
-            resolver = Resolver(self.nameservers, timeout=self.timeout / 2, tries=2)
-        except (pycares.AresError, aiodns.error.DNSError, OSError, RuntimeError) as exc:
-            log.warning("DNS bootstrap: cannot create a resolver: %s; will retry", exc)
-            self._finish(started, Outcome.ERROR)
-            return []
-        self._resolvers.add(resolver)
+        outcome = Outcome.TIMEOUT
         try:
             async with asyncio.timeout(self.timeout):
-                peers, outcome = await self._resolve(resolver)
+                found = None
+                if self.udp_pool and self.srv_name is None:
+                    found = await self._round(udp_only=True)
+                peers, outcome = found or await self._full_round()
         except TimeoutError:
-            outcome = Outcome.TIMEOUT
             log.warning("DNS bootstrap: no answer for %s from %s within %.3gs; will retry",
                         self._target(), self._servers(), self.timeout)
-        finally:
-            self._resolvers.discard(resolver)
-            await asyncio.shield(resolver.aclose())
         self._finish(started, outcome)
         if peers:
             log.debug("DNS bootstrap: %d peers from %s: %s", len(peers), self._target(),
                       ", ".join(map(str, peers)))
         return peers
+
+    async def _full_round(self) -> tuple[list[PeerAddress], Outcome]:
+        found = await self._round(udp_only=False)
+        return found if found is not None else ([], Outcome.ERROR)
+
+    async def _round(self, *, udp_only: bool) -> tuple[list[PeerAddress], Outcome] | None:
+        """One round of questions on a fresh resolver; None: a UDP round that was not enough.
+
+        The UDP round (``udp_pool``) keeps a truncated answer instead of asking again
+        over TCP. With thousands of nodes the whole answer does not fit a datagram:
+        the client would fetch and parse thousands of records (~20 ms for 2000 with
+        dnsmasq here, and the DNS server would send every node all of them), when a
+        node needs a few seeds. The ~70 addresses that fit are enough to sample from
+        when there are ``udp_pool`` (and ``sample_size``) or more; DNS servers rotate
+        or shuffle the records of a name (CoreDNS's ``loadbalance``), so nodes still
+        spread over many seeds.
+        An answer that fits with room to spare is the whole answer. Anything else (a
+        truncated answer with few addresses, a timeout, an error) goes the whole way.
+        """
+        try:
+            # Each try gets part of the budget, so a lost datagram is retried within it.
+            resolver = Resolver(self.nameservers, timeout=self.timeout / (4 if udp_only else 2),
+                                tries=2, udp_only=udp_only)
+        except (pycares.AresError, aiodns.error.DNSError, OSError, RuntimeError) as exc:
+            if udp_only:
+                return None
+            log.warning("DNS bootstrap: cannot create a resolver: %s; will retry", exc)
+            return [], Outcome.ERROR
+        self._resolvers.add(resolver)
+        try:
+            if not udp_only:
+                return await self._resolve(resolver)
+            addresses, answers = await resolver.addresses(self.domain)
+        finally:
+            self._resolvers.discard(resolver)
+            await asyncio.shield(resolver.aclose())
+        if self._closed:
+            return [], Outcome.ERROR
+        outcome = _combine(answers)
+        if outcome is Outcome.NXDOMAIN:
+            log.warning("DNS bootstrap: cannot resolve %s via %s: %s; will retry",
+                        self.domain, self._servers(),
+                        "; ".join(f"{a.qtype} {_why(a)}" for a in answers))
+            return [], outcome
+        if outcome is not Outcome.OK:
+            # No records may be a truncated answer whose records were all left out.
+            return None
+        candidates = await self.own.drop_own(PeerAddress(ip, self.port) for ip in addresses)
+        whole = not any(answer.maybe_truncated for answer in answers)
+        if not whole and len(candidates) < max(self.udp_pool, self.sample_size):
+            return None
+        if not candidates:
+            log.warning("DNS bootstrap: %s lists no address other than this node's (%d records)",
+                        self.domain, len(addresses))
+        return self._sample(candidates), outcome
 
     async def aclose(self) -> None:
         """Cancel questions in flight; later calls return ``[]``. Safe to call twice."""

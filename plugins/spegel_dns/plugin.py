@@ -63,6 +63,7 @@ def make_discovery(config: SpegelConfig) -> DNSDiscovery:
         port=settings.dns_port or router.port,
         nameservers=settings.dns_nameservers,
         sample_size=settings.dns_sample_size,
+        udp_pool=settings.dns_udp_pool,
         timeout=settings.dns_timeout,
         refresh_interval=settings.dns_refresh_interval,
         srv_name=settings.dns_srv_name,

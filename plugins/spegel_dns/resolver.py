@@ -51,6 +51,20 @@ class QueryAnswer:
     detail: str = ""
 
     @property
+    def maybe_truncated(self) -> bool:
+        """Whether a UDP answer this size could have been cut short to fit 512 bytes.
+
+        Every DNS server sends at least 512 bytes over UDP; an answer with room for
+        one more record below that was not truncated. (Estimated with compressed
+        owner names: 16 bytes per A record, 28 per AAAA, plus header, question and
+        an EDNS0 record.)
+        """
+        per_record = 16 if self.qtype == "A" else 28
+        size = 12 + len(self.name) + 2 + 4 + 11 + per_record * (len(self.addresses)
+                                                                  + len(self.services))
+        return self.qtype not in ("A", "AAAA") or size + per_record > 512
+
+    @property
     def answered(self) -> bool:
         """The server gave an authoritative answer (records, or none of this type)."""
         return self.outcome in (Outcome.OK, Outcome.NODATA)
@@ -64,12 +78,16 @@ class Resolver:
             system's (``/etc/resolv.conf``).
         timeout: seconds c-ares waits for one try before retrying.
         tries: attempts per question and server.
+        udp_only: one UDP answer per question, truncated or not (never TCP).
     """
 
     def __init__(self, nameservers: Sequence[str] = (), *, timeout: float = 1.0,
-                 tries: int = 2) -> None:
+                 tries: int = 2, udp_only: bool = False) -> None:
+        # udp_only: EDNS0 (a 1232-byte answer: ~70 A records) and a truncated answer
+        # kept as it is instead of asked again over TCP for all of it.
+        flags = pycares.ARES_FLAG_IGNTC | pycares.ARES_FLAG_EDNS if udp_only else 0
         self._resolver = aiodns.DNSResolver(nameservers=list(nameservers) or None,
-                                            timeout=timeout, tries=tries)
+                                            timeout=timeout, tries=tries, flags=flags)
         self._closed = False
 
     async def query(self, name: str, qtype: str) -> QueryAnswer:
@@ -80,6 +98,12 @@ class Resolver:
             result = await self._resolver.query_dns(name, qtype)
         except RuntimeError as exc:  # the channel was destroyed under us (closing)
             return QueryAnswer(name, qtype, Outcome.ERROR, detail=str(exc))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                # aclose() cancelled the channel's questions, not our caller.
+                return QueryAnswer(name, qtype, Outcome.ERROR, detail="resolver closed")
+            raise
         except aiodns.error.DNSError as exc:
             code = exc.args[0] if exc.args else None
             detail = str(exc.args[1]) if len(exc.args) > 1 else str(exc)

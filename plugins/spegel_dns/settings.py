@@ -25,6 +25,11 @@ class DNSSettings(SpegelSettings):
     dns_sample_size: int = Field(
         default=5, ge=1, le=1000, description="Random bootstrap peers taken from the answer."
     )
+    dns_udp_pool: int = Field(
+        default=16, ge=0, le=10000,
+        description="Sample from a UDP answer (even truncated) that lists at least this many "
+        "peers instead of fetching all records over TCP; 0: always all records.",
+    )
     dns_timeout: Duration = Field(
         default=2.0, gt=0, description="Longest time one resolution may take (e.g. 2s)."
     )

@@ -106,6 +106,29 @@ async def test_five_hundred_addresses(dnsmasq: DnsServer) -> None:
     assert sorted(p.host for p in peers) == sorted(many)
 
 
+async def test_big_answer_is_sampled_from_one_udp_datagram(dnsmasq: DnsServer) -> None:
+    # 500 addresses do not fit a datagram. With the default udp_pool the part that
+    # fits (truncated) is sampled from: one A question, no second one over TCP.
+    # With udp_pool=0 the client asks again over TCP for the whole answer.
+    many = [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(500)]
+    dnsmasq.set_records("many.spegel.test", many)
+    dnsmasq.reload()
+    question = "query[A] many.spegel.test"
+    peers = await discovery(dnsmasq, domain="many.spegel.test").bootstrap_peers()
+    assert len(set(peers)) == 5 and {p.host for p in peers} <= set(many)
+    assert dnsmasq.log().count(question) == 1
+    whole = await discovery(dnsmasq, domain="many.spegel.test", udp_pool=0).bootstrap_peers()
+    assert len(set(whole)) == 5 and {p.host for p in whole} <= set(many)
+    assert dnsmasq.log().count(question) == 1 + 2
+
+
+async def test_small_answer_is_asked_once(dnsmasq: DnsServer) -> None:
+    # Seven addresses fit a datagram with room to spare: that answer is the whole one.
+    source = discovery(dnsmasq, own=LocalAddresses([NODES[0]]))
+    assert {p.host for p in await source.bootstrap_peers()} <= set(NODES[1:])
+    assert dnsmasq.log().count(f"query[A] {NAME}") == 1
+
+
 async def test_srv_ports(dnsmasq: DnsServer) -> None:
     source = discovery(dnsmasq, srv_name=SRV, own=LocalAddresses(["127.0.3.1"]))
     assert set(await source.bootstrap_peers()) == {PeerAddress("127.0.3.2", 6001),
