@@ -140,6 +140,7 @@ class KademliaRouter:
         self._wake_reprovide = asyncio.Event()
         self._last_peer_count = 0
         self._bootstraps = 0
+        self._joined = False
         self._provided = 0
         self._provide_failures = 0
 
@@ -463,7 +464,15 @@ class KademliaRouter:
         if not len(self.table):
             return False
         await self._find_node(self.node_id)
-        await self._refresh(0.0)
+        interval = self.settings.kademlia_refresh_interval
+        if not self._joined:
+            self._joined = True
+            # Ready: the self lookup found the neighbourhood. The other buckets fill
+            # from traffic; those it leaves untouched are refreshed, spread over the
+            # next refresh interval, by the maintenance loop (RoutingTable.stagger_refresh).
+            self.table.stagger_refresh(interval, self._rng.uniform)
+        else:
+            await self._refresh(interval)
         if was_empty:
             log.info("joined the DHT: %d contacts", len(self.table))
         if self._unstored:

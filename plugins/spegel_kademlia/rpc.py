@@ -9,9 +9,10 @@ from this node itself, or answers no outstanding request is dropped and counted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
-import secrets
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -47,6 +48,29 @@ class RpcClosed(RpcError):
     """The endpoint is closed (or not open yet)."""
 
 
+class _Expired(Exception):
+    """Set on a request's future when its last attempt ran out (becomes RpcTimeout)."""
+
+
+class _RequestIds:
+    """Unpredictable 64-bit request ids, read from the OS in blocks (one syscall per 512)."""
+
+    __slots__ = ("_block", "_offset")
+    _SIZE = 8 * 512
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._offset = self._SIZE
+
+    def next(self) -> int:
+        if self._offset >= self._SIZE:
+            self._block = os.urandom(self._SIZE)
+            self._offset = 0
+        offset = self._offset
+        self._offset = offset + 8
+        return int.from_bytes(self._block[offset:offset + 8], "big")
+
+
 @dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[Message]
@@ -55,6 +79,7 @@ class _Pending:
     node_id: bytes | None
 
 
+@functools.lru_cache(maxsize=16384)
 def normalize_host(host: str) -> str:
     """The canonical text of an IP literal (IPv4-mapped IPv6 becomes IPv4); else as is."""
     try:
@@ -101,6 +126,7 @@ class RpcEndpoint:
         self._closed = False
         self._map_v4 = False
         self._pending: dict[int, _Pending] = {}
+        self._ids = _RequestIds()
         self.sent = 0
         self.received = 0
         self.dropped = 0
@@ -173,25 +199,46 @@ class RpcEndpoint:
         """
         if self._transport is None or self._closed:
             raise RpcClosed("endpoint not open")
-        request_id = secrets.randbits(64)
+        request_id = self._ids.next()
         while request_id in self._pending:
-            request_id = secrets.randbits(64)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            request_id = self._ids.next()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
         self._pending[request_id] = _Pending(future, normalize_host(address[0]), address[1],
                                              node_id)
+        # Retries are sent from a timer callback, not by waking this coroutine: one
+        # future and one timer per request, however many attempts it takes.
+        left = retries
+        timer: asyncio.TimerHandle | None = None
+
+        def expire() -> None:
+            nonlocal left, timer
+            if future.done():
+                return
+            if left > 0:
+                left -= 1
+                if self.send(address, body, request_id):
+                    timer = loop.call_later(attempt_timeout, expire)
+                else:
+                    future.set_exception(RpcError(f"cannot send to {address}"))
+                return
+            future.set_exception(_Expired())
+
         try:
-            for _ in range(retries + 1):
-                if not self.send(address, body, request_id):
-                    raise RpcError(f"cannot send to {address}")
-                try:
-                    async with asyncio.timeout(attempt_timeout):
-                        return await asyncio.shield(future)
-                except TimeoutError:
-                    continue
+            if not self.send(address, body, request_id):
+                raise RpcError(f"cannot send to {address}")
+            timer = loop.call_later(attempt_timeout, expire)
+            try:
+                return await future
+            except _Expired:
+                pass
             self.timeouts += 1
-            self._metrics.emit(DhtMessage(message_type(body).label, "timeout"))
-            raise RpcTimeout(f"{message_type(body).label} to {address} timed out")
+            label = message_type(body).label
+            self._metrics.emit(DhtMessage(label, "timeout"))
+            raise RpcTimeout(f"{label} to {address} timed out") from None
         finally:
+            if timer is not None:
+                timer.cancel()
             del self._pending[request_id]
             if not future.done():
                 future.cancel()

@@ -11,13 +11,16 @@ replacement takes its place.
 
 from __future__ import annotations
 
-import heapq
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 
 from spegel_kademlia.ids import ID_BITS, Contact, bucket_index
+
+_first = itemgetter(0)
 
 
 @dataclass(slots=True)
@@ -136,12 +139,36 @@ class RoutingTable:
     # -- queries ----------------------------------------------------------------------
     def closest(self, target: bytes, n: int | None = None, *,
                 exclude: bytes | None = None) -> list[Contact]:
-        """Up to ``n`` (default ``k``) contacts closest to ``target``, closest first."""
+        """Up to ``n`` (default ``k``) contacts closest to ``target``, closest first.
+
+        Walks the buckets instead of sorting the whole table (this runs for every
+        FIND_NODE and GET_PROVIDERS answered). With ``j`` the bucket ``target`` falls
+        in, the distances to ``target`` order whole groups of buckets: bucket ``j``
+        (below ``2**j``), then buckets ``0..j-1`` together (``[2**j, 2**(j+1))``), then
+        ``j+1``, ``j+2``... one by one. Only the groups needed are sorted.
+        """
         count = self.k if n is None else n
+        if count <= 0:
+            return []
         t = int.from_bytes(target, "big")
-        candidates = (c for c in self._members.values() if c.node_id != exclude)
-        return heapq.nsmallest(count, candidates,
-                               key=lambda c: int.from_bytes(c.node_id, "big") ^ t)
+        d = int.from_bytes(self.own_id, "big") ^ t
+        buckets = self._buckets
+        if d == 0:  # the own id: distance to target is distance to us, bucket order
+            groups: Iterator[range] = (range(i, i + 1) for i in range(ID_BITS))
+        else:
+            j = d.bit_length() - 1
+            groups = itertools.chain((range(j, j + 1), range(0, j)),
+                                     (range(i, i + 1) for i in range(j + 1, ID_BITS)))
+        found: list[tuple[int, Contact]] = []
+        for group in groups:
+            for index in group:
+                for node_id, entry in buckets[index].items():
+                    if node_id != exclude:
+                        found.append((int.from_bytes(node_id, "big") ^ t, entry.contact))
+            if len(found) >= count:
+                break
+        found.sort(key=_first)
+        return [contact for _, contact in found[:count]]
 
     def bucket(self, index: int) -> list[Contact]:
         """Contacts of bucket ``index``, least recently seen first."""
@@ -170,6 +197,18 @@ class RoutingTable:
         """Note that a lookup for ``target`` just refreshed the bucket it falls in."""
         if target != self.own_id:
             self._refreshed[bucket_index(self.own_id, target)] = self._clock()
+
+    def stagger_refresh(self, interval: float, rng: Callable[[float, float], float]) -> None:
+        """Make the buckets come due for refresh at random times within ``interval`` s.
+
+        A node that just joined knows its neighbourhood (the self lookup) and fills
+        the rest of its table from the traffic that reaches it; refreshing every
+        bucket at once on joining would cost ~11 lookups per node (~450 datagrams at
+        1000 nodes), all while a whole cluster may be joining together. Spread
+        instead, the buckets that traffic has not touched are refreshed one by one.
+        """
+        now = self._clock()
+        self._refreshed = [now - interval + rng(0.0, interval) for _ in range(ID_BITS)]
 
     def stale_buckets(self, interval: float) -> list[int]:
         """Buckets from the closest non-empty one outwards not refreshed for ``interval`` s.

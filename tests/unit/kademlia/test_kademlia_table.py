@@ -103,6 +103,45 @@ def test_closest_is_sorted_by_xor_distance() -> None:
     assert len(table) == sum(len(table.bucket(i)) for i in range(256))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_closest_walks_buckets_like_a_full_sort(seed: int) -> None:
+    # closest() only sorts the bucket groups it needs; it must agree with sorting
+    # everything, for targets in every kind of bucket, the own id, any n, excludes.
+    rng = random.Random(seed)
+    own = rng.randbytes(32)
+    table = RoutingTable(own, k=8)
+    for _ in range(400):
+        table.add(Contact(rng.randbytes(32), "10.0.0.1", 5001))
+    for index in (250, 253, 254):  # near buckets hold a few contacts
+        for n in range(3):
+            table.add(Contact(random_id_in_bucket(own, index), f"10.0.1.{n + 1}", 5001))
+    everyone = list(table)
+    targets = [own, rng.randbytes(32)] + [random_id_in_bucket(own, i)
+                                         for i in (0, 5, 200, 249, 251, 253, 254, 255)]
+    for target in targets:
+        ranked = sorted(everyone, key=lambda c: distance(c.node_id, target))
+        for n in (1, 3, 8, 20, 60, len(everyone) + 5):
+            assert table.closest(target, n) == ranked[:n]
+        excluded = ranked[1].node_id
+        assert table.closest(target, 10, exclude=excluded) == [
+            c for c in ranked if c.node_id != excluded][:10]
+    assert table.closest(own, 0) == []
+
+
+def test_stagger_refresh_spreads_due_times_over_the_interval() -> None:
+    now = [1000.0]
+    table = RoutingTable(OWN, clock=lambda: now[0])
+    table.add(contact_in(250))
+    rng = random.Random(4)
+    table.stagger_refresh(600.0, rng.uniform)
+    assert table.stale_buckets(600.0) == []  # none due at once
+    now[0] += 300.0
+    half = table.stale_buckets(600.0)
+    assert 0 < len(half) < 6  # some of buckets 250..255 came due, not all
+    now[0] += 300.0
+    assert table.stale_buckets(600.0) == list(range(250, 256))
+
+
 def test_stale_buckets_start_at_the_closest_nonempty_bucket() -> None:
     now = [0.0]
     table = RoutingTable(OWN, clock=lambda: now[0])
