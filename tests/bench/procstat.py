@@ -26,6 +26,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
 class PeakRss:
     """Samples RSS every 20 ms in a thread while the block runs."""
 

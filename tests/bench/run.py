@@ -109,11 +109,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                         "--log-level", "WARNING"], workdir / "node.log")
     empty = workdir / "empty"
     empty.mkdir(exist_ok=True)
-    peer_node = NodeProcess(peer_ip, 5000,
-                            ["--content-store", "oci-layout", "--oci-layout-path", str(empty),
-                             "--bootstrap-kind", "static",
-                             "--static-peers", f"/ip4/{node_ip}/udp/5001",
-                             "--log-level", "WARNING"], workdir / "peer-node.log")
+    peer_args = ["--content-store", "oci-layout", "--bootstrap-kind", "static",
+                 "--static-peers", f"/ip4/{node_ip}/udp/5001", "--log-level", "WARNING"]
+    peer_node = NodeProcess(peer_ip, 5000, [*peer_args, "--oci-layout-path", str(empty),
+                                            "--peer-blob-verify", "mirror"],
+                            workdir / "peer-node.log")
+    # The same hop with the client verifying blobs: bodies relayed socket to socket.
+    empty_too = workdir / "empty-client"
+    empty_too.mkdir(exist_ok=True)
+    client_node = NodeProcess(free_loopback_ip(5000), 5000,
+                              [*peer_args, "--oci-layout-path", str(empty_too),
+                               "--peer-blob-verify", "client"], workdir / "client-node.log")
     try:
         upstream.start()
         print("bench: uploading the same blobs to docker-registry", flush=True)
@@ -125,9 +131,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         node.start()
         node.wait_ready()
         peer_node.start()
+        client_node.start()
         peer_node.wait_ready()
+        client_node.wait_ready()
         assert upstream.process is not None and node.process is not None
-        assert peer_node.process is not None
+        assert peer_node.process is not None and client_node.process is not None
         targets = [
             Target("spegel", node.ip, node.port, node.process.pid, "?ns=docker.io"),
             Target("registry", upstream.host, upstream.port, upstream.process.pid, ""),
@@ -149,9 +157,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         ttfb = _interleaved(targets, 1, lambda t: _ttfb(t, manifest_digest, args.samples))
         via = Target("peer hop", peer_node.ip, peer_node.port, peer_node.process.pid,
                      "?ns=docker.io")
+        via_client = Target("peer hop, client verifies", client_node.ip, client_node.port,
+                            client_node.process.pid, "?ns=docker.io")
         _wait_found(via, big_digest)
-        print("bench: through a peer (node B fetching from node A)", flush=True)
-        peer_targets = [via, targets[1]]
+        _wait_found(via_client, big_digest)
+        print("bench: through a peer (node B fetching from node A), both verify modes",
+              flush=True)
+        peer_targets = [via, via_client, targets[1]]
         peer_big = _interleaved(peer_targets, args.rounds,
                                 lambda t: _stream(t, big_digest, big))
         peer_concurrent = _interleaved(peer_targets, args.rounds, lambda t: _concurrent(
@@ -160,12 +172,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         misses = _misses(via, args.samples)
         store_big = _containerd_vs_layout(args, workdir, layout, targets[0], big_digest, big)
     finally:
+        client_node.stop()
         peer_node.stop()
         node.stop()
         upstream.stop()
 
     def med(values: list[object], index: int) -> float:
-        return statistics.median(v[index] for v in values)  # type: ignore[index]
+        return float(statistics.median(v[index] for v in values))  # type: ignore[index]
 
     results: dict[str, object] = {"machine": _machine(), "blob_mib": args.blob_mib,
                                   "small_mib": args.small_mib, "rounds": args.rounds,
@@ -183,8 +196,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         }
     results["peer"] = {
         "peer_big_gbps": med(peer_big["peer hop"], 0),
+        "peer_big_cpu_s_per_gb": med(peer_big["peer hop"], 1),
+        "client_big_gbps": med(peer_big["peer hop, client verifies"], 0),
+        "client_big_cpu_s_per_gb": med(peer_big["peer hop, client verifies"], 1),
         "registry_big_gbps": med(peer_big["registry"], 0),
         "peer_concurrent_gbps": med(peer_concurrent["peer hop"], 0),
+        "client_concurrent_gbps": med(peer_concurrent["peer hop, client verifies"], 0),
         "registry_concurrent_gbps": med(peer_concurrent["registry"], 0),
         "peer_manifest_ttfb_p50_ms": peer_ttfb[0],
         "peer_manifest_ttfb_p99_ms": peer_ttfb[1],
@@ -299,16 +316,25 @@ def table(results: dict[str, object]) -> str:
 def peer_table(results: dict[str, object]) -> str:
     peer, stores = results["peer"], results["stores"]
     assert isinstance(peer, dict) and isinstance(stores, dict)
-    big = peer["peer_big_gbps"] / peer["registry_big_gbps"]
-    many = peer["peer_concurrent_gbps"] / peer["registry_concurrent_gbps"]
+    rows = []
+    for mode, key in (("mirror", "peer"), ("client", "client")):
+        big = peer[f"{key}_big_gbps"] / peer["registry_big_gbps"]
+        many = peer[f"{key}_concurrent_gbps"] / peer["registry_concurrent_gbps"]
+        rows += [
+            f"| GB/s, one stream, {results['blob_mib']:g} MiB layer, `{mode}` verifies "
+            f"| {peer[f'{key}_big_gbps']:.2f} | {peer['registry_big_gbps']:.2f} | {big:.2f}x |",
+            f"| GB/s, {results['clients']} concurrent clients, {results['small_mib']:g} MiB "
+            f"blob, `{mode}` verifies | {peer[f'{key}_concurrent_gbps']:.2f} "
+            f"| {peer['registry_concurrent_gbps']:.2f} | {many:.2f}x |",
+        ]
+    cpu = [f"| peer-hop node CPU seconds per GB, one stream, `{mode}` verifies "
+           f"| {peer[f'{key}_big_cpu_s_per_gb']:.2f} | | |"
+           for mode, key in (("mirror", "peer"), ("client", "client"))]
     return "\n".join([
-        "| measure | through a peer | docker-registry direct | ratio |",
+        "| measure (`--peer-blob-verify`) | through a peer | docker-registry direct | ratio |",
         "|---|---:|---:|---:|",
-        f"| GB/s, one stream, {results['blob_mib']:g} MiB layer | {peer['peer_big_gbps']:.2f} "
-        f"| {peer['registry_big_gbps']:.2f} | {big:.2f}x |",
-        f"| GB/s, {results['clients']} concurrent clients, {results['small_mib']:g} MiB blob "
-        f"| {peer['peer_concurrent_gbps']:.2f} | {peer['registry_concurrent_gbps']:.2f} "
-        f"| {many:.2f}x |",
+        *rows,
+        *cpu,
         "",
         "| latency | median (ms) | p99 / max (ms) |",
         "|---|---:|---:|",

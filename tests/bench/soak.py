@@ -1,9 +1,10 @@
 """``nox -s soak``: memory over a long, bounded run of mixed requests against two nodes.
 
-Node A holds an image; node B fetches it from A. A fixed mix of requests runs in a
-loop for ``--minutes`` (manifests by tag and digest, full and ranged blobs, misses,
-peer hops) while the RSS of both nodes is sampled. Growth after the warm-up is what
-a leak would show.
+Node A holds an image; nodes B (``--peer-blob-verify mirror``, the default) and C
+(``client``) fetch it from A. A fixed mix of requests runs in a loop for ``--minutes``
+(manifests by tag and digest, full and ranged blobs, misses, peer hops) while the RSS
+and thread count of every node is sampled. Growth after the warm-up is what a leak
+would show; growth in the second half of the run tells a plateau from a slope.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from spegel_core.oci.image_builder import build_image
 from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
 from tests.bench.client import RawClient
-from tests.bench.procstat import rss_mb
+from tests.bench.procstat import rss_mb, threads
 
 
 def soak(minutes: float, workdir: Path, max_requests: int) -> dict[str, object]:
@@ -26,51 +27,83 @@ def soak(minutes: float, workdir: Path, max_requests: int) -> dict[str, object]:
     layout.mkdir(parents=True, exist_ok=True)
     empty.mkdir(exist_ok=True)
     image = build_image(layout, "docker.io/library/soak:v1", layer_sizes=(8 * 2**20, 50_000))
-    ip_a, ip_b = free_loopback_ip(), free_loopback_ip()
+    ip_a, ip_b, ip_c = free_loopback_ip(), free_loopback_ip(), free_loopback_ip()
     a = NodeProcess(ip_a, 5000, ["--content-store", "oci-layout", "--oci-layout-path",
                                  str(layout), "--log-level", "WARNING"], workdir / "a.log")
-    b = NodeProcess(ip_b, 5000, ["--content-store", "oci-layout", "--oci-layout-path",
-                                 str(empty), "--bootstrap-kind", "static", "--static-peers",
-                                 f"/ip4/{ip_a}/udp/5001", "--log-level", "WARNING"],
+    peer_args = ["--content-store", "oci-layout", "--bootstrap-kind", "static",
+                 "--static-peers", f"/ip4/{ip_a}/udp/5001", "--log-level", "WARNING"]
+    b = NodeProcess(ip_b, 5000, [*peer_args, "--oci-layout-path", str(empty)],
                     workdir / "b.log")
-    samples: list[tuple[float, float, float]] = []
-    requests = 0
+    (workdir / "empty-c").mkdir(exist_ok=True)
+    c = NodeProcess(ip_c, 5000, [*peer_args, "--oci-layout-path", str(workdir / "empty-c"),
+                                 "--peer-blob-verify", "client"], workdir / "c.log")
+    nodes = {"a": a, "b": b, "c": c}
+    samples: list[dict[str, float]] = []
+    requests = unexpected = 0
     try:
-        a.start().wait_ready()
-        b.start().wait_ready()
-        assert a.process is not None and b.process is not None
+        for node in nodes.values():
+            node.start()
+        for node in nodes.values():
+            node.wait_ready()
+        pids = {}
+        for name, node in nodes.items():
+            assert node.process is not None
+            pids[name] = node.process.pid
         paths = ["/v2/library/soak/manifests/v1?ns=docker.io",
                  *(f"/v2/library/soak/manifests/{d}" for d in image.manifest_digests),
                  *(f"/v2/library/soak/blobs/{d}" for d in image.layer_digests),
                  f"/v2/library/soak/blobs/sha256:{'7' * 64}"]
+        miss = paths[-1]
+        for node in (b, c):  # until the peers found A (the DHT joins in the background)
+            deadline = time.monotonic() + 20
+            while _status(node, paths[0]) != 200:
+                assert time.monotonic() < deadline, f"{node.url} never found the image"
+                time.sleep(0.1)
         ranged = {"Range": "bytes=1000-200000"}
         started = time.monotonic()
         next_sample = started
         while time.monotonic() - started < minutes * 60 and requests < max_requests:
-            for node in (a, b):
+            for node in nodes.values():
                 client = RawClient(node.ip, node.port)
                 for path in paths:
-                    client.get(path)
+                    status = client.get(path).status
+                    unexpected += status != (404 if path == miss else 200)
                     requests += 1
-                client.get(f"/v2/library/soak/blobs/{image.layer_digests[0]}", ranged)
+                timing = client.get(f"/v2/library/soak/blobs/{image.layer_digests[0]}", ranged)
+                unexpected += timing.status != 206
                 requests += 1
                 client.close()
             if time.monotonic() >= next_sample:
-                samples.append((time.monotonic() - started, rss_mb(a.process.pid),
-                                rss_mb(b.process.pid)))
+                sample = {"t": time.monotonic() - started, "requests": requests}
+                for name, pid in pids.items():
+                    sample[f"rss_{name}"] = rss_mb(pid)
+                    sample[f"threads_{name}"] = threads(pid)
+                samples.append(sample)
                 next_sample += 10
     finally:
-        b.stop()
-        a.stop()
-    warm = [s for s in samples if s[0] >= 60] or samples
+        for node in reversed(nodes.values()):
+            node.stop()
+    warm = [s for s in samples if s["t"] >= 60] or samples
+    half = [s for s in warm if s["t"] >= (warm[0]["t"] + samples[-1]["t"]) / 2] or warm
+    last = samples[-1]
     return {
-        "minutes": minutes, "requests": requests,
-        "rss_a_mb": {"first": samples[0][1], "after_warmup": warm[0][1], "last": samples[-1][1]},
-        "rss_b_mb": {"first": samples[0][2], "after_warmup": warm[0][2], "last": samples[-1][2]},
-        "growth_after_warmup_mb": {"a": samples[-1][1] - warm[0][1],
-                                   "b": samples[-1][2] - warm[0][2]},
+        "minutes": minutes, "requests": requests, "unexpected_status": unexpected,
+        **{f"rss_{n}_mb": {"first": samples[0][f"rss_{n}"], "after_warmup": warm[0][f"rss_{n}"],
+                           "last": last[f"rss_{n}"], "max": max(s[f"rss_{n}"] for s in samples)}
+           for n in nodes},
+        "growth_after_warmup_mb": {n: last[f"rss_{n}"] - warm[0][f"rss_{n}"] for n in nodes},
+        "growth_second_half_mb": {n: last[f"rss_{n}"] - half[0][f"rss_{n}"] for n in nodes},
+        "threads_last": {n: last[f"threads_{n}"] for n in nodes},
         "samples": samples,
     }
+
+
+def _status(node: NodeProcess, path: str) -> int:
+    client = RawClient(node.ip, node.port)
+    try:
+        return client.get(path).status
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
