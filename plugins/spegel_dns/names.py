@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -72,6 +73,7 @@ def _port(text: str, value: str) -> int:
     return int(text)
 
 
+@functools.lru_cache(maxsize=16384)  # the addresses of one cluster, asked again and again
 def canonical_host(host: str) -> str:
     """An IP address in one spelling (IPv4-mapped IPv6 as IPv4); names lower-cased."""
     text = host.strip().strip("[]")

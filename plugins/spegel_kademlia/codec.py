@@ -86,6 +86,8 @@ _TRAILER_TS = struct.Struct("!Q")
 _MAC_BYTES = 32
 _TRAILER_BYTES = _TRAILER_TS.size + _MAC_BYTES
 _MAX_COUNT = 255
+#: Largest entry of a NODES / PROVIDERS list: id, family byte, IPv6 address, port.
+_MAX_ENTRY = ID_BYTES + 1 + 16 + 2
 #: Shortest cluster key accepted, in bytes.
 MIN_KEY_BYTES = 16
 #: Most keys one codec accepts (each costs one HMAC per datagram that fails the others).
@@ -190,6 +192,11 @@ class Codec:
         """``message`` with NODES / PROVIDERS lists trimmed from the end to fit one datagram."""
         body = message.body
         room = self.max_size - self.overhead
+        if isinstance(body, Nodes | Providers) and _MAX_ENTRY * (
+                len(body.contacts) + (len(body.providers) if isinstance(body, Providers) else 0)
+        ) <= room - 2 and len(body.contacts) <= _MAX_COUNT and (
+                not isinstance(body, Providers) or len(body.providers) <= _MAX_COUNT):
+            return message  # fits whatever the address families (the usual case)
         if isinstance(body, Nodes):
             contacts = _take_fitting(body.contacts, room - 1)
             return message if contacts == body.contacts else replace(message, body=Nodes(contacts))

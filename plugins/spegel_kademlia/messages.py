@@ -27,16 +27,22 @@ class MessageType(enum.IntEnum):
     @property
     def label(self) -> str:
         """Lower-case name, as used in metric labels."""
-        return self.name.lower()
+        return _LABELS[self]
 
 
-@dataclass(frozen=True, slots=True)
+# Contacts, providers and messages are built for every datagram (20 per answer):
+# a frozen dataclass's __init__ costs 3x a plain one, so these are plain slotted
+# dataclasses that are hashable by value and never mutated (treat them as frozen).
+@dataclass(slots=True, unsafe_hash=True)
 class ProviderInfo:
     """A provider in a PROVIDERS answer: its node id and where its mirror listens."""
 
     node_id: bytes
     host: str
     port: int
+
+
+_LABELS = {member: member.name.lower() for member in MessageType}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +120,7 @@ RESPONSE_TYPES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Message:
     """One datagram: the header fields and a body.
 

@@ -43,6 +43,7 @@ from spegel_kademlia.messages import (
     FindNode,
     GetProviders,
     Message,
+    Nodes,
     Ping,
     ProviderInfo,
 )
@@ -350,10 +351,16 @@ class KademliaRouter:
         return drive(lookup, query, hedge_after=self.settings.kademlia_hedge_after,
                      deadline=deadline)
 
-    async def _find_node(self, target: bytes) -> list[Contact]:
+    async def _find_node(self, target: bytes, *,
+                         answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
+                         ) -> list[Contact]:
+        """FIND_NODE lookup of ``target``; ``answered``: answers already had (contact,
+        the contacts it gave), which count as queried."""
         s = self.settings
         lookup = Lookup(target, self.table.closest(target), k=s.kademlia_k,
                         alpha=s.kademlia_alpha, own_id=self.node_id)
+        for contact, contacts in answered:
+            lookup.on_response(contact, contacts)
         self.table.touch_bucket(target)
         deadline = asyncio.get_running_loop().time() + max(1.0, 10 * s.kademlia_rpc_timeout)
         async with aclosing(self._drive(lookup, FindNode(target), deadline)) as steps:
@@ -460,10 +467,12 @@ class KademliaRouter:
         addresses = await bootstrap_addresses(self._discovery,
                                               per_source_timeout=_DISCOVERY_TIMEOUT)
         sample = self._rng.sample(addresses, min(len(addresses), _BOOTSTRAP_SAMPLE))
-        await asyncio.gather(*(self._ping_address(a) for a in sample))
+        # The seeds are asked for the contacts closest to this node straight away
+        # (not pinged first): their answers are the self lookup's first round.
+        answers = await asyncio.gather(*(self._ping_address(a) for a in sample))
         if not len(self.table):
             return False
-        await self._find_node(self.node_id)
+        await self._find_node(self.node_id, answered=[a for a in answers if a is not None])
         interval = self.settings.kademlia_refresh_interval
         if not self._joined:
             self._joined = True
@@ -483,20 +492,29 @@ class KademliaRouter:
             self._wake_reprovide.set()
         return True
 
-    async def _ping_address(self, address: PeerAddress) -> None:
+    async def _ping_address(self, address: PeerAddress
+                            ) -> tuple[Contact, tuple[Contact, ...]] | None:
+        """Ask a bootstrap peer for the contacts closest to this node (FIND_NODE of the
+        own id: an answer proves it alive, like a PING, and starts the self lookup).
+
+        Returns the peer's contact and the contacts it gave, None if it did not answer.
+        """
         family = socket.AF_INET6 if ":" in (self._address or ("",))[0] else socket.AF_INET
         target = await resolve(address, family)
         if target is None:
-            return
+            return None
         if self._allowed is not None and not self._allowed(target[0]):
             log.debug("bootstrap peer %s is outside --peer-cidrs; not asked", address)
-            return
+            return None
         try:
-            await self._rpc.request(target, Ping(),
-                                    attempt_timeout=self.settings.kademlia_rpc_timeout,
-                                    retries=self.settings.kademlia_rpc_retries)
+            reply = await self._rpc.request(target, FindNode(self.node_id),
+                                            attempt_timeout=self.settings.kademlia_rpc_timeout,
+                                            retries=self.settings.kademlia_rpc_retries)
         except RpcError:
             log.debug("bootstrap peer %s did not answer", address)
+            return None
+        contacts = reply.body.contacts if isinstance(reply.body, Nodes) else ()
+        return Contact(reply.sender, reply.source_host, reply.source_port), contacts
 
     async def _refresh(self, interval: float) -> None:
         for index in self.table.stale_buckets(interval):

@@ -311,6 +311,7 @@ def _matches(pending: _Pending, message: Message) -> bool:
     return pending.node_id is None or pending.node_id == message.sender
 
 
+@functools.lru_cache(maxsize=16384)
 def is_ip(host: str) -> bool:
     """Whether ``host`` is an IP literal (not a name to resolve)."""
     try:

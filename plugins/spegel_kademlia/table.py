@@ -23,6 +23,22 @@ from spegel_kademlia.ids import ID_BITS, Contact, bucket_index
 _first = itemgetter(0)
 
 
+def _bits(mask: int) -> Iterator[int]:
+    """Each set bit of ``mask`` on its own (as a one-bit mask), lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low
+        mask ^= low
+
+
+def _indices(mask: int) -> Iterator[int]:
+    """Indices of the set bits of ``mask``, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
 @dataclass(slots=True)
 class _Entry:
     contact: Contact
@@ -60,6 +76,8 @@ class RoutingTable:
         now = clock()
         self._refreshed = [now] * ID_BITS
         self._members: dict[bytes, Contact] = {}
+        #: Bit i set: bucket i holds a contact (closest() visits only those).
+        self._occupied = 0
 
     # -- membership -------------------------------------------------------------------
     def add(self, contact: Contact) -> Contact | None:
@@ -85,6 +103,7 @@ class RoutingTable:
             spare.pop(contact.node_id, None)
             bucket[contact.node_id] = _Entry(contact)
             self._members[contact.node_id] = contact
+            self._occupied |= 1 << index
             return None
         if self.replacements:
             spare[contact.node_id] = contact
@@ -109,6 +128,8 @@ class RoutingTable:
             # A promoted contact has not been seen for a while: least recent first.
             self._buckets[index].move_to_end(replacement.node_id, last=False)
             self._members[replacement.node_id] = replacement
+        elif not self._buckets[index]:
+            self._occupied &= ~(1 << index)
         return True
 
     def mark_failed(self, node_id: bytes) -> bool:
@@ -153,15 +174,16 @@ class RoutingTable:
         t = int.from_bytes(target, "big")
         d = int.from_bytes(self.own_id, "big") ^ t
         buckets = self._buckets
+        occupied = self._occupied
         if d == 0:  # the own id: distance to target is distance to us, bucket order
-            groups: Iterator[range] = (range(i, i + 1) for i in range(ID_BITS))
+            groups: Iterator[int] = _bits(occupied)
         else:
             j = d.bit_length() - 1
-            groups = itertools.chain((range(j, j + 1), range(0, j)),
-                                     (range(i, i + 1) for i in range(j + 1, ID_BITS)))
+            groups = itertools.chain((occupied & (1 << j), occupied & ((1 << j) - 1)),
+                                     _bits(occupied >> (j + 1) << (j + 1)))
         found: list[tuple[int, Contact]] = []
         for group in groups:
-            for index in group:
+            for index in _indices(group):
                 for node_id, entry in buckets[index].items():
                     if node_id != exclude:
                         found.append((int.from_bytes(node_id, "big") ^ t, entry.contact))
@@ -190,7 +212,7 @@ class RoutingTable:
     @property
     def nonempty_buckets(self) -> int:
         """How many buckets hold at least one contact."""
-        return sum(1 for bucket in self._buckets if bucket)
+        return self._occupied.bit_count()
 
     # -- refresh bookkeeping ----------------------------------------------------------
     def touch_bucket(self, target: bytes) -> None:
@@ -216,9 +238,9 @@ class RoutingTable:
         Buckets closer than the closest contact are left out: they are empty because
         no such node exists, and a self lookup covers them.
         """
-        lowest = next((i for i, bucket in enumerate(self._buckets) if bucket), None)
-        if lowest is None:
+        if not self._occupied:
             return []
+        lowest = (self._occupied & -self._occupied).bit_length() - 1
         now = self._clock()
         return [i for i in range(lowest, ID_BITS) if now - self._refreshed[i] >= interval]
 

@@ -153,6 +153,11 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "ready_p50_s": _round(percentile(ready, 50)),
         "ready_p99_s": _round(percentile(ready, 99)),
         "ready_max_s": _round(max(ready, default=None)),
+        "cpu_ms_per_join": _round(1000 * raw.get("join_cpu_s", 0.0) / nodes, 3),
+        **{f"ready_{part}_{q}_ms": _round(percentile(
+            [1000 * phases[n] for index, phases in raw.get("ready_phases", {}).items()
+             if index != 0], int(q[1:])), 2)
+           for n, part in enumerate(("dns", "ping", "self_lookup")) for q in ("p50", "p99")},
         "nodes_started": raw["started"],
         "nodes_not_ready": nodes - 1 - len(ready),
         "late_joiners": late_count,
@@ -237,6 +242,10 @@ _ROWS = [
     ("nodes", "nodes", ""),
     ("ready_p50_s", "ready p50", "s"),
     ("ready_p99_s", "ready p99", "s"),
+    ("ready_dns_p99_ms", "  of which DNS, p99", "ms"),
+    ("ready_ping_p99_ms", "  of which seed pings, p99", "ms"),
+    ("ready_self_lookup_p99_ms", "  of which self lookup, p99", "ms"),
+    ("cpu_ms_per_join", "  CPU per join (all workers)", "ms"),
     ("late_ready_p50_s", "ready p50, late joiners", "s"),
     ("late_ready_p99_s", "ready p99, late joiners", "s"),
     ("lookup_success_ratio", "lookup success", ""),

@@ -11,6 +11,8 @@ Nothing here changes what the router does; the subclass only watches:
   node's own table are hop 1; a contact first learnt from the answer of a hop-``h``
   contact is hop ``h + 1``; the lookup's hop count is the hop of the first answer
   that named a provider (0 when the node held a provider record itself).
+- **where ready time goes**: DNS (start to the first seed ping), pings (to the
+  start of the self lookup), the self lookup.
 - **kill**: close abruptly, like a crashed node: no withdrawals sent.
 """
 
@@ -23,7 +25,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from spegel_core.protocols import Peer
+from spegel_core.protocols import Peer, PeerAddress
 from spegel_kademlia import KademliaRouter
 from spegel_kademlia.ids import Contact
 from spegel_kademlia.messages import Body, Message, Nodes, Providers
@@ -50,6 +52,9 @@ class SimRouter(KademliaRouter):
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.joined_at: float | None = None
+        #: Where the time to ready went: DNS answered, seeds pinged (first bootstrap).
+        self.resolved_at: float | None = None
+        self.pinged_at: float | None = None
         self.ready = asyncio.Event()
         self.joined = asyncio.Event()
         self.killed = False
@@ -88,8 +93,18 @@ class SimRouter(KademliaRouter):
         return trace.queries
 
     # -- watched internals ---------------------------------------------------------------
-    async def _find_node(self, target: bytes) -> list[Contact]:
-        result = await super()._find_node(target)
+    async def _ping_address(self, address: PeerAddress
+                            ) -> tuple[Contact, tuple[Contact, ...]] | None:
+        if self.resolved_at is None:
+            self.resolved_at = time.monotonic()
+        return await super()._ping_address(address)
+
+    async def _find_node(self, target: bytes, *,
+                         answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
+                         ) -> list[Contact]:
+        if target == self.node_id and self.pinged_at is None:
+            self.pinged_at = time.monotonic()
+        result = await super()._find_node(target, answered=answered)
         if target == self.node_id and self.ready_at is None and len(self.table):
             self.ready_at = time.monotonic()
             self.ready.set()

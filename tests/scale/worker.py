@@ -75,6 +75,15 @@ class SentByType:
             self.dns_seconds.append(event.duration_s)
 
 
+def _phases(router: SimRouter) -> tuple[float, float, float] | None:
+    """Seconds of DNS, seed answers and the rest of the self lookup, if all happened."""
+    marks = (router.started_at, router.resolved_at, router.pinged_at, router.ready_at)
+    if any(mark is None for mark in marks):
+        return None
+    start, resolved, pinged, ready = (float(mark or 0.0) for mark in marks)
+    return resolved - start, pinged - resolved, ready - pinged
+
+
 def _count(extra: Mapping[str, object], name: str) -> int:
     value = extra.get(name, 0)
     return value if isinstance(value, int) else 0
@@ -110,6 +119,7 @@ class Worker:
     async def join(self, t0: float, rate: float, limit: float) -> dict[str, Any]:
         """Start each node at ``t0 + index / rate``; wait (bounded) until all are ready."""
         deadline = time.monotonic() + limit
+        cpu = time.process_time()
         lag = 0.0
         for index in self.plan.indices:
             if time.monotonic() > deadline:
@@ -135,7 +145,9 @@ class Worker:
                  if r.ready_at is not None and r.started_at is not None}
         joined = {i: r.joined_at - r.started_at for i, r in self.routers.items()
                   if r.joined_at is not None and r.started_at is not None}
-        return {"ready": ready, "joined": joined, "start_lag_s": lag,
+        phases = {i: _phases(r) for i, r in self.routers.items() if _phases(r) is not None}
+        return {"ready": ready, "joined": joined, "phases": phases, "start_lag_s": lag,
+                "cpu_s": time.process_time() - cpu,
                 "started": sorted(self.routers)}
 
     async def late_join(self, indices: list[int], gap: float, limit: float) -> dict[str, Any]:
