@@ -33,26 +33,29 @@ def take_socket(response: aiohttp.ClientResponse) -> tuple[int | None, bytes]:
     """Detach the socket of ``response`` from aiohttp: (a private descriptor, bytes read).
 
     The bytes are the body aiohttp had already read with the head; when that is the
-    whole body, aiohttp has already let go of the connection and the descriptor is
-    None. The response is closed (its connection is not reused); the descriptor stays
-    open until the caller closes it. Raises :class:`PeerError` when the connection
-    failed before its buffered bytes could be taken.
+    whole body, aiohttp has already let go of the connection (back to its pool) and
+    the descriptor is None. Otherwise the response is closed (its connection is not
+    reused) and the descriptor stays open until the caller closes it. Raises
+    :class:`PeerError` when the connection failed before its bytes could be taken.
     """
     try:
+        # Drain aiohttp's buffer until it stays empty: a read can resume a parser that
+        # paused on a full buffer, which parses the bytes it held back into the buffer
+        # at once (and may complete the body, releasing the connection to the pool).
+        parts: list[bytes] = []
+        while chunk := response.content.read_nowait(-1):
+            parts.append(chunk)
         connection = response.connection
         transport = connection.transport if connection is not None else None
-        if transport is None:  # the body is complete in aiohttp's buffer
-            return None, response.content.read_nowait(-1)
+        if transport is None:  # the body is complete in what was drained
+            return None, b"".join(parts)
         sock = transport.get_extra_info("socket")
         if sock is None or transport.is_closing():
             raise PeerError("the peer's connection closed")
-        # No callback runs between these lines: after the pause nothing more is
-        # read into aiohttp's buffer, and the second read takes what the first left
-        # (draining can make aiohttp resume reading, so pause after it).
-        buffered = response.content.read_nowait(-1)
+        # No callback runs from the drain to here, so nothing more reaches aiohttp:
+        # what the peer sends from now on stays in the socket for the splice.
         transport.pause_reading()
-        buffered += response.content.read_nowait(-1)
-        return os.dup(sock.fileno()), buffered
+        return os.dup(sock.fileno()), b"".join(parts)
     except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
         raise PeerError(f"{type(exc).__name__}: {exc}") from exc
     finally:

@@ -14,6 +14,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from spegel_core.oci.image_builder import build_image
@@ -39,7 +40,8 @@ def soak(minutes: float, workdir: Path, max_requests: int) -> dict[str, object]:
                                  "--peer-blob-verify", "client"], workdir / "c.log")
     nodes = {"a": a, "b": b, "c": c}
     samples: list[dict[str, float]] = []
-    requests = unexpected = 0
+    requests = 0
+    unexpected: Counter[str] = Counter()
     try:
         for node in nodes.values():
             node.start()
@@ -63,14 +65,16 @@ def soak(minutes: float, workdir: Path, max_requests: int) -> dict[str, object]:
         started = time.monotonic()
         next_sample = started
         while time.monotonic() - started < minutes * 60 and requests < max_requests:
-            for node in nodes.values():
+            for name, node in nodes.items():
                 client = RawClient(node.ip, node.port)
                 for path in paths:
                     status = client.get(path).status
-                    unexpected += status != (404 if path == miss else 200)
+                    if status != (404 if path == miss else 200):
+                        unexpected[f"{name} {path.split('?')[0][-20:]} {status}"] += 1
                     requests += 1
                 timing = client.get(f"/v2/library/soak/blobs/{image.layer_digests[0]}", ranged)
-                unexpected += timing.status != 206
+                if timing.status != 206:
+                    unexpected[f"{name} ranged {timing.status}"] += 1
                 requests += 1
                 client.close()
             if time.monotonic() >= next_sample:
@@ -87,7 +91,8 @@ def soak(minutes: float, workdir: Path, max_requests: int) -> dict[str, object]:
     half = [s for s in warm if s["t"] >= (warm[0]["t"] + samples[-1]["t"]) / 2] or warm
     last = samples[-1]
     return {
-        "minutes": minutes, "requests": requests, "unexpected_status": unexpected,
+        "minutes": minutes, "requests": requests, "unexpected_status": sum(unexpected.values()),
+        "unexpected_by_request": dict(unexpected),
         **{f"rss_{n}_mb": {"first": samples[0][f"rss_{n}"], "after_warmup": warm[0][f"rss_{n}"],
                            "last": last[f"rss_{n}"], "max": max(s[f"rss_{n}"] for s in samples)}
            for n in nodes},
