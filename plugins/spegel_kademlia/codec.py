@@ -357,11 +357,16 @@ def _pack_entries(items: tuple[Contact, ...] | tuple[ProviderInfo, ...]) -> byte
     if len(items) > _MAX_COUNT:
         raise EncodeError(f"{len(items)} entries exceed {_MAX_COUNT}")
     out = [bytes((len(items),))]
-    for item in items:
-        _check_id(item.node_id, "node id")
-        _check_port(item.port, "port")
-        out.append(item.node_id + _pack_ip(item.host) + item.port.to_bytes(2, "big"))
+    out += [_packed_entry(item.node_id, item.host, item.port) for item in items]
     return b"".join(out)
+
+
+# The same contacts go out in answer after answer: pack each one once.
+@functools.lru_cache(maxsize=16384)
+def _packed_entry(node_id: bytes, host: str, port: int) -> bytes:
+    _check_id(node_id, "node id")
+    _check_port(port, "port")
+    return node_id + _pack_ip(host) + port.to_bytes(2, "big")
 
 
 def _encode_body(body: Body) -> bytes:

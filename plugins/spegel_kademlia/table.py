@@ -42,6 +42,8 @@ def _indices(mask: int) -> Iterator[int]:
 @dataclass(slots=True)
 class _Entry:
     contact: Contact
+    #: The node id as an integer (for XOR distances without converting each time).
+    value: int
     failures: int = 0
 
 
@@ -101,7 +103,7 @@ class RoutingTable:
         spare = self._spare[index]
         if len(bucket) < self.k:
             spare.pop(contact.node_id, None)
-            bucket[contact.node_id] = _Entry(contact)
+            bucket[contact.node_id] = _Entry(contact, int.from_bytes(contact.node_id, "big"))
             self._members[contact.node_id] = contact
             self._occupied |= 1 << index
             return None
@@ -124,7 +126,8 @@ class RoutingTable:
         spare = self._spare[index]
         if spare:
             _, replacement = spare.popitem(last=True)
-            self._buckets[index][replacement.node_id] = _Entry(replacement)
+            self._buckets[index][replacement.node_id] = _Entry(
+                replacement, int.from_bytes(replacement.node_id, "big"))
             # A promoted contact has not been seen for a while: least recent first.
             self._buckets[index].move_to_end(replacement.node_id, last=False)
             self._members[replacement.node_id] = replacement
@@ -181,16 +184,17 @@ class RoutingTable:
             j = d.bit_length() - 1
             groups = itertools.chain((occupied & (1 << j), occupied & ((1 << j) - 1)),
                                      _bits(occupied >> (j + 1) << (j + 1)))
+        need = count if exclude is None else count + 1
         found: list[tuple[int, Contact]] = []
         for group in groups:
             for index in _indices(group):
-                for node_id, entry in buckets[index].items():
-                    if node_id != exclude:
-                        found.append((int.from_bytes(node_id, "big") ^ t, entry.contact))
-            if len(found) >= count:
+                found += [(entry.value ^ t, entry.contact) for entry in buckets[index].values()]
+            if len(found) >= need:
                 break
         found.sort(key=_first)
-        return [contact for _, contact in found[:count]]
+        if exclude is None:
+            return [contact for _, contact in found[:count]]
+        return [contact for _, contact in found[:need] if contact.node_id != exclude][:count]
 
     def bucket(self, index: int) -> list[Contact]:
         """Contacts of bucket ``index``, least recently seen first."""
