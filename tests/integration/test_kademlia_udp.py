@@ -218,3 +218,30 @@ async def test_cluster_key_separates_clusters() -> None:
             assert (await collect(a, DIGEST))[0] == [Peer(LOOPBACK, b.mirror_port, b.node_id)]
             await wait_for(lambda: "auth_missing" in recorder.dropped(), 5.0)
             assert len(stranger.table) == 0 and b.node_id in a.table
+
+
+async def test_joining_costs_one_lookup_not_a_refresh_of_every_bucket(
+        cluster: list[KademliaRouter]) -> None:
+    # A node joins with the seeds' answers to FIND_NODE(own id) and the rest of that
+    # one self lookup: no PING first, and no FIND_NODE per bucket (those are spread
+    # over the refresh interval), so a whole cluster joining at once stays cheap.
+    recorder = Recorder()
+    joiner = KademliaRouter(host=LOOPBACK, port=0, mirror_port=29999,
+                            discovery=[StaticDiscovery(*(PeerAddress(*n.bound)
+                                                         for n in cluster[:3] if n.bound))],
+                            settings=KademliaSettings(), metrics=recorder)
+    try:
+        await joiner.start()
+        await wait_for(lambda: len(joiner.table) >= CLUSTER // 2)
+        await asyncio.sleep(0.5)  # anything else the join would send, sent by now
+        sent = [e.type for e in recorder.events
+                if isinstance(e, DhtMessage) and e.outcome == "sent"]
+        assert "ping" not in sent
+        assert 3 <= sent.count("find_node") <= CLUSTER, sent
+        interval = joiner.settings.kademlia_refresh_interval
+        assert joiner.table.stale_buckets(interval) == []  # refreshes come due later
+        assert joiner.table.stale_buckets(0.0)  # but there are buckets to refresh
+        # The self lookup reached the joiner's neighbours: they know it now.
+        assert sum(joiner.node_id in node.table for node in cluster) >= CLUSTER // 2
+    finally:
+        await joiner.aclose()

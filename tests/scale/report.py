@@ -243,7 +243,7 @@ _ROWS = [
     ("ready_p50_s", "ready p50", "s"),
     ("ready_p99_s", "ready p99", "s"),
     ("ready_dns_p99_ms", "  of which DNS, p99", "ms"),
-    ("ready_ping_p99_ms", "  of which seed pings, p99", "ms"),
+    ("ready_ping_p99_ms", "  of which seeds' answers, p99", "ms"),
     ("ready_self_lookup_p99_ms", "  of which self lookup, p99", "ms"),
     ("cpu_ms_per_join", "  CPU per join (all workers)", "ms"),
     ("late_ready_p50_s", "ready p50, late joiners", "s"),
