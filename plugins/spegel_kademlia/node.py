@@ -1,8 +1,9 @@
 """KademliaRouter: the DHT node behind spegel's :class:`~spegel_core.protocols.Router`.
 
 It wires the pure pieces (codec, routing table, lookups, stores) to one UDP socket and
-runs three background tasks: bootstrap (with backoff while the table is empty, then a
-re-bootstrap every discovery refresh interval), maintenance (bucket refresh, record
+runs three background tasks: bootstrap (with backoff while the table is empty, and while
+it holds fewer than k contacts and keeps growing; then a re-bootstrap every discovery
+refresh interval), maintenance (bucket refresh, record
 expiry) and reprovide (keys due again, paced by a semaphore shared with
 :meth:`KademliaRouter.advertise`, so announcing never crowds out lookups, which take no
 slot at all).
@@ -446,6 +447,7 @@ class KademliaRouter:
         backoff = _BOOTSTRAP_BACKOFF_MIN
         rebootstrap = max(5.0, min((d.refresh_interval for d in self._discovery),
                                    default=_DEFAULT_REBOOTSTRAP))
+        grown_to = 0  # table size after the last attempt that found it small
         while True:
             self._wake_bootstrap.clear()
             try:
@@ -453,7 +455,16 @@ class KademliaRouter:
             except Exception:  # a bug in one attempt must not end bootstrapping for good
                 log.exception("bootstrap attempt failed")
                 ok = False
-            if ok:
+            size = len(self.table)
+            if ok and grown_to < size < self.settings.kademlia_k:
+                # Joined, but knowing fewer than k nodes: the cluster may still be
+                # starting (the first nodes of a rollout see a DNS answer of a few
+                # addresses). Ask discovery again soon, with backoff, for as long as
+                # each attempt finds the table grown; a small cluster stops after one.
+                grown_to = size
+                wait = backoff * self._rng.uniform(0.5, 1.0)
+                backoff = min(backoff * 2, self.settings.kademlia_bootstrap_backoff_max)
+            elif ok:
                 backoff, wait = _BOOTSTRAP_BACKOFF_MIN, rebootstrap
             else:
                 wait = backoff * self._rng.uniform(0.5, 1.0)

@@ -245,3 +245,43 @@ async def test_joining_costs_one_lookup_not_a_refresh_of_every_bucket(
         assert sum(joiner.node_id in node.table for node in cluster) >= CLUSTER // 2
     finally:
         await joiner.aclose()
+
+
+class CountingDiscovery(StaticDiscovery):
+    def __init__(self, *addresses: PeerAddress) -> None:
+        super().__init__(*addresses)
+        self.calls = 0
+
+    async def bootstrap_peers(self) -> list[PeerAddress]:
+        self.calls += 1
+        return await super().bootstrap_peers()
+
+
+async def test_small_table_asks_discovery_again_while_it_grows() -> None:
+    # A node that joins while the cluster is starting sees one peer. While its table
+    # holds fewer than k contacts and keeps growing it asks discovery again (with
+    # backoff); once it stops growing it waits for the refresh interval.
+    first = make_node(0)
+    await first.start()
+    assert first.bound is not None
+    discovery = CountingDiscovery(PeerAddress(*first.bound))
+    early = KademliaRouter(host=LOOPBACK, port=0, mirror_port=20001, discovery=[discovery],
+                           settings=KademliaSettings())
+    later: list[KademliaRouter] = []
+    try:
+        await early.start()
+        await wait_for(lambda: len(early.table) == 1)
+        for n in range(2, 14):  # join through `first` only: `early` is not asked
+            node = make_node(n, first)
+            later.append(node)
+            await node.start()
+        discovery.addresses = [PeerAddress(*n.bound) for n in [first, *later] if n.bound]
+        await wait_for(lambda: discovery.calls >= 2 and len(early.table) >= 12)
+        await asyncio.sleep(2.0)  # growth has stopped: at most one more question
+        calls = discovery.calls
+        await asyncio.sleep(3.0)
+        assert discovery.calls == calls
+        assert early.status().detail == "ok"
+    finally:
+        for node in [early, first, *later]:
+            await node.aclose()
