@@ -3,7 +3,11 @@
 Definitions (also in ``docs/scale.md``):
 
 - ``ready_*_s``: from a node's ``router.start()`` to the end of its first
-  self-lookup with a non-empty routing table (see :mod:`tests.scale.simrouter`),
+  self-lookup with a non-empty routing table (see :mod:`tests.scale.simrouter`);
+  ``ready_{dns,ping,self_lookup}_*_ms`` split it: DNS (start to the first seed
+  asked), the seeds' answers (to the start of the rest of the self lookup), the
+  rest of the self lookup; ``cpu_ms_per_join``: CPU time of the worker processes
+  during the join phase over the nodes joined;
   for the N nodes joining at ``--join-rate``. Node 0 is left out: when it starts
   nobody else exists, so it waits for node 1. ``late_ready_*_s``: the same for
   ``--late-joiners`` more nodes, joining one at a time once the N are in: the
@@ -28,10 +32,10 @@ Definitions (also in ``docs/scale.md``):
       + B * datagrams_per_find_node / 600 s                           (bucket refresh)
 
   where B (``buckets_refreshed``) is the mean number of buckets from a node's
-  closest contact outwards, all refreshed at each re-bootstrap (DNS refresh, 30 min:
-  5 pings, a self-lookup, the refresh) and, as an upper bound, every 10 minutes
-  (lookups keep most buckets fresh in practice). Lookups caused by pulls come on
-  top (``queries_per_lookup`` requests and as many answers each). The bulk figures
+  closest contact outwards, as an upper bound all refreshed at each re-bootstrap
+  (DNS refresh, 30 min: 5 seeds asked, a self-lookup, the stale buckets refreshed)
+  and every 10 minutes (lookups keep most buckets fresh in practice). Lookups caused
+  by pulls come on top (``queries_per_lookup`` requests and as many answers each). The bulk figures
   (``*_bulk``) are the same costs measured in the saturated join and advertise
   phases, where late answers trigger hedged queries. ``eviction_ping_share``: the
   share of the probes' datagrams that were PING/PONG: in the probe window those are
