@@ -143,7 +143,7 @@ class PeerFetcher:
                 connector=connector, auto_decompress=False, trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0,
                                               sock_read=self.settings.request_timeout),
-                read_bufsize=4 * 2**20,
+                read_bufsize=STREAM_CHUNK,
             )
         return self._session
 
@@ -476,17 +476,19 @@ class PeerFetcher:
 
 
 async def _batched(content: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
-    """What arrives, in pieces of about ``size`` bytes (few hand-offs, few joins)."""
-    parts: list[bytes] = []
-    have = 0
-    async for data in content.iter_any():
-        parts.append(data)
-        have += len(data)
-        if have >= size:
-            yield parts[0] if len(parts) == 1 else b"".join(parts)
-            parts, have = [], 0
-    if parts:
-        yield b"".join(parts)
+    """The body in pieces of ``size`` bytes (the last may be shorter), one join each.
+
+    ``readexactly`` joins at most ``size`` bytes; reading whatever is buffered
+    (``iter_any``) joined up to the whole buffer (8 MiB) and needed a second join
+    here, and those large, varying buffers kept the heap at its high-water mark.
+    """
+    while True:
+        try:
+            yield await content.readexactly(size)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                yield exc.partial
+            return
 
 
 async def _empty() -> AsyncIterator[bytes]:
