@@ -40,6 +40,11 @@ Definitions (also in ``docs/scale.md``):
   phases, where late answers trigger hedged queries. ``eviction_ping_share``: the
   share of the probes' datagrams that were PING/PONG: in the probe window those are
   only the checks a node makes before it would evict a bucket's oldest contact.
+  The probes' counts have the background taken off: the datagram rate of an idle
+  window measured just before (the nodes' own refreshes), times each probe's time.
+  ``msgs_per_node_per_s_idle_measured`` is that idle rate per node: measured, not
+  derived, but early in a node's life (bucket refreshes come due spread over the
+  first 10 minutes after joining) and without reproviding.
 - ``rss_mb_per_node``: the workers' RSS after the advertise phase, less their RSS
   before the first node, over the nodes.
 """
@@ -200,6 +205,8 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "rpc_timeouts_join": raw["join_counters"]["rpc_timeouts"],
         "rpc_timeouts_advertise": raw["advertise_counters"]["rpc_timeouts"],
         "msgs_per_node_per_s": _round(reprovide + maintenance, 3),
+        "msgs_per_node_per_s_idle_measured": _round(
+            probes.get("background_datagrams_per_s", 0.0) / max(1, started), 3),
         "msgs_per_node_per_s_reprovide": _round(reprovide, 3),
         "msgs_per_node_per_s_maintenance": _round(maintenance, 3),
         "msgs_derivation": (
@@ -263,6 +270,7 @@ _ROWS = [
     ("lookup_success_ratio_after_churn", "success after churn", ""),
     ("lookup_p99_ms_after_churn", "lookup p99 after churn", "ms"),
     ("msgs_per_node_per_s", "datagrams/node/s (steady)", ""),
+    ("msgs_per_node_per_s_idle_measured", "datagrams/node/s measured idle", ""),
     ("datagrams_per_key_advertised", "datagrams per key advertised", ""),
     ("datagrams_per_find_node", "datagrams per FIND_NODE", ""),
     ("queries_per_find_node", "queries per FIND_NODE", ""),

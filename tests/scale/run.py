@@ -185,8 +185,7 @@ class Coordinator:
         """List the started nodes in DNS, in batches (a reload every 50 ms at most)."""
         now = time.monotonic()
         if self._dirty and (force or now - self._published >= _DNS_BATCH):
-            self.dns.set_records(DOMAIN, [self.pop.host(i) for i in sorted(self.listed)])
-            self.dns.reload()
+            self.dns.publish(DOMAIN, [self.pop.host(i) for i in sorted(self.listed)])
             self._dirty = False
             self._published = now
 
@@ -309,15 +308,32 @@ def _late_join(coordinator: Coordinator, args: argparse.Namespace) -> list[dict[
                        "gap": 0.2, "limit": 120.0} for worker in range(args.workers)], 150.0)
 
 
-def _probes(coordinator: Coordinator, count: int = 20) -> dict[str, Any]:
-    """Datagrams per isolated provide and per FIND_NODE (all workers, one at a time each)."""
-    out: dict[str, Any] = {}
+def _probes(coordinator: Coordinator, count: int = 20, idle: float = 5.0) -> dict[str, Any]:
+    """Datagrams per isolated provide and per FIND_NODE (all workers, one at a time each).
+
+    The nodes keep doing their own work meanwhile (bucket refreshes come due spread
+    over the refresh interval after joining), so the datagrams of an ``idle`` window
+    just before are measured too, and that rate is taken off each probe's count.
+    """
+    started = time.monotonic()
+    before = _sum(coordinator.call("counters", {}, 30.0))
+    time.sleep(idle)
+    after = _sum(coordinator.call("counters", {}, 30.0))
+    seconds = time.monotonic() - started
+    background = _delta(after, before)["datagrams_sent"] / seconds
+    out: dict[str, Any] = {"background_datagrams_per_s": background, "idle_seconds": seconds}
     for kind in ("provide", "find_node"):
+        started = time.monotonic()
         before = _sum(coordinator.call("counters", {}, 30.0))
         results = coordinator.call("probe", {"kind": kind, "count": count}, 120.0)
         after = _sum(coordinator.call("counters", {}, 30.0))
+        elapsed = time.monotonic() - started
         done = sum(r["count"] for r in results)
-        out[kind] = {"count": done, "counters": _delta(after, before),
+        counters = _delta(after, before)
+        counters["datagrams_sent_raw"] = counters["datagrams_sent"]
+        counters["datagrams_sent"] = max(0, round(counters["datagrams_sent"]
+                                                  - background * elapsed))
+        out[kind] = {"count": done, "counters": counters, "seconds": elapsed,
                      "queries": sum(r["queries"] for r in results)}
         out["stale_buckets"] = sum(r["stale_buckets"] for r in results) / len(results)
     return out
