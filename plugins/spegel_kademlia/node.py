@@ -143,6 +143,7 @@ class KademliaRouter:
         self._last_peer_count = 0
         self._bootstraps = 0
         self._joined = False
+        self._seeds_were_new = False
         self._provided = 0
         self._provide_failures = 0
 
@@ -456,11 +457,12 @@ class KademliaRouter:
                 log.exception("bootstrap attempt failed")
                 ok = False
             size = len(self.table)
-            if ok and grown_to < size < self.settings.kademlia_k:
+            if ok and grown_to < size < self.settings.kademlia_k and self._seeds_were_new:
                 # Joined, but knowing fewer than k nodes: the cluster may still be
                 # starting (the first nodes of a rollout see a DNS answer of a few
                 # addresses). Ask discovery again soon, with backoff, for as long as
-                # each attempt finds the table grown; a small cluster stops after one.
+                # each attempt finds the table grown and discovery names nodes it did
+                # not know; in a small cluster that stops after one more question.
                 grown_to = size
                 wait = backoff * self._rng.uniform(0.5, 1.0)
                 backoff = min(backoff * 2, self.settings.kademlia_bootstrap_backoff_max)
@@ -480,7 +482,11 @@ class KademliaRouter:
         sample = self._rng.sample(addresses, min(len(addresses), _BOOTSTRAP_SAMPLE))
         # The seeds are asked for the contacts closest to this node straight away
         # (not pinged first): their answers are the self lookup's first round.
+        known = {contact.node_id for contact in self.table}
         answers = await asyncio.gather(*(self._ping_address(a) for a in sample))
+        self._seeds_were_new = any(
+            seed.node_id not in known or any(c.node_id not in known for c in contacts)
+            for seed, contacts in filter(None, answers))
         if not len(self.table):
             return False
         await self._find_node(self.node_id, answered=[a for a in answers if a is not None])
