@@ -40,11 +40,11 @@ Definitions (also in ``docs/scale.md``):
   phases, where late answers trigger hedged queries. ``eviction_ping_share``: the
   share of the probes' datagrams that were PING/PONG: in the probe window those are
   only the checks a node makes before it would evict a bucket's oldest contact.
-  The probes' counts have the background taken off: the datagram rate of an idle
-  window measured just before (the nodes' own refreshes), times each probe's time.
-  ``msgs_per_node_per_s_idle_measured`` is that idle rate per node: measured, not
-  derived, but early in a node's life (bucket refreshes come due spread over the
-  first 10 minutes after joining) and without reproviding.
+  A probe's datagrams are its node's requests and the answers they got (traced),
+  not every node's counters, which also hold the nodes' own bucket refreshes (due
+  spread over the first 10 minutes after joining). ``msgs_per_node_per_s_idle_measured``
+  is every node's datagrams in an idle window just before the probes, per node:
+  measured, not derived, early in a node's life and without reproviding.
 - ``rss_mb_per_node``: the workers' RSS after the advertise phase, less their RSS
   before the first node, over the nodes.
 """
@@ -112,7 +112,12 @@ def _ping_share(probes: dict[str, Any]) -> float | None:
 
 
 def _per(probe: dict[str, Any]) -> float:
-    return probe["counters"]["datagrams_sent"] / probe["count"] if probe["count"] else 0.0
+    """Datagrams per probe: the node's traced requests and the answers they got."""
+    if not probe["count"]:
+        return 0.0
+    if "answered" in probe:
+        return float(probe["queries"] + probe["answered"]) / float(probe["count"])
+    return float(probe["counters"]["datagrams_sent"]) / float(probe["count"])
 
 
 def lookup_figures(results: Sequence[Lookup], suffix: str = "") -> dict[str, Any]:

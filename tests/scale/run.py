@@ -311,9 +311,10 @@ def _late_join(coordinator: Coordinator, args: argparse.Namespace) -> list[dict[
 def _probes(coordinator: Coordinator, count: int = 20, idle: float = 5.0) -> dict[str, Any]:
     """Datagrams per isolated provide and per FIND_NODE (all workers, one at a time each).
 
-    The nodes keep doing their own work meanwhile (bucket refreshes come due spread
-    over the refresh interval after joining), so the datagrams of an ``idle`` window
-    just before are measured too, and that rate is taken off each probe's count.
+    Each probe counts the requests its node sent and the answers it got (traced);
+    every node's counters over the same time are kept too, but they also hold the
+    nodes' own work meanwhile (bucket refreshes come due spread over the refresh
+    interval after joining), whose rate an ``idle`` window just before measures.
     """
     started = time.monotonic()
     before = _sum(coordinator.call("counters", {}, 30.0))
@@ -329,12 +330,9 @@ def _probes(coordinator: Coordinator, count: int = 20, idle: float = 5.0) -> dic
         after = _sum(coordinator.call("counters", {}, 30.0))
         elapsed = time.monotonic() - started
         done = sum(r["count"] for r in results)
-        counters = _delta(after, before)
-        counters["datagrams_sent_raw"] = counters["datagrams_sent"]
-        counters["datagrams_sent"] = max(0, round(counters["datagrams_sent"]
-                                                  - background * elapsed))
-        out[kind] = {"count": done, "counters": counters, "seconds": elapsed,
-                     "queries": sum(r["queries"] for r in results)}
+        out[kind] = {"count": done, "counters": _delta(after, before), "seconds": elapsed,
+                     "queries": sum(r["queries"] for r in results),
+                     "answered": sum(r["answered"] for r in results)}
         out["stale_buckets"] = sum(r["stale_buckets"] for r in results) / len(results)
     return out
 

@@ -37,6 +37,8 @@ class Trace:
 
     depth: dict[bytes, int] = field(default_factory=dict)
     queries: int = 0
+    #: Requests answered: with ``queries``, the datagrams one operation cost.
+    answered: int = 0
     hops: int | None = None
 
 
@@ -82,15 +84,29 @@ class SimRouter(KademliaRouter):
             keys.reschedule(key, self._rng.uniform(0.0, interval))
         self._wake_reprovide.set()
 
-    async def probe_find_node(self, target: bytes) -> int:
-        """One FIND_NODE lookup of ``target``, as a bucket refresh does; its query count."""
+    async def probe_find_node(self, target: bytes) -> Trace:
+        """One FIND_NODE lookup of ``target``, as a bucket refresh does; what it sent."""
         trace = Trace()
         token = _TRACE.set(trace)
         try:
             await self._find_node(target)
         finally:
             _TRACE.reset(token)
-        return trace.queries
+        return trace
+
+    async def probe_provide(self, key: str) -> Trace:
+        """Announce ``key`` (a lookup, then ADD_PROVIDER to the closest); what it sent.
+
+        Counted from this node's own requests and their answers, not from every
+        node's counters, which also hold the other nodes' own refreshes meanwhile.
+        """
+        trace = Trace()
+        token = _TRACE.set(trace)
+        try:
+            await self.advertise([key])
+        finally:
+            _TRACE.reset(token)
+        return trace
 
     # -- watched internals ---------------------------------------------------------------
     async def _ping_address(self, address: PeerAddress
@@ -128,6 +144,7 @@ class SimRouter(KademliaRouter):
         hop = trace.depth.setdefault(contact.node_id, 1)
         trace.queries += 1
         reply = await super()._request(contact, body, retries=retries)
+        trace.answered += 1
         answer = reply.body
         if isinstance(answer, Nodes | Providers):
             for known in answer.contacts:

@@ -238,15 +238,17 @@ class Worker:
         a saturated closed loop, where late answers add hedged queries).
         """
         nodes = sorted(self.alive)
-        queries = 0
+        queries = answered = 0
         for n in range(count if nodes else 0):
             router = self.routers[self.rng.choice(nodes)]
             if kind == "provide":
-                await router.advertise([f"sha256:probe-{self.plan.worker}-{n}"])
+                trace = await router.probe_provide(f"sha256:probe-{self.plan.worker}-{n}")
             else:
-                queries += await router.probe_find_node(self.rng.randbytes(32))
+                trace = await router.probe_find_node(self.rng.randbytes(32))
+            queries += trace.queries
+            answered += trace.answered
         stale = [len(self.routers[i].table.stale_buckets(0.0)) for i in nodes]
-        return {"count": count if nodes else 0, "queries": queries,
+        return {"count": count if nodes else 0, "queries": queries, "answered": answered,
                 "stale_buckets": sum(stale) / len(stale) if stale else 0.0}
 
     async def kill(self, indices: list[int]) -> dict[str, Any]:
