@@ -93,7 +93,6 @@ ROWS = [
     ("lookup_success_ratio_after_churn", "lookup success after 20 % churn", ""),
     ("lookup_p99_ms_after_churn", "lookup p99 after churn", "ms"),
     ("msgs_per_node_per_s", "datagrams per node per s, steady, 50 keys", ""),
-    ("msgs_per_node_per_s_idle_measured", "datagrams per node per s, measured idle", ""),
     ("datagrams_per_key_advertised", "datagrams per key advertised", ""),
     ("datagrams_per_find_node", "datagrams per FIND_NODE", ""),
     ("queries_per_find_node", "queries per FIND_NODE", ""),

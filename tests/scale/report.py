@@ -43,8 +43,9 @@ Definitions (also in ``docs/scale.md``):
   A probe's datagrams are its node's requests and the answers they got (traced),
   not every node's counters, which also hold the nodes' own bucket refreshes (due
   spread over the first 10 minutes after joining). ``msgs_per_node_per_s_idle_measured``
-  is every node's datagrams in an idle window just before the probes, per node:
-  measured, not derived, early in a node's life and without reproviding.
+  is every node's datagrams in a 5 s idle window just before the probes, per node;
+  not a steady-state figure: the nodes started within seconds of each other, so
+  their maintenance loops (every 60 s) wake in step and a 5 s window often sees none.
 - ``rss_mb_per_node``: the workers' RSS after the advertise phase, less their RSS
   before the first node, over the nodes.
 """
@@ -275,7 +276,6 @@ _ROWS = [
     ("lookup_success_ratio_after_churn", "success after churn", ""),
     ("lookup_p99_ms_after_churn", "lookup p99 after churn", "ms"),
     ("msgs_per_node_per_s", "datagrams/node/s (steady)", ""),
-    ("msgs_per_node_per_s_idle_measured", "datagrams/node/s measured idle", ""),
     ("datagrams_per_key_advertised", "datagrams per key advertised", ""),
     ("datagrams_per_find_node", "datagrams per FIND_NODE", ""),
     ("queries_per_find_node", "queries per FIND_NODE", ""),
