@@ -16,12 +16,22 @@ from typing import Any
 
 
 def load(paths: list[Path]) -> list[dict[str, Any]]:
-    """The runs in ``paths``, smallest N first (one per N: the last file wins)."""
-    runs: dict[int, dict[str, Any]] = {}
+    """The runs in ``paths``, smallest N first, the faster-joining run of an N first
+    (one per N, join rate and keys per node: the last file wins)."""
+    runs: dict[tuple[int, float, int], dict[str, Any]] = {}
     for path in paths:
         figures = json.loads(path.read_text())
-        runs[int(figures["nodes"])] = figures
-    return [runs[n] for n in sorted(runs)]
+        runs[(int(figures["nodes"]), -float(figures["join_rate"]),
+              int(figures["keys_per_node"]))] = figures
+    return [runs[key] for key in sorted(runs)]
+
+
+def one_per_n(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first run of each N (the faster-joining one, after :func:`load`)."""
+    seen: dict[int, dict[str, Any]] = {}
+    for run in runs:
+        seen.setdefault(int(run["nodes"]), run)
+    return list(seen.values())
 
 
 def draw(runs: list[dict[str, Any]], out: Path) -> None:
@@ -31,14 +41,22 @@ def draw(runs: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    every = runs
+    runs = one_per_n(runs)
     nodes = [r["nodes"] for r in runs]
     figure, (ready, state) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for key, style, label in (("late_ready_p50_s", "o-", "p50, joining alone"),
-                              ("late_ready_p99_s", "s-", "p99, joining alone"),
-                              ("ready_p50_s", "o--", "p50, joining at the run's rate"),
-                              ("ready_p99_s", "s--", "p99, joining at the run's rate")):
+                              ("late_ready_p99_s", "s-", "p99, joining alone")):
         points = [(r["nodes"], r[key] * 1000) for r in runs if r.get(key) is not None]
         ready.plot([n for n, _ in points], [v for _, v in points], style, label=label)
+    rates = sorted({float(r["join_rate"]) for r in every}, reverse=True)
+    for rate in rates:
+        at_rate = [r for r in every if float(r["join_rate"]) == rate]
+        line = "--" if rate == rates[0] else ":"
+        for key, mark, label in (("ready_p50_s", "o", "p50"), ("ready_p99_s", "s", "p99")):
+            points = [(r["nodes"], r[key] * 1000) for r in at_rate if r.get(key) is not None]
+            ready.plot([n for n, _ in points], [v for _, v in points], mark + line,
+                       label=f"{label}, {rate:g} nodes joining per s")
     points = [(r["nodes"], r["dns_resolution_p50_ms"]) for r in runs
               if r.get("dns_resolution_p50_ms") is not None]
     ready.plot([n for n, _ in points], [v for _, v in points], "^:", color="black",
