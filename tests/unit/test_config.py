@@ -57,6 +57,8 @@ def test_environment_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> N
     ({"registry_filters": "(unclosed"}, "--registry-filters"),
     ({"mirrored_registries": "ftp://x"}, "--mirrored-registries"),
     ({"log_level": "LOUD"}, "--log-level"),
+    ({"peer_blob_verify": "sometimes"}, "--peer-blob-verify"),
+    ({"peer_blob_verify": ""}, "--peer-blob-verify"),
 ])
 def test_errors_name_the_flag(values: dict[str, object], flag: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -97,6 +97,9 @@ def test_settings_are_normalised(manager: PluginManager) -> None:
     ("dns_bootstrap_domain", "not a name"),
     ("dns_nameservers", "127.0.0.1:5353,dns.example"),
     ("dns_sample_size", "0"),
+    ("dns_udp_pool", "-1"),
+    ("dns_udp_pool", "many"),
+    ("dns_udp_pool", "100000"),
     ("dns_timeout", "0s"),
     ("dns_timeout", "soon"),
     ("dns_port", "0"),
@@ -128,13 +131,15 @@ def test_register_discovery(manager: PluginManager) -> None:
     assert isinstance(discovery, DNSDiscovery) and isinstance(discovery, Discovery)
     assert discovery.name == "dns" and discovery.refresh_interval == 600
     assert discovery.port == 7001  # the router's port by default
+    assert discovery.udp_pool == 16
     assert discovery.nameservers == ["127.0.0.1:5353"]
     assert discovery.srv_name == "_r._udp.spegel.test" and discovery.metrics is None
     assert discovery.own._given == ["127.0.0.2"] and discovery.own.port is None
     config = config_of(manager, bootstrap_kind="dns", dns_bootstrap_domain="spegel.test",
-                       dns_port="6001")
+                       dns_port="6001", dns_udp_pool="0")
     [discovery] = manager.discoveries(config)
     assert isinstance(discovery, DNSDiscovery)
+    assert discovery.udp_pool == 0
     assert discovery.port == 6001 and discovery.own.include_hostname
 
 
@@ -147,6 +152,8 @@ def test_not_registered_unless_selected(manager: PluginManager) -> None:
 def test_constructor_checks() -> None:
     with pytest.raises(ValueError):
         DNSDiscovery("spegel.test", port=5001, sample_size=0)
+    with pytest.raises(ValueError, match="udp_pool"):
+        DNSDiscovery("spegel.test", port=5001, udp_pool=-1)
     with pytest.raises(ValueError):
         DNSDiscovery("spegel.test", port=5001, timeout=0)
     with pytest.raises(ValueError):
