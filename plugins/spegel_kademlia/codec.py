@@ -192,11 +192,11 @@ class Codec:
         """``message`` with NODES / PROVIDERS lists trimmed from the end to fit one datagram."""
         body = message.body
         room = self.max_size - self.overhead
-        if isinstance(body, Nodes | Providers) and _MAX_ENTRY * (
-                len(body.contacts) + (len(body.providers) if isinstance(body, Providers) else 0)
-        ) <= room - 2 and len(body.contacts) <= _MAX_COUNT and (
-                not isinstance(body, Providers) or len(body.providers) <= _MAX_COUNT):
-            return message  # fits whatever the address families (the usual case)
+        if isinstance(body, Nodes | Providers):
+            entries = len(body.contacts) + (
+                len(body.providers) if isinstance(body, Providers) else 0)
+            if entries <= _MAX_COUNT and _MAX_ENTRY * entries <= room - 2:
+                return message  # fits whatever the address families (the usual case)
         if isinstance(body, Nodes):
             contacts = _take_fitting(body.contacts, room - 1)
             return message if contacts == body.contacts else replace(message, body=Nodes(contacts))

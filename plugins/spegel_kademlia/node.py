@@ -483,7 +483,7 @@ class KademliaRouter:
         # The seeds are asked for the contacts closest to this node straight away
         # (not pinged first): their answers are the self lookup's first round.
         known = {contact.node_id for contact in self.table}
-        answers = await asyncio.gather(*(self._ping_address(a) for a in sample))
+        answers = await asyncio.gather(*(self._ask_seed(a) for a in sample))
         self._seeds_were_new = any(
             seed.node_id not in known or any(c.node_id not in known for c in contacts)
             for seed, contacts in filter(None, answers))
@@ -509,7 +509,7 @@ class KademliaRouter:
             self._wake_reprovide.set()
         return True
 
-    async def _ping_address(self, address: PeerAddress
+    async def _ask_seed(self, address: PeerAddress
                             ) -> tuple[Contact, tuple[Contact, ...]] | None:
         """Ask a bootstrap peer for the contacts closest to this node (FIND_NODE of the
         own id: an answer proves it alive, like a PING, and starts the self lookup).

@@ -54,9 +54,9 @@ class SimRouter(KademliaRouter):
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.joined_at: float | None = None
-        #: Where the time to ready went: DNS answered, seeds pinged (first bootstrap).
+        #: Where the time to ready went: DNS answered, seeds answered (first bootstrap).
         self.resolved_at: float | None = None
-        self.pinged_at: float | None = None
+        self.seeds_answered_at: float | None = None
         self.ready = asyncio.Event()
         self.joined = asyncio.Event()
         self.killed = False
@@ -109,17 +109,17 @@ class SimRouter(KademliaRouter):
         return trace
 
     # -- watched internals ---------------------------------------------------------------
-    async def _ping_address(self, address: PeerAddress
+    async def _ask_seed(self, address: PeerAddress
                             ) -> tuple[Contact, tuple[Contact, ...]] | None:
         if self.resolved_at is None:
             self.resolved_at = time.monotonic()
-        return await super()._ping_address(address)
+        return await super()._ask_seed(address)
 
     async def _find_node(self, target: bytes, *,
                          answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
                          ) -> list[Contact]:
-        if target == self.node_id and self.pinged_at is None:
-            self.pinged_at = time.monotonic()
+        if target == self.node_id and self.seeds_answered_at is None:
+            self.seeds_answered_at = time.monotonic()
         result = await super()._find_node(target, answered=answered)
         if target == self.node_id and self.ready_at is None and len(self.table):
             self.ready_at = time.monotonic()

@@ -77,7 +77,7 @@ class SentByType:
 
 def _phases(router: SimRouter) -> tuple[float, float, float] | None:
     """Seconds of DNS, seed answers and the rest of the self lookup, if all happened."""
-    marks = (router.started_at, router.resolved_at, router.pinged_at, router.ready_at)
+    marks = (router.started_at, router.resolved_at, router.seeds_answered_at, router.ready_at)
     if any(mark is None for mark in marks):
         return None
     start, resolved, pinged, ready = (float(mark or 0.0) for mark in marks)
