@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import aiodns
 import pycares
@@ -101,7 +102,7 @@ class DNSDiscovery:
             async with asyncio.timeout(self.timeout):
                 found = None
                 if self.udp_pool and self.srv_name is None:
-                    found = await self._round(udp_only=True)
+                    found = await self._udp_round()
                 peers, outcome = found or await self._full_round()
         except TimeoutError:
             log.warning("DNS bootstrap: no answer for %s from %s within %.3gs; will retry",
@@ -112,60 +113,64 @@ class DNSDiscovery:
                       ", ".join(map(str, peers)))
         return peers
 
-    async def _full_round(self) -> tuple[list[PeerAddress], Outcome]:
-        found = await self._round(udp_only=False)
-        return found if found is not None else ([], Outcome.ERROR)
+    async def _udp_round(self) -> tuple[list[PeerAddress], Outcome] | None:
+        """A sample from one UDP answer per question, truncated or not; None if that is
+        not enough (then :meth:`_full_round` asks again and reports any failure).
 
-    async def _round(self, *, udp_only: bool) -> tuple[list[PeerAddress], Outcome] | None:
-        """One round of questions on a fresh resolver; None: a UDP round that was not enough.
-
-        The UDP round (``udp_pool``) keeps a truncated answer instead of asking again
-        over TCP. With thousands of nodes the whole answer does not fit a datagram:
-        the client would fetch and parse thousands of records (~20 ms for 2000 with
+        With thousands of nodes the whole answer does not fit a datagram: the client
+        would fetch and parse thousands of records over TCP (~20 ms for 2000 with
         dnsmasq here, and the DNS server would send every node all of them), when a
         node needs a few seeds. The ~70 addresses that fit are enough to sample from
         when there are ``udp_pool`` (and ``sample_size``) or more; DNS servers rotate
         or shuffle the records of a name (CoreDNS's ``loadbalance``), so nodes still
-        spread over many seeds.
-        An answer that fits with room to spare is the whole answer. Anything else (a
-        truncated answer with few addresses, a timeout, an error) goes the whole way.
+        spread over many seeds. An answer that fits with room to spare is the whole
+        answer. Anything else (few addresses, no records, a timeout, an error) goes
+        the whole way.
         """
-        try:
-            # Each try gets part of the budget, so a lost datagram is retried within it.
-            resolver = Resolver(self.nameservers, timeout=self.timeout / (4 if udp_only else 2),
-                                tries=2, udp_only=udp_only)
-        except (pycares.AresError, aiodns.error.DNSError, OSError, RuntimeError) as exc:
-            if udp_only:
-                return None
-            log.warning("DNS bootstrap: cannot create a resolver: %s; will retry", exc)
-            return [], Outcome.ERROR
-        self._resolvers.add(resolver)
-        try:
-            if not udp_only:
-                return await self._resolve(resolver)
+        resolver = self._new_resolver(udp_only=True)
+        if resolver is None:
+            return None
+        async with self._tracked(resolver):
             addresses, answers = await resolver.addresses(self.domain)
-        finally:
-            self._resolvers.discard(resolver)
-            await asyncio.shield(resolver.aclose())
         if self._closed:
             return [], Outcome.ERROR
-        outcome = _combine(answers)
-        if outcome is Outcome.NXDOMAIN:
-            log.warning("DNS bootstrap: cannot resolve %s via %s: %s; will retry",
-                        self.domain, self._servers(),
-                        "; ".join(f"{a.qtype} {_why(a)}" for a in answers))
-            return [], outcome
-        if outcome is not Outcome.OK:
-            # No records may be a truncated answer whose records were all left out.
+        if _combine(answers) is not Outcome.OK:
             return None
         candidates = await self.own.drop_own(PeerAddress(ip, self.port) for ip in addresses)
         whole = not any(answer.maybe_truncated for answer in answers)
-        if not whole and len(candidates) < max(self.udp_pool, self.sample_size):
+        if not candidates or (not whole
+                              and len(candidates) < max(self.udp_pool, self.sample_size)):
             return None
-        if not candidates:
-            log.warning("DNS bootstrap: %s lists no address other than this node's (%d records)",
-                        self.domain, len(addresses))
-        return self._sample(candidates), outcome
+        return self._sample(candidates), Outcome.OK
+
+    async def _full_round(self) -> tuple[list[PeerAddress], Outcome]:
+        """Every record (c-ares asks again over TCP for a truncated answer); failures
+        are logged here."""
+        resolver = self._new_resolver(udp_only=False)
+        if resolver is None:
+            return [], Outcome.ERROR
+        async with self._tracked(resolver):
+            return await self._resolve(resolver)
+
+    def _new_resolver(self, *, udp_only: bool) -> Resolver | None:
+        try:
+            # Each try gets part of the budget, so a lost datagram is retried within it.
+            return Resolver(self.nameservers, timeout=self.timeout / (4 if udp_only else 2),
+                            tries=2, udp_only=udp_only)
+        except (pycares.AresError, aiodns.error.DNSError, OSError, RuntimeError) as exc:
+            if not udp_only:
+                log.warning("DNS bootstrap: cannot create a resolver: %s; will retry", exc)
+            return None
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self, resolver: Resolver) -> AsyncIterator[None]:
+        """Keep ``resolver`` where :meth:`aclose` finds it; close it afterwards."""
+        self._resolvers.add(resolver)
+        try:
+            yield
+        finally:
+            self._resolvers.discard(resolver)
+            await asyncio.shield(resolver.aclose())
 
     async def aclose(self) -> None:
         """Cancel questions in flight; later calls return ``[]``. Safe to call twice."""
