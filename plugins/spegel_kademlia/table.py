@@ -11,7 +11,6 @@ replacement takes its place.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -23,20 +22,41 @@ from spegel_kademlia.ids import ID_BITS, Contact, bucket_index
 _first = itemgetter(0)
 
 
-def _bits(mask: int) -> Iterator[int]:
-    """Each set bit of ``mask`` on its own (as a one-bit mask), lowest first."""
-    while mask:
-        low = mask & -mask
-        yield low
-        mask ^= low
-
-
 def _indices(mask: int) -> Iterator[int]:
     """Indices of the set bits of ``mask``, lowest first."""
     while mask:
         low = mask & -mask
         yield low.bit_length() - 1
         mask ^= low
+
+
+def _bucket_order(own: int, target: int, occupied: int) -> Iterator[int]:
+    """The non-empty buckets (bits of ``occupied``) by distance of their ids to ``target``.
+
+    Every id of bucket ``i`` is ``own ^ x`` with ``x`` in ``[2**i, 2**(i+1))``, so its
+    distance to ``target`` is ``d ^ x`` with ``d = own ^ target``. With ``j`` the top bit
+    of ``d``: bucket ``j`` holds the ids below ``2**j``. A bucket ``i < j`` keeps the bits
+    of ``d`` above ``i`` and flips bit ``i``: it is nearer than every lower bucket when
+    bit ``i`` of ``d`` is set (it clears it), farther when it is not. So the buckets
+    below ``j`` whose bit is set come next, highest first, then those whose bit is
+    clear, lowest first; then buckets above ``j``, lowest first. No two buckets
+    overlap in distance, so only the contacts of the buckets visited need sorting.
+    """
+    d = own ^ target
+    if d == 0:  # the own id: distance to target is distance to us
+        yield from _indices(occupied)
+        return
+    j = d.bit_length() - 1
+    if occupied >> j & 1:
+        yield j
+    below = occupied & ((1 << j) - 1)
+    nearer = below & d
+    while nearer:
+        top = nearer.bit_length() - 1
+        yield top
+        nearer ^= 1 << top
+    yield from _indices(below & ~d)
+    yield from _indices(occupied >> (j + 1) << (j + 1))
 
 
 @dataclass(slots=True)
@@ -69,6 +89,7 @@ class RoutingTable:
         if k < 1 or max_failures < 1:
             raise ValueError("k and max_failures must be at least 1")
         self.own_id = own_id
+        self._own = int.from_bytes(own_id, "big")
         self.k = k
         self.max_failures = max_failures
         self.replacements = k if replacements is None else replacements
@@ -165,30 +186,19 @@ class RoutingTable:
                 exclude: bytes | None = None) -> list[Contact]:
         """Up to ``n`` (default ``k``) contacts closest to ``target``, closest first.
 
-        Walks the buckets instead of sorting the whole table (this runs for every
-        FIND_NODE and GET_PROVIDERS answered). With ``j`` the bucket ``target`` falls
-        in, the distances to ``target`` order whole groups of buckets: bucket ``j``
-        (below ``2**j``), then buckets ``0..j-1`` together (``[2**j, 2**(j+1))``), then
-        ``j+1``, ``j+2``... one by one. Only the groups needed are sorted.
+        Walks the buckets in the order of their distance to ``target`` and sorts only
+        the contacts of the buckets it needs (this runs for every FIND_NODE and
+        GET_PROVIDERS answered), see :func:`_bucket_order`.
         """
         count = self.k if n is None else n
         if count <= 0:
             return []
         t = int.from_bytes(target, "big")
-        d = int.from_bytes(self.own_id, "big") ^ t
         buckets = self._buckets
-        occupied = self._occupied
-        if d == 0:  # the own id: distance to target is distance to us, bucket order
-            groups: Iterator[int] = _bits(occupied)
-        else:
-            j = d.bit_length() - 1
-            groups = itertools.chain((occupied & (1 << j), occupied & ((1 << j) - 1)),
-                                     _bits(occupied >> (j + 1) << (j + 1)))
         need = count if exclude is None else count + 1
         found: list[tuple[int, Contact]] = []
-        for group in groups:
-            for index in _indices(group):
-                found += [(entry.value ^ t, entry.contact) for entry in buckets[index].values()]
+        for index in _bucket_order(self._own, t, self._occupied):
+            found += [(entry.value ^ t, entry.contact) for entry in buckets[index].values()]
             if len(found) >= need:
                 break
         found.sort(key=_first)

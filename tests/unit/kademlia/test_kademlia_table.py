@@ -105,8 +105,10 @@ def test_closest_is_sorted_by_xor_distance() -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_closest_walks_buckets_like_a_full_sort(seed: int) -> None:
-    # closest() only sorts the bucket groups it needs; it must agree with sorting
-    # everything, for targets in every kind of bucket, the own id, any n, excludes.
+    # closest() visits buckets in distance order and sorts only those it needs; it
+    # must agree with sorting everything, for targets in every kind of bucket (whose
+    # distance bits pick the order of the buckets below theirs), the own id, any n,
+    # excludes.
     rng = random.Random(seed)
     own = rng.randbytes(32)
     table = RoutingTable(own, k=8)
@@ -118,6 +120,7 @@ def test_closest_walks_buckets_like_a_full_sort(seed: int) -> None:
     everyone = list(table)
     targets = [own, rng.randbytes(32)] + [random_id_in_bucket(own, i)
                                          for i in (0, 5, 200, 249, 251, 253, 254, 255)]
+    targets += [rng.randbytes(32) for _ in range(20)]
     for target in targets:
         ranked = sorted(everyone, key=lambda c: distance(c.node_id, target))
         for n in (1, 3, 8, 20, 60, len(everyone) + 5):
