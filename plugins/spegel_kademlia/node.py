@@ -496,7 +496,7 @@ class KademliaRouter:
             # Ready: the self lookup found the neighbourhood. The other buckets fill
             # from traffic; those it leaves untouched are refreshed, spread over the
             # next refresh interval, by the maintenance loop (RoutingTable.stagger_refresh).
-            self.table.stagger_refresh(interval, self._rng.uniform)
+            self.table.stagger_refresh(interval, self._rng.random)
         else:
             await self._refresh(interval)
         if was_empty:

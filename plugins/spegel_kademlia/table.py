@@ -12,7 +12,7 @@ replacement takes its place.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
@@ -94,8 +94,9 @@ class RoutingTable:
         self.max_failures = max_failures
         self.replacements = k if replacements is None else replacements
         self._clock = clock
-        self._buckets: list[OrderedDict[bytes, _Entry]] = [OrderedDict() for _ in range(ID_BITS)]
-        self._spare: list[OrderedDict[bytes, Contact]] = [OrderedDict() for _ in range(ID_BITS)]
+        # Made on first use: a table fills ~log2(N) of its 256 buckets.
+        self._buckets: defaultdict[int, OrderedDict[bytes, _Entry]] = defaultdict(OrderedDict)
+        self._spare: defaultdict[int, OrderedDict[bytes, Contact]] = defaultdict(OrderedDict)
         now = clock()
         self._refreshed = [now] * ID_BITS
         self._members: dict[bytes, Contact] = {}
@@ -234,7 +235,7 @@ class RoutingTable:
         if target != self.own_id:
             self._refreshed[bucket_index(self.own_id, target)] = self._clock()
 
-    def stagger_refresh(self, interval: float, rng: Callable[[float, float], float]) -> None:
+    def stagger_refresh(self, interval: float, rng: Callable[[], float]) -> None:
         """Make the buckets come due for refresh at random times within ``interval`` s.
 
         A node that just joined knows its neighbourhood (the self lookup) and fills
@@ -242,9 +243,10 @@ class RoutingTable:
         bucket at once on joining would cost ~11 lookups per node (~450 datagrams at
         1000 nodes), all while a whole cluster may be joining together. Spread
         instead, the buckets that traffic has not touched are refreshed one by one.
+        ``rng`` draws uniformly from ``[0, 1)`` (``random.Random.random``).
         """
-        now = self._clock()
-        self._refreshed = [now - interval + rng(0.0, interval) for _ in range(ID_BITS)]
+        start = self._clock() - interval
+        self._refreshed = [start + interval * rng() for _ in range(ID_BITS)]
 
     def stale_buckets(self, interval: float) -> list[int]:
         """Buckets from the closest non-empty one outwards not refreshed for ``interval`` s.

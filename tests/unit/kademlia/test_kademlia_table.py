@@ -136,7 +136,7 @@ def test_stagger_refresh_spreads_due_times_over_the_interval() -> None:
     table = RoutingTable(OWN, clock=lambda: now[0])
     table.add(contact_in(250))
     rng = random.Random(4)
-    table.stagger_refresh(600.0, rng.uniform)
+    table.stagger_refresh(600.0, rng.random)
     assert table.stale_buckets(600.0) == []  # none due at once
     now[0] += 300.0
     half = table.stale_buckets(600.0)
