@@ -12,6 +12,7 @@ slot at all).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import secrets
@@ -332,26 +333,38 @@ class KademliaRouter:
                 self._wake_bootstrap.set()
 
     # -- asking ---------------------------------------------------------------------------
-    async def _request(self, contact: Contact, body: Body, *, retries: int) -> Message:
-        try:
-            return await self._rpc.request(
-                contact.address, body, attempt_timeout=self.settings.kademlia_rpc_timeout,
-                retries=retries, node_id=contact.node_id)
-        except RpcTimeout:
-            self.table.mark_failed(contact.node_id)
+    def _start_request(self, contact: Contact, body: Body, *, retries: int
+                       ) -> asyncio.Future[Message]:
+        """Send ``body`` to ``contact``; a timeout counts as a failure of the contact,
+        whether or not anybody still waits for the answer."""
+        future = self._rpc.start(contact.address, body,
+                                 attempt_timeout=self.settings.kademlia_rpc_timeout,
+                                 retries=retries, node_id=contact.node_id)
+        future.add_done_callback(functools.partial(self._request_done, contact.node_id))
+        return future
+
+    def _request_done(self, node_id: bytes, future: asyncio.Future[Message]) -> None:
+        if future.cancelled():
+            return
+        if isinstance(future.exception(), RpcTimeout):  # (also marks it retrieved)
+            self.table.mark_failed(node_id)
             self._peers_changed()
-            raise
+
+    async def _request(self, contact: Contact, body: Body, *, retries: int) -> Message:
+        future = self._start_request(contact, body, retries=retries)
+        try:
+            return await future
+        finally:
+            if not future.done():
+                future.cancel()
 
     def _drive(self, lookup: Lookup, body: Body, deadline: float
                ) -> AsyncGenerator[list[ProviderInfo]]:
-        async def query(contact: Contact) -> Message:
-            # Lookups hedge instead of retrying. A query the lookup no longer needs runs
-            # on to its timeout, so a dead contact is still counted as failed.
-            rpc = self._spawn(self._request(contact, body, retries=0), "query")
-            return await asyncio.shield(rpc)
-
-        return drive(lookup, query, hedge_after=self.settings.kademlia_hedge_after,
-                     deadline=deadline)
+        # Lookups hedge instead of retrying. A query the lookup no longer needs runs
+        # on to its timeout (the driver does not cancel futures it is given), so a
+        # dead contact is still counted as failed.
+        return drive(lookup, lambda contact: self._start_request(contact, body, retries=0),
+                     hedge_after=self.settings.kademlia_hedge_after, deadline=deadline)
 
     async def _find_node(self, target: bytes, *,
                          answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
@@ -389,7 +402,7 @@ class KademliaRouter:
         closest = await self._find_node(kid) if len(self.table) else []
         body = AddProvider(kid, self.node_id, self.mirror_port, int(s.kademlia_provider_ttl))
         results = await asyncio.gather(
-            *(self._request(c, body, retries=s.kademlia_rpc_retries) for c in closest),
+            *(self._start_request(c, body, retries=s.kademlia_rpc_retries) for c in closest),
             return_exceptions=True)
         acks = 0
         for result in results:

@@ -48,10 +48,6 @@ class RpcClosed(RpcError):
     """The endpoint is closed (or not open yet)."""
 
 
-class _Expired(Exception):
-    """Set on a request's future when its last attempt ran out (becomes RpcTimeout)."""
-
-
 class _RequestIds:
     """Unpredictable 64-bit request ids, read from the OS in blocks (one syscall per 512)."""
 
@@ -74,9 +70,17 @@ class _RequestIds:
 @dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[Message]
+    #: Where the answer must come from (normalized host, port, node id if known).
     host: str
     port: int
     node_id: bytes | None
+    #: What a retry sends again.
+    address: tuple[str, int]
+    body: Body
+    attempt_timeout: float
+    #: Retries left.
+    left: int
+    timer: asyncio.TimerHandle | None = None
 
 
 @functools.lru_cache(maxsize=16384)
@@ -153,7 +157,11 @@ class RpcEndpoint:
         self._closed = True
         if self._transport is not None:
             self._transport.close()
-        for pending in self._pending.values():
+        pending_requests = list(self._pending.values())
+        self._pending.clear()
+        for pending in pending_requests:
+            if pending.timer is not None:
+                pending.timer.cancel()
             if not pending.future.done():
                 pending.future.set_exception(RpcClosed("endpoint closed"))
 
@@ -182,6 +190,66 @@ class RpcEndpoint:
         self._metrics.emit(DhtMessage(label, "sent"))
         return True
 
+    def start(
+        self,
+        address: tuple[str, int],
+        body: Body,
+        *,
+        attempt_timeout: float,
+        retries: int = 0,
+        node_id: bytes | None = None,
+    ) -> asyncio.Future[Message]:
+        """Send ``body`` to ``address``; a future of the response (from ``node_id``, if given).
+
+        No task and no coroutine: one future and one timer per request, however many
+        attempts it takes (lookups start dozens of these per second). Each attempt
+        waits ``attempt_timeout`` seconds; a retry reuses the request id, so a late
+        answer to the first attempt still counts. The future fails with
+        :class:`RpcTimeout` or :class:`RpcClosed` (:class:`RpcError` if the datagram
+        cannot be sent); cancelling it forgets the request. Whoever starts a request
+        must retrieve its outcome (await it or read it in a done callback).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+        if self._transport is None or self._closed:
+            future.set_exception(RpcClosed("endpoint not open"))
+            return future
+        request_id = self._ids.next()
+        while request_id in self._pending:
+            request_id = self._ids.next()
+        if not self.send(address, body, request_id):
+            future.set_exception(RpcError(f"cannot send to {address}"))
+            return future
+        pending = _Pending(future, normalize_host(address[0]), address[1], node_id,
+                           address, body, attempt_timeout, retries)
+        pending.timer = loop.call_later(attempt_timeout, self._expire, request_id)
+        self._pending[request_id] = pending
+        return future
+
+    def _expire(self, request_id: int) -> None:
+        """An attempt ran out: send the next one, or fail the request."""
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return
+        future = pending.future
+        if future.done():  # cancelled by its owner
+            del self._pending[request_id]
+            return
+        if pending.left > 0:
+            pending.left -= 1
+            if self.send(pending.address, pending.body, request_id):
+                pending.timer = asyncio.get_running_loop().call_later(
+                    pending.attempt_timeout, self._expire, request_id)
+                return
+            error: RpcError = RpcError(f"cannot send to {pending.address}")
+        else:
+            self.timeouts += 1
+            label = message_type(pending.body).label
+            self._metrics.emit(DhtMessage(label, "timeout"))
+            error = RpcTimeout(f"{label} to {pending.address} timed out")
+        del self._pending[request_id]
+        future.set_exception(error)
+
     async def request(
         self,
         address: tuple[str, int],
@@ -191,55 +259,13 @@ class RpcEndpoint:
         retries: int = 0,
         node_id: bytes | None = None,
     ) -> Message:
-        """Send ``body`` and await the response from ``address`` (and ``node_id``, if given).
-
-        Each attempt waits ``attempt_timeout`` seconds; a retry reuses the request id, so a late
-        answer to the first attempt still counts. Raises :class:`RpcTimeout` or
-        :class:`RpcClosed`.
-        """
-        if self._transport is None or self._closed:
-            raise RpcClosed("endpoint not open")
-        request_id = self._ids.next()
-        while request_id in self._pending:
-            request_id = self._ids.next()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Message] = loop.create_future()
-        self._pending[request_id] = _Pending(future, normalize_host(address[0]), address[1],
-                                             node_id)
-        # Retries are sent from a timer callback, not by waking this coroutine: one
-        # future and one timer per request, however many attempts it takes.
-        left = retries
-        timer: asyncio.TimerHandle | None = None
-
-        def expire() -> None:
-            nonlocal left, timer
-            if future.done():
-                return
-            if left > 0:
-                left -= 1
-                if self.send(address, body, request_id):
-                    timer = loop.call_later(attempt_timeout, expire)
-                else:
-                    future.set_exception(RpcError(f"cannot send to {address}"))
-                return
-            future.set_exception(_Expired())
-
+        """Await the response to ``body`` (see :meth:`start`); raises :class:`RpcTimeout`,
+        :class:`RpcClosed` or :class:`RpcError`. Cancelling the caller forgets the request."""
+        future = self.start(address, body, attempt_timeout=attempt_timeout, retries=retries,
+                            node_id=node_id)
         try:
-            if not self.send(address, body, request_id):
-                raise RpcError(f"cannot send to {address}")
-            timer = loop.call_later(attempt_timeout, expire)
-            try:
-                return await future
-            except _Expired:
-                pass
-            self.timeouts += 1
-            label = message_type(body).label
-            self._metrics.emit(DhtMessage(label, "timeout"))
-            raise RpcTimeout(f"{label} to {address} timed out") from None
+            return await future
         finally:
-            if timer is not None:
-                timer.cancel()
-            del self._pending[request_id]
             if not future.done():
                 future.cancel()
 
@@ -266,6 +292,9 @@ class RpcEndpoint:
             if pending is None or pending.future.done() or not _matches(pending, message):
                 self._drop("unexpected_response")
                 return
+            del self._pending[message.request_id]
+            if pending.timer is not None:
+                pending.timer.cancel()
             pending.future.set_result(message)
         self.received += 1
         self._metrics.emit(DhtMessage(message.type.label, "received"))

@@ -3,7 +3,10 @@
 The driver keeps ``alpha`` queries in flight; a query still unanswered after
 ``hedge_after`` seconds gives up its slot to one extra query (its answer still counts
 if it comes). It yields the providers each answer reveals, and stops when the lookup
-is done or the deadline passes; closing the generator cancels outstanding queries.
+is done or the deadline passes. It runs on done callbacks (no task per query when the
+query function returns futures, as the router's does). Closing the generator cancels
+the tasks it made of coroutines; futures it was given run on, so that a query to a
+dead contact still ends in a timeout that counts against it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from spegel_kademlia.lookup import Lookup
 from spegel_kademlia.messages import Message, Nodes, ProviderInfo, Providers
 from spegel_kademlia.rpc import RpcError
 
-#: Sends a lookup's request to a contact and returns its response (raises RpcError).
+#: Sends a lookup's request to a contact; the response (a failure is an RpcError).
 Query = Callable[[Contact], Awaitable[Message]]
 
 
@@ -33,11 +36,23 @@ async def drive(
 ) -> AsyncGenerator[list[ProviderInfo]]:
     """Run ``lookup`` until done or ``deadline`` (event-loop time); yield new providers."""
     loop = asyncio.get_running_loop()
-    flights: dict[asyncio.Task[Message], _Flight] = {}
+    flights: dict[asyncio.Future[Message], _Flight] = {}
+    owned: set[asyncio.Future[Message]] = set()
+    finished: list[asyncio.Future[Message]] = []
+    waiter: asyncio.Future[None] | None = None
+
+    def on_done(future: asyncio.Future[Message]) -> None:
+        finished.append(future)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def launch(contact: Contact) -> None:
-        task = asyncio.ensure_future(query(contact))
-        flights[task] = _Flight(contact, loop.time())
+        awaitable = query(contact)
+        future = asyncio.ensure_future(awaitable)
+        if future is not awaitable:
+            owned.add(future)
+        flights[future] = _Flight(contact, loop.time())
+        future.add_done_callback(on_done)
 
     try:
         while True:
@@ -46,16 +61,22 @@ async def drive(
             now = loop.time()
             if lookup.done or not flights or now >= deadline:
                 return
-            wake = min([f.started + hedge_after for f in flights.values() if not f.hedged],
-                       default=deadline)
-            finished, _ = await asyncio.wait(
-                flights, timeout=max(0.0, min(wake, deadline) - now),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            if not finished:
+                wake = min([f.started + hedge_after for f in flights.values() if not f.hedged],
+                           default=deadline)
+                waiter = loop.create_future()
+                timer = loop.call_at(min(wake, deadline), _wake, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    waiter = None
             found: list[ProviderInfo] = []
-            for task in finished:
-                flight = flights.pop(task)
-                found += _feed(lookup, flight.contact, task)
+            for future in finished:
+                flight = flights.pop(future)
+                owned.discard(future)
+                found += _feed(lookup, flight.contact, future)
+            finished.clear()
             if found:
                 yield found
             now = loop.time()
@@ -66,21 +87,29 @@ async def drive(
                     if extra is not None:
                         launch(extra)
     finally:
-        for task in flights:
-            task.cancel()
+        for future in flights:
+            future.remove_done_callback(on_done)
+        for future in owned:
+            future.cancel()
 
 
-def _feed(lookup: Lookup, contact: Contact, task: asyncio.Task[Message]) -> list[ProviderInfo]:
-    if task.cancelled():
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _feed(lookup: Lookup, contact: Contact, future: asyncio.Future[Message]
+          ) -> list[ProviderInfo]:
+    if future.cancelled():
         lookup.on_timeout(contact)
         return []
-    error = task.exception()
+    error = future.exception()
     if error is not None:
         if not isinstance(error, RpcError):
             raise error
         lookup.on_timeout(contact)
         return []
-    body = task.result().body
+    body = future.result().body
     if isinstance(body, Nodes):
         return lookup.on_response(contact, body.contacts)
     if isinstance(body, Providers):

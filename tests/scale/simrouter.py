@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -137,21 +138,28 @@ class SimRouter(KademliaRouter):
         if not self.killed:
             super()._send_withdrawals(keys)
 
-    async def _request(self, contact: Contact, body: Body, *, retries: int) -> Message:
+    def _start_request(self, contact: Contact, body: Body, *, retries: int
+                       ) -> asyncio.Future[Message]:
+        future = super()._start_request(contact, body, retries=retries)
         trace = _TRACE.get()
-        if trace is None:
-            return await super()._request(contact, body, retries=retries)
-        hop = trace.depth.setdefault(contact.node_id, 1)
-        trace.queries += 1
-        reply = await super()._request(contact, body, retries=retries)
-        trace.answered += 1
-        answer = reply.body
-        if isinstance(answer, Nodes | Providers):
-            for known in answer.contacts:
-                trace.depth.setdefault(known.node_id, hop + 1)
-        if isinstance(answer, Providers) and answer.providers and trace.hops is None:
-            trace.hops = hop
-        return reply
+        if trace is not None:
+            trace.queries += 1
+            hop = trace.depth.setdefault(contact.node_id, 1)
+            future.add_done_callback(functools.partial(_traced, trace, hop))
+        return future
+
+
+def _traced(trace: Trace, hop: int, future: asyncio.Future[Message]) -> None:
+    """Note an answer in ``trace``: its contacts are one hop further than ``hop``."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    trace.answered += 1
+    answer = future.result().body
+    if isinstance(answer, Nodes | Providers):
+        for known in answer.contacts:
+            trace.depth.setdefault(known.node_id, hop + 1)
+    if isinstance(answer, Providers) and answer.providers and trace.hops is None:
+        trace.hops = hop
 
 
 @dataclass(frozen=True, slots=True)

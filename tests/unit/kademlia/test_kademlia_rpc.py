@@ -92,6 +92,21 @@ async def test_a_late_answer_to_the_first_attempt_counts() -> None:
     assert isinstance((await task).body, Pong)
 
 
+async def test_a_started_request_needs_no_awaiter_and_a_cancelled_one_is_forgotten() -> None:
+    rpc, transport, events, _ = endpoint()
+    outcomes: list[BaseException | None] = []
+    lost = rpc.start(ADDR, Ping(), attempt_timeout=0.01)
+    lost.add_done_callback(lambda f: outcomes.append(f.exception()))
+    dropped = rpc.start(ADDR, Ping(), attempt_timeout=0.01, retries=1)
+    dropped.cancel()
+    await asyncio.sleep(0.05)
+    # The first timed out by its timer alone; the cancelled one sent no retry.
+    assert len(outcomes) == 1 and isinstance(outcomes[0], RpcTimeout)
+    assert len(transport.sent) == 2 and rpc.outstanding == 0 and rpc.timeouts == 1
+    rpc.datagram_received(reply_to(transport.sent[1][0]), ADDR)  # too late for anyone
+    assert events.events[-1] == DroppedDatagram("unexpected_response")
+
+
 async def test_own_datagrams_and_garbage_are_dropped() -> None:
     rpc, _, events, seen = endpoint()
     rpc.datagram_received(Codec().encode(Message(Ping(), 1, OWN, 5000)), ADDR)

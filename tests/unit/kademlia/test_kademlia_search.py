@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from spegel_kademlia.ids import Contact
-from spegel_kademlia.lookup import Lookup
+from spegel_kademlia.lookup import Lookup, QueryState
 from spegel_kademlia.messages import Message, Nodes, ProviderInfo, Providers
 from spegel_kademlia.rpc import RpcTimeout
 from spegel_kademlia.search import drive
@@ -97,3 +97,30 @@ async def test_closing_the_generator_cancels_queries() -> None:
     await gen.aclose()
     await asyncio.sleep(0)
     assert sorted(cancelled) == [2, 3]
+
+
+async def test_closing_the_generator_leaves_given_futures_running() -> None:
+    # The router passes the RPC futures themselves: a query the lookup stops waiting
+    # for still runs to its answer or timeout (which counts against a dead contact).
+    loop = asyncio.get_running_loop()
+    futures: dict[int, asyncio.Future[Message]] = {}
+
+    def query(c: Contact) -> asyncio.Future[Message]:
+        n = int.from_bytes(c.node_id, "big")
+        futures[n] = future = loop.create_future()
+        if n == 1:
+            future.set_result(reply(Providers((ProviderInfo(b"\x55" * 32, "10.5.5.5", 5000),),
+                                              ()), c))
+        return future
+
+    lookup = Lookup(TARGET, [contact(1), contact(2), contact(3)], own_id=OWN, count=5)
+    gen = drive(lookup, query, hedge_after=1.0, deadline=loop.time() + 5)
+    assert len(await anext(gen)) == 1
+    await gen.aclose()
+    await asyncio.sleep(0)
+    assert sorted(futures) == [1, 2, 3]
+    assert not futures[2].done() and not futures[3].done()
+    futures[2].set_result(reply(Nodes(()), contact(2)))  # nobody listens any more
+    await asyncio.sleep(0)
+    # The closed driver no longer feeds the lookup.
+    assert lookup.state(contact(2).node_id) is QueryState.IN_FLIGHT
