@@ -113,6 +113,25 @@ def test_encode_rejects_invalid_fields(bad: Message) -> None:
         Codec().encode(bad)
 
 
+def test_contacts_decoded_again_are_the_same_objects_and_still_checked() -> None:
+    codec = Codec()
+    contacts = tuple(Contact(bytes([n]) * 32, f"10.1.0.{n}", 5001) for n in range(1, 21))
+    data = codec.encode(Message(Nodes(contacts), 7, b"\x09" * 32, 5000))
+    first = codec.decode(data, SOURCE).body
+    again = codec.decode(data, SOURCE).body
+    assert isinstance(first, Nodes) and isinstance(again, Nodes)
+    assert first.contacts == again.contacts == contacts
+    assert all(a is b for a, b in zip(first.contacts, again.contacts, strict=True))
+    # A known entry does not excuse the rest of the datagram.
+    with pytest.raises(DecodeError):
+        codec.decode(data[:-3], SOURCE)
+    # The memory of decoded contacts is bounded.
+    for n in range(5000):
+        one = Contact(n.to_bytes(32, "big"), "10.2.0.1", 1 + n)
+        codec.decode(codec.encode(Message(Nodes((one,)), n, b"\x09" * 32, 5000)), SOURCE)
+    assert len(codec._contacts) <= 4096
+
+
 def test_keyed_node_drops_unauthenticated_and_unkeyed_drops_authenticated() -> None:
     plain = Codec().encode(sample_message())
     signed = Codec(KEY).encode(sample_message())
