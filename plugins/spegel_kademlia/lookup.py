@@ -32,7 +32,6 @@ class QueryState(enum.Enum):
     FAILED = "failed"
 
 
-_OUTSTANDING = (QueryState.IN_FLIGHT, QueryState.LATE)
 _GONE = (QueryState.FAILED, QueryState.LATE)
 
 
@@ -76,20 +75,25 @@ class Lookup:
         if own_id is not None:
             self._ignored.add(own_id)
         self.queries = 0
+        #: How many contacts are IN_FLIGHT and LATE (kept as states change).
+        self._in_flight = 0
+        self._late = 0
         self._add_contacts(seeds)
 
     # -- inputs -----------------------------------------------------------------------
     def next_queries(self) -> list[Contact]:
         """Contacts to query now (marked in flight); empty when none should start."""
-        if self.done:
+        window = self._window()
+        if self._done(window):
             return []
-        slots = self.alpha - sum(1 for s in self._states.values() if s is QueryState.IN_FLIGHT)
+        slots = self.alpha - self._in_flight
         picked: list[Contact] = []
-        for node_id in self._window():
+        states = self._states
+        for node_id in window:
             if slots <= 0:
                 break
-            if self._states[node_id] is QueryState.PENDING:
-                self._states[node_id] = QueryState.IN_FLIGHT
+            if states[node_id] is QueryState.PENDING:
+                self._set(node_id, QueryState.IN_FLIGHT)
                 picked.append(self._contacts[node_id])
                 slots -= 1
         self.queries += len(picked)
@@ -102,12 +106,13 @@ class Lookup:
         None when there is nobody left to ask (or the lookup is done).
         """
         if late is not None and self._states.get(late.node_id) is QueryState.IN_FLIGHT:
-            self._states[late.node_id] = QueryState.LATE
-        if self.done:
+            self._set(late.node_id, QueryState.LATE)
+        window = self._window()
+        if self._done(window):
             return None
-        for node_id in self._window():
+        for node_id in window:
             if self._states[node_id] is QueryState.PENDING:
-                self._states[node_id] = QueryState.IN_FLIGHT
+                self._set(node_id, QueryState.IN_FLIGHT)
                 self.queries += 1
                 return self._contacts[node_id]
         return None
@@ -120,7 +125,7 @@ class Lookup:
     ) -> list[ProviderInfo]:
         """Record an answer from ``contact``; returns the providers it newly revealed."""
         if contact.node_id in self._states:
-            self._states[contact.node_id] = QueryState.RESPONDED
+            self._set(contact.node_id, QueryState.RESPONDED)
         self._add_contacts(contacts)
         new: list[ProviderInfo] = []
         for provider in providers:
@@ -133,19 +138,22 @@ class Lookup:
     def on_timeout(self, contact: Contact) -> None:
         """Record that ``contact`` did not answer (or answered nonsense)."""
         if contact.node_id in self._states:
-            self._states[contact.node_id] = QueryState.FAILED
+            self._set(contact.node_id, QueryState.FAILED)
 
     # -- outputs ----------------------------------------------------------------------
     @property
     def done(self) -> bool:
         """Whether the lookup has converged (or found enough providers)."""
+        return self._done(self._window())
+
+    def _done(self, window: list[bytes]) -> bool:
         if self.count is not None and len(self._providers) >= self.count:
             return True
-        window = self._window()
-        if any(self._states[node_id] is not QueryState.RESPONDED for node_id in window):
+        states = self._states
+        if any(states[node_id] is not QueryState.RESPONDED for node_id in window):
             return False
         # Late contacts are only skipped when k others answered in their place.
-        return len(window) >= self.k or QueryState.LATE not in self._states.values()
+        return len(window) >= self.k or self._late == 0
 
     @property
     def result(self) -> list[Contact]:
@@ -166,13 +174,26 @@ class Lookup:
     @property
     def outstanding(self) -> int:
         """Queries sent and not yet answered nor failed."""
-        return sum(1 for s in self._states.values() if s in _OUTSTANDING)
+        return self._in_flight + self._late
 
     def state(self, node_id: bytes) -> QueryState | None:
         """Where ``node_id`` stands in this lookup (None if never heard of)."""
         return self._states.get(node_id)
 
     # -- internals --------------------------------------------------------------------
+    def _set(self, node_id: bytes, state: QueryState) -> None:
+        """Move ``node_id`` (known) to ``state``, keeping the in-flight and late counts."""
+        old = self._states[node_id]
+        if old is QueryState.IN_FLIGHT:
+            self._in_flight -= 1
+        elif old is QueryState.LATE:
+            self._late -= 1
+        if state is QueryState.IN_FLIGHT:
+            self._in_flight += 1
+        elif state is QueryState.LATE:
+            self._late += 1
+        self._states[node_id] = state
+
     def _add_contacts(self, contacts: Iterable[Contact]) -> None:
         for contact in contacts:
             node_id = contact.node_id

@@ -188,3 +188,36 @@ def test_all_late_and_nobody_left_waits_for_them() -> None:
     assert not lookup.done  # a slow network is not a dead one
     lookup.on_timeout(a)
     assert lookup.done and lookup.result == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_outstanding_counts_every_in_flight_and_late_contact(seed: int) -> None:
+    # The lookup keeps its in-flight and late counts as states change (instead of
+    # counting states each time): random answers, timeouts and hedges must agree
+    # with a recount, and nothing may stay outstanding at the end.
+    rng = random.Random(seed)
+    net = SimNetwork(150, seed)
+    start = rng.choice(list(net.nodes.values()))
+    lookup = Lookup(rng.randbytes(32), start.table.closest(rng.randbytes(32), K), k=8,
+                    alpha=3, own_id=start.contact.node_id)
+    flying: list[Contact] = []
+    for _ in range(400):
+        flying += lookup.next_queries()
+        if not flying:
+            break
+        contact = flying.pop(rng.randrange(len(flying)))
+        action = rng.random()
+        if action < 0.15:
+            extra = lookup.hedge(contact)
+            flying.append(contact)  # still awaited
+            if extra is not None:
+                flying.append(extra)
+        elif action < 0.3:
+            lookup.on_timeout(contact)
+        else:
+            lookup.on_response(contact, net.nodes[contact.node_id].table.closest(lookup.target))
+        recount = sum(lookup.state(c.node_id) in (QueryState.IN_FLIGHT, QueryState.LATE)
+                      for c in net.true_closest(lookup.target, 150, alive_only=False))
+        assert lookup.outstanding == recount
+    assert lookup.outstanding == 0 and not flying
+    assert lookup.done
