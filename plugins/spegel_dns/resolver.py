@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import socket
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiodns
 import pycares
@@ -70,6 +72,37 @@ class QueryAnswer:
         return self.outcome in (Outcome.OK, Outcome.NODATA)
 
 
+class _LoopDNSResolver(aiodns.DNSResolver):
+    """aiodns's resolver with its c-ares channel driven by this event loop, not a thread.
+
+    aiodns 4 gives every channel its own c-ares event thread, and answers cross over
+    with ``call_soon_threadsafe``. A :class:`Resolver` lives for one round of two
+    questions, so each round started and stopped a thread: ~0.8 ms of CPU per
+    resolution, measured, about an eighth of a node's whole join (``docs/scale.md``).
+    aiodns's own fallback path watches c-ares's sockets with ``loop.add_reader``
+    instead; this takes that path always. It builds on two internals of aiodns 4
+    (``_make_channel``, ``_sock_state_cb``); :data:`LOOP_DRIVEN` is False, and the
+    plain resolver is used, if they are not there.
+    """
+
+    def _make_channel(self, **kwargs: Any) -> tuple[bool, pycares.Channel]:
+        ref = weakref.ref(self)
+
+        def sock_state(fd: int, readable: bool, writable: bool) -> None:
+            resolver = ref()  # weak: the channel must not keep its resolver alive
+            if resolver is not None:
+                resolver._sock_state_cb(fd, readable, writable)
+
+        return False, pycares.Channel(sock_state_cb=sock_state, timeout=self._timeout,
+                                      **kwargs)
+
+
+#: Whether resolvers run on the event loop (see :class:`_LoopDNSResolver`).
+LOOP_DRIVEN = all(callable(getattr(aiodns.DNSResolver, name, None))
+                  for name in ("_make_channel", "_sock_state_cb"))
+_DNSResolver = _LoopDNSResolver if LOOP_DRIVEN else aiodns.DNSResolver
+
+
 class Resolver:
     """A fresh aiodns resolver for one round of questions; close it with :meth:`aclose`.
 
@@ -86,8 +119,8 @@ class Resolver:
         # udp_only: EDNS0 (a 1232-byte answer: ~70 A records) and a truncated answer
         # kept as it is instead of asked again over TCP for all of it.
         flags = pycares.ARES_FLAG_IGNTC | pycares.ARES_FLAG_EDNS if udp_only else 0
-        self._resolver = aiodns.DNSResolver(nameservers=list(nameservers) or None,
-                                            timeout=timeout, tries=tries, flags=flags)
+        self._resolver = _DNSResolver(nameservers=list(nameservers) or None,
+                                      timeout=timeout, tries=tries, flags=flags)
         self._closed = False
 
     async def query(self, name: str, qtype: str) -> QueryAnswer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from spegel_core.testing.discovery_conformance import DiscoveryConformance
 from spegel_core.testing.dns import DnsServer, SrvRecord, dnsmasq_path
 from spegel_core.testing.fakes import RecordingSink
 from spegel_dns import DNSDiscovery, LocalAddresses
+from spegel_dns.resolver import LOOP_DRIVEN
 
 # Not a skip: CI installs Debian dnsmasq-base.
 assert dnsmasq_path() is not None, "dnsmasq is required (apt-get install dnsmasq-base)"
@@ -120,6 +123,25 @@ async def test_big_answer_is_sampled_from_one_udp_datagram(dnsmasq: DnsServer) -
     whole = await discovery(dnsmasq, domain="many.spegel.test", udp_pool=0).bootstrap_peers()
     assert len(set(whole)) == 5 and {p.host for p in whole} <= set(many)
     assert dnsmasq.log().count(question) == 1 + 2
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+async def test_a_resolution_runs_on_the_event_loop_without_a_thread(dnsmasq: DnsServer) -> None:
+    # aiodns would start a c-ares event thread per channel, i.e. per resolution.
+    assert LOOP_DRIVEN
+    await discovery(dnsmasq).bootstrap_peers()  # pycares starts one helper thread, once
+    before = _os_threads()
+    most = before
+    for _ in range(3):
+        task = asyncio.ensure_future(discovery(dnsmasq, sample_size=100).bootstrap_peers())
+        while not task.done():
+            most = max(most, _os_threads())
+            await asyncio.sleep(0)
+        assert {p.host for p in task.result()} == set(NODES)
+    assert most == before
 
 
 async def test_small_answer_is_asked_once(dnsmasq: DnsServer) -> None:
