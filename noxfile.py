@@ -63,12 +63,15 @@ def scale(session: nox.Session) -> None:
     [--join-rate R] [--keys-per-node K]`` (``-- --help`` lists the rest). It prints a
     table and writes the figures as JSON. ``nox -s scale -- plot OUT.png RUN.json...``
     draws the figure of docs/scale.md from such JSON files (installs matplotlib here
-    only: it is no dependency of spegel).
+    only: it is no dependency of spegel). ``nox -s scale -- joincost [--dns]`` measures
+    the CPU one join costs, in one process (tests/scale/joincost.py).
     """
     session.install("-e", ".[test]")
     if session.posargs[:1] == ["plot"]:
         session.install("matplotlib")
         session.run("python", "-m", "tests.scale.plot", *session.posargs[1:])
+    elif session.posargs[:1] == ["joincost"]:
+        session.run("python", "-m", "tests.scale.joincost", *session.posargs[1:])
     else:
         session.run("python", "-m", "tests.scale.run", *session.posargs)
 

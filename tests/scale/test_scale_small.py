@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from spegel_core.testing.dns import dnsmasq_path
 from tests.scale import report
+from tests.scale.dns import QuietDnsServer
+from tests.scale.joincost import measure
 from tests.scale.population import Population
 from tests.scale.run import main_cli, parse_args, simulate
 
@@ -91,3 +94,19 @@ def test_lookups_survive_reprovide_overload() -> None:
     assert overload["provides_per_s"] < overload["demand_keys_per_s"]  # reproviding waits
     assert overload["lookups"] == 300
     assert overload["lookup_success_ratio"] >= 0.99
+
+
+async def test_join_cost_counts_a_whole_join() -> None:
+    # The small run of ``nox -s scale -- joincost``: joiners resolve a real dnsmasq.
+    with tempfile.TemporaryDirectory() as workdir:
+        dns = QuietDnsServer(Path(workdir))
+        dns.start()
+        try:
+            cost = await measure(30, 10, dns=dns)
+        finally:
+            dns.stop()
+    assert cost.joins == 10 and cost.dns
+    # A join: the seeds' FIND_NODE and a self lookup; each request has an answer.
+    assert 10 <= cost.datagrams_per_join <= 2 * 35
+    assert cost.cpu_ms_per_join > 0 and cost.cpu_us_per_datagram > 0
+    assert 0 < cost.ready_p50_ms < 5000
