@@ -120,10 +120,10 @@ class DNSDiscovery:
         With thousands of nodes the whole answer does not fit a datagram: the client
         would fetch and parse thousands of records over TCP (~20 ms for 2000 with
         dnsmasq here, and the DNS server would send every node all of them), when a
-        node needs a few seeds. The ~70 addresses that fit are enough to sample from
-        when there are ``udp_pool`` (and ``sample_size``) or more; DNS servers rotate
-        or shuffle the records of a name (CoreDNS's ``loadbalance``), so nodes still
-        spread over many seeds. An answer that fits with room to spare is the whole
+        node needs a few seeds. The ~29 addresses a 512-byte answer holds are enough to
+        sample from when there are ``udp_pool`` (and ``sample_size``) or more; DNS
+        servers rotate or shuffle the records of a name (CoreDNS's ``loadbalance``), so
+        nodes still spread over many seeds. An answer that fits with room to spare is the whole
         answer. Anything else (few addresses, no records, a timeout, an error) goes
         the whole way.
         """
