@@ -463,7 +463,11 @@ class _Reader:
 
     def entries(self) -> list[tuple[bytes, str, int]]:
         """A count byte, then that many ``id + family + address + port`` entries."""
-        return [(raw[:ID_BYTES], text, port) for raw, text, port in self._entries(None)]
+        out: list[tuple[bytes, str, int]] = []
+        for raw, text, port in self._entries(None):
+            assert text is not None  # (only an entry of ``known`` comes without text)
+            out.append((raw[:ID_BYTES], text, port))
+        return out
 
     def contacts(self) -> tuple[Contact, ...]:
         """:meth:`entries` as contacts; an entry decoded before gives the same contact."""
