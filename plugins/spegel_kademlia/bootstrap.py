@@ -1,16 +1,56 @@
-"""Bootstrap addresses: collected from every discovery source, names resolved."""
+"""Bootstrapping: addresses from every discovery source, names resolved, and when to ask
+discovery again (:class:`BootstrapSchedule`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from spegel_core.protocols import Discovery, PeerAddress
 from spegel_kademlia.rpc import is_ip, normalize_host
 
 log = logging.getLogger(__name__)
+
+#: First wait after a failed attempt (doubling up to ``backoff_max``).
+BACKOFF_MIN = 0.25
+
+
+class BootstrapSchedule:
+    """When to ask discovery again, after each bootstrap attempt (pure: no I/O, no clock).
+
+    - An attempt that found nobody: again after a backoff that doubles, from
+      :data:`BACKOFF_MIN` up to ``backoff_max``, each wait drawn from its upper half.
+    - Joined, but knowing fewer than ``k`` nodes: the cluster may still be starting (the
+      first nodes of a rollout see a DNS answer of a few addresses). Again soon, with the
+      same backoff, for as long as each attempt finds the table grown and discovery names
+      nodes it did not know; in a small cluster that stops after one more question.
+    - Otherwise: again after ``rebootstrap`` seconds, and the backoff starts over.
+
+    :param uniform: ``random.Random.uniform`` (tests pass a seeded one).
+    """
+
+    def __init__(self, *, k: int, backoff_max: float, rebootstrap: float,
+                 uniform: Callable[[float, float], float]) -> None:
+        self.k = k
+        self.backoff_max = backoff_max
+        self.rebootstrap = rebootstrap
+        self._uniform = uniform
+        self._backoff = BACKOFF_MIN
+        self._grown_to = 0  # table size after the last attempt that found it small
+
+    def after(self, ok: bool, size: int, seeds_were_new: bool) -> float:
+        """Seconds to wait after an attempt that joined (``ok``) or not, leaving ``size``
+        contacts, whose seeds named nodes not known before (``seeds_were_new``)."""
+        if ok and not (self._grown_to < size < self.k and seeds_were_new):
+            self._backoff = BACKOFF_MIN
+            return self.rebootstrap
+        if ok:
+            self._grown_to = size
+        wait = self._backoff * self._uniform(0.5, 1.0)
+        self._backoff = min(self._backoff * 2, self.backoff_max)
+        return wait
 
 
 async def bootstrap_addresses(sources: Sequence[Discovery], *,

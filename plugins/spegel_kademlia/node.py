@@ -33,7 +33,7 @@ from spegel_core.protocols import (
     PeerCount,
     RouterStatus,
 )
-from spegel_kademlia.bootstrap import bootstrap_addresses, resolve
+from spegel_kademlia.bootstrap import BootstrapSchedule, bootstrap_addresses, resolve
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.handlers import answer
 from spegel_kademlia.ids import Contact, key_id, random_id, random_id_in_bucket
@@ -66,7 +66,6 @@ T = TypeVar("T")
 
 _DISCOVERY_TIMEOUT = 10.0
 _BOOTSTRAP_SAMPLE = 16
-_BOOTSTRAP_BACKOFF_MIN = 0.25
 _DEFAULT_REBOOTSTRAP = 30 * 60.0
 _MAX_EVICTION_PINGS = 32
 #: A full bucket's least recently seen contact heard from this recently is alive (a
@@ -458,10 +457,11 @@ class KademliaRouter:
             pass
 
     async def _bootstrap_loop(self) -> None:
-        backoff = _BOOTSTRAP_BACKOFF_MIN
-        rebootstrap = max(5.0, min((d.refresh_interval for d in self._discovery),
-                                   default=_DEFAULT_REBOOTSTRAP))
-        grown_to = 0  # table size after the last attempt that found it small
+        schedule = BootstrapSchedule(
+            k=self.settings.kademlia_k, backoff_max=self.settings.kademlia_bootstrap_backoff_max,
+            rebootstrap=max(5.0, min((d.refresh_interval for d in self._discovery),
+                                     default=_DEFAULT_REBOOTSTRAP)),
+            uniform=self._rng.uniform)
         while True:
             self._wake_bootstrap.clear()
             try:
@@ -469,21 +469,8 @@ class KademliaRouter:
             except Exception:  # a bug in one attempt must not end bootstrapping for good
                 log.exception("bootstrap attempt failed")
                 ok = False
-            size = len(self.table)
-            if ok and grown_to < size < self.settings.kademlia_k and self._seeds_were_new:
-                # Joined, but knowing fewer than k nodes: the cluster may still be
-                # starting (the first nodes of a rollout see a DNS answer of a few
-                # addresses). Ask discovery again soon, with backoff, for as long as
-                # each attempt finds the table grown and discovery names nodes it did
-                # not know; in a small cluster that stops after one more question.
-                grown_to = size
-                wait = backoff * self._rng.uniform(0.5, 1.0)
-                backoff = min(backoff * 2, self.settings.kademlia_bootstrap_backoff_max)
-            elif ok:
-                backoff, wait = _BOOTSTRAP_BACKOFF_MIN, rebootstrap
-            else:
-                wait = backoff * self._rng.uniform(0.5, 1.0)
-                backoff = min(backoff * 2, self.settings.kademlia_bootstrap_backoff_max)
+            wait = schedule.after(ok, len(self.table), self._seeds_were_new)
+            if not ok:
                 log.info("no DHT peers yet; bootstrapping again in %.1fs", wait)
             await self._wait(self._wake_bootstrap, wait)
 
