@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 
 from spegel_core.protocols import DnsQuery, PeerAddress
-from spegel_core.testing.discovery_conformance import DiscoveryConformance
 from spegel_core.testing.dns import DnsServer, SrvRecord, dnsmasq_path
 from spegel_core.testing.fakes import RecordingSink
 from spegel_dns import DNSDiscovery, LocalAddresses
 from spegel_dns.resolver import LOOP_DRIVEN
+from tests.dns_discovery import NAME, DnsConformance, discovery
 
 # Not a skip: CI installs Debian dnsmasq-base.
 assert dnsmasq_path() is not None, "dnsmasq is required (apt-get install dnsmasq-base)"
 
-NAME = "spegel-bootstrap.spegel.test"
 SRV = "_router._udp." + NAME
 NODES = [f"127.0.0.{i}" for i in range(2, 9)]
 
@@ -36,27 +35,12 @@ def dnsmasq(tmp_path: Path) -> Iterator[DnsServer]:
         yield server
 
 
-def discovery(server: DnsServer, **kwargs: object) -> DNSDiscovery:
-    options: dict[str, object] = {"port": 5001, "nameservers": [server.nameserver],
-                                  "timeout": 1.0}
-    options.update(kwargs)
-    return DNSDiscovery(str(options.pop("domain", NAME)), **options)  # type: ignore[arg-type]
-
-
-class TestDNSDiscoveryOnDnsmasq(DiscoveryConformance):
-    @pytest.fixture
-    def expected_peers(self) -> set[PeerAddress]:
-        return {PeerAddress(ip, 5001) for ip in NODES[1:]}
+class TestDNSDiscoveryOnDnsmasq(DnsConformance):
+    nodes = NODES
 
     @pytest.fixture
-    def own_peer(self) -> PeerAddress:
-        return PeerAddress(NODES[0], 5001)
-
-    @pytest.fixture
-    async def conformance_discovery(self, dnsmasq: DnsServer) -> AsyncIterator[DNSDiscovery]:
-        source = discovery(dnsmasq, own=LocalAddresses([NODES[0]]))
-        yield source
-        await source.aclose()
+    def dns_server(self, dnsmasq: DnsServer) -> DnsServer:
+        return dnsmasq
 
     @pytest.fixture
     async def unreachable_discovery(self, dnsmasq: DnsServer) -> AsyncIterator[DNSDiscovery]:

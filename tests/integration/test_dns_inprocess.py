@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from spegel_core.protocols import DnsQuery, PeerAddress
-from spegel_core.testing.discovery_conformance import DiscoveryConformance
 from spegel_core.testing.dns import InProcessDns, free_port
 from spegel_core.testing.fakes import RecordingSink
 from spegel_dns import DNSDiscovery, LocalAddresses
 from spegel_dns.resolver import Outcome, Resolver
+from tests.dns_discovery import NAME, DnsConformance, discovery
 
-NAME = "spegel-bootstrap.spegel.test"
 NODES = [f"127.0.0.{i}" for i in range(2, 12)]
 
 
@@ -30,27 +29,12 @@ async def dns() -> AsyncIterator[InProcessDns]:
         yield server
 
 
-def discovery(server: InProcessDns, **kwargs: object) -> DNSDiscovery:
-    options: dict[str, object] = {"port": 5001, "nameservers": [server.nameserver],
-                                  "timeout": 1.0}
-    options.update(kwargs)
-    return DNSDiscovery(str(options.pop("domain", NAME)), **options)  # type: ignore[arg-type]
-
-
-class TestDNSDiscoveryConformance(DiscoveryConformance):
-    @pytest.fixture
-    def expected_peers(self) -> set[PeerAddress]:
-        return {PeerAddress(ip, 5001) for ip in NODES[1:]}
+class TestDNSDiscoveryConformance(DnsConformance):
+    nodes = NODES
 
     @pytest.fixture
-    def own_peer(self) -> PeerAddress:
-        return PeerAddress(NODES[0], 5001)
-
-    @pytest.fixture
-    async def conformance_discovery(self, dns: InProcessDns) -> AsyncIterator[DNSDiscovery]:
-        source = discovery(dns, own=LocalAddresses([NODES[0]]))
-        yield source
-        await source.aclose()
+    def dns_server(self, dns: InProcessDns) -> InProcessDns:
+        return dns
 
     @pytest.fixture
     async def unreachable_discovery(self) -> AsyncIterator[DNSDiscovery]:
