@@ -33,8 +33,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,7 @@ from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.testing.dns import DnsServer, dnsmasq_path, free_port
 from spegel_core.testing.faults import (
     HostilePeer,
+    RawResponse,
     SeedDiscovery,
     honest_responder,
     http_response,
@@ -263,13 +266,43 @@ async def serve_hostile_peers(image: BuiltImage, consumer: NodeProcess,
             await peer.aclose()
 
 
-def test_wrong_bytes_are_never_passed_on_as_a_complete_200(spegel_node: StartNode,
-                                                           tmp_path: Path) -> None:
+@dataclass
+class HostileRun:
+    """A consumer whose only providers of every layer are hostile peers (one per mode)."""
+
+    image: BuiltImage
+    consumer: NodeProcess
+    honest: NodeProcess
+    #: What GET of each layer (in MODES order) gave, all fetched at once.
+    results: list[RawResponse]
+
+    def honest_provider_appears(self, tmp_path: Path) -> None:
+        """The honest node gets the layers and advertises them to the consumer."""
+        link_layout(self.image.layout_dir, tmp_path / "honest")
+        honest_mirror = f"{self.honest.ip}:{self.honest.port}"
+        until(lambda: all(honest_mirror in asyncio.run(providers_of(layer, self.consumer))
+                          for layer in self.image.layer_digests), 15,
+              "the honest provider never advertised")
+
+    def get(self, layer: str) -> RawResponse:
+        return raw_get(self.consumer.ip, self.consumer.port, BLOB_PATH.format(layer),
+                       timeout=20)
+
+
+BLOB_PATH = "/v2/library/demo/blobs/{}?ns=docker.io"
+
+
+@contextmanager
+def hostile_run(spegel_node: StartNode, tmp_path: Path, *consumer_args: str
+                ) -> Iterator[HostileRun]:
+    """Start the consumer (``consumer_args`` added), an honest node without the image,
+    and the hostile peers; fetch every layer through the consumer. The peers stop on exit.
+    """
     image = build_image(tmp_path / "layout", REF, layer_sizes=(3 * 2**20,) * len(MODES),
                         raw_layers=True, platforms=ONE_PLATFORM, seed=12)
-    # A long penalty: however slow the machine, the liars are not asked again below.
+    # A long penalty: however slow the machine, the liars are not asked again after.
     consumer = layout_node(spegel_node, tmp_path / "empty", "--mirror-peer-penalty", "10m",
-                           wait=False)
+                           *consumer_args, wait=False)
     honest = layout_node(spegel_node, tmp_path / "honest", *static(consumer.ip), wait=False)
     consumer.wait_ready()
     honest.wait_ready()
@@ -284,35 +317,41 @@ def test_wrong_bytes_are_never_passed_on_as_a_complete_200(spegel_node: StartNod
         # Wait until every bad layer is found (a HEAD reads no body, so nothing is judged).
         until(lambda: all(status(blob_url(consumer, layer)) == 200 for layer in layers), 15,
               "the consumer never found the hostile peers")
-        path = "/v2/library/demo/blobs/{}?ns=docker.io"
+        run = HostileRun(image, consumer, honest, [])
         with ThreadPoolExecutor(len(layers)) as pool:  # the stalling peer takes seconds
-            results = list(pool.map(
-                lambda layer: raw_get(consumer.ip, consumer.port, path.format(layer),
-                                      timeout=20), layers))
-        for mode, layer, result in zip(MODES, layers, results, strict=True):
+            run.results = list(pool.map(run.get, layers))
+        yield run
+    finally:
+        done.set()
+        thread.join(timeout=20)
+
+
+def assert_manifests_are_not_served(run: HostileRun) -> None:
+    """Manifests are verified before their first byte in every mode: a 404."""
+    for manifest in run.image.manifest_digests:
+        assert status(f"{run.consumer.url}/v2/library/demo/manifests/{manifest}", "GET") == 404
+
+
+def test_wrong_bytes_are_never_passed_on_as_a_complete_200(spegel_node: StartNode,
+                                                           tmp_path: Path) -> None:
+    with hostile_run(spegel_node, tmp_path) as run:
+        layers = run.image.layer_digests
+        for mode, layer, result in zip(MODES, layers, run.results, strict=True):
             whole_and_wrong = (result.status == 200 and result.complete
                                and hashlib.sha256(result.body).hexdigest() != layer[7:])
             assert not whole_and_wrong, mode
             assert result.status != 200 or not result.complete, (mode, result.status)
-        for manifest in image.manifest_digests:  # verified before the first byte: a 404
-            manifest_url = f"{consumer.url}/v2/library/demo/manifests/{manifest}"
-            assert status(manifest_url, "GET") == 404
+        assert_manifests_are_not_served(run)
         # An honest provider appears: the client's retry goes there (the liars are
         # penalised) and gets the right bytes.
-        link_layout(image.layout_dir, tmp_path / "honest")
-        honest_mirror = f"{honest.ip}:{honest.port}"
-        until(lambda: all(honest_mirror in asyncio.run(providers_of(layer, consumer))
-                          for layer in layers), 15, "the honest provider never advertised")
+        run.honest_provider_appears(tmp_path)
         for layer in layers:
-            retry = raw_get(consumer.ip, consumer.port, path.format(layer), timeout=20)
+            retry = run.get(layer)
             assert retry.status == 200 and retry.complete
             assert hashlib.sha256(retry.body).hexdigest() == layer[7:]
-        log = consumer.log_path.read_text()
+        log = run.consumer.log_path.read_text()
         assert log.count("penalising peer") >= len(MODES)
         assert "cut off GET" in log and "Traceback" not in log  # one line each
-    finally:
-        done.set()
-        thread.join(timeout=20)
 
 
 #: With --peer-blob-verify client: what a client gets from each hostile peer when no
@@ -325,55 +364,27 @@ CLIENT_MODE_OUTCOMES = {"corrupt": "whole, wrong digest", "truncate": "cut off",
 
 def test_client_mode_never_completes_a_short_body(spegel_node: StartNode,
                                                   tmp_path: Path) -> None:
-    image = build_image(tmp_path / "layout", REF, layer_sizes=(3 * 2**20,) * len(MODES),
-                        raw_layers=True, platforms=ONE_PLATFORM, seed=12)
-    consumer = layout_node(spegel_node, tmp_path / "empty", "--mirror-peer-penalty", "10m",
-                           "--peer-blob-verify", "client", wait=False)
-    honest = layout_node(spegel_node, tmp_path / "honest", *static(consumer.ip), wait=False)
-    consumer.wait_ready()
-    honest.wait_ready()
-    done = threading.Event()
-    announced: list[str] = []
-    thread = threading.Thread(target=asyncio.run,
-                              args=(serve_hostile_peers(image, consumer, done, announced),))
-    thread.start()
-    try:
-        until(lambda: len(announced) == len(MODES), 10, "hostile peers not started")
-        layers = image.layer_digests
-        until(lambda: all(status(blob_url(consumer, layer)) == 200 for layer in layers), 15,
-              "the consumer never found the hostile peers")
-        path = "/v2/library/demo/blobs/{}?ns=docker.io"
-        with ThreadPoolExecutor(len(layers)) as pool:
-            results = list(pool.map(
-                lambda layer: raw_get(consumer.ip, consumer.port, path.format(layer),
-                                      timeout=20), layers))
-        for mode, layer, result in zip(MODES, layers, results, strict=True):
+    with hostile_run(spegel_node, tmp_path, "--peer-blob-verify", "client") as run:
+        layers = run.image.layer_digests
+        for mode, layer, result in zip(MODES, layers, run.results, strict=True):
             assert result.status == 200, (mode, result.status)
             right = hashlib.sha256(result.body).hexdigest() == layer[7:]
             outcome = "cut off" if not result.complete else (
                 "whole, right digest" if right else "whole, wrong digest")
             assert outcome == CLIENT_MODE_OUTCOMES[mode], (mode, len(result.body))
-        for manifest in image.manifest_digests:  # manifests are verified in every mode
-            manifest_url = f"{consumer.url}/v2/library/demo/manifests/{manifest}"
-            assert status(manifest_url, "GET") == 404
+        assert_manifests_are_not_served(run)
         # The peers whose bodies broke off are penalised: with an honest provider the
         # retry goes there and gets the right bytes.
-        link_layout(image.layout_dir, tmp_path / "honest")
-        honest_mirror = f"{honest.ip}:{honest.port}"
-        until(lambda: all(honest_mirror in asyncio.run(providers_of(layer, consumer))
-                          for layer in layers), 15, "the honest provider never advertised")
+        run.honest_provider_appears(tmp_path)
         for mode, layer in zip(MODES, layers, strict=True):
             if CLIENT_MODE_OUTCOMES[mode] != "cut off":
                 continue
-            retry = raw_get(consumer.ip, consumer.port, path.format(layer), timeout=20)
+            retry = run.get(layer)
             assert retry.status == 200 and retry.complete, mode
             assert hashlib.sha256(retry.body).hexdigest() == layer[7:], mode
-        log = consumer.log_path.read_text()
+        log = run.consumer.log_path.read_text()
         assert log.count("penalising peer") >= 3
         assert "cut off GET" in log and "Traceback" not in log
-    finally:
-        done.set()
-        thread.join(timeout=20)
 
 
 # -- 20,000 random datagrams -------------------------------------------------------------
