@@ -37,10 +37,9 @@ PROVIDERS answer carries about a dozen providers, which is more than a lookup as
 
 Authentication: with a cluster key every datagram carries the trailer and a datagram
 without one is dropped; without a key a datagram carrying one is dropped too, so a
-half-configured cluster fails loudly (counted drops) rather than silently. Timestamps
-must be within ``max_skew`` (30 s) of the receiver's clock, and a keyed codec remembers
-the MACs it accepted for twice that long, so a captured datagram cannot be replayed
-(from another address, say) while its timestamp is fresh.
+half-configured cluster fails loudly (counted drops) rather than silently. The trailer's
+checks (timestamps within ``max_skew``, 30 s; no replays) are
+:class:`~spegel_kademlia.auth.DatagramAuth`'s.
 
 Key rotation: a codec may hold several keys. It signs with the first and accepts a
 datagram signed with any of them, so a cluster changes its key in three rolls
@@ -50,8 +49,6 @@ datagram signed with any of them, so a cluster changes its key in three rolls
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import ipaddress
 import struct
 import time
@@ -59,6 +56,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from spegel_kademlia.auth import TRAILER_BYTES, AuthError, DatagramAuth
 from spegel_kademlia.ids import ID_BYTES, Contact
 from spegel_kademlia.messages import (
     AddProvider,
@@ -82,16 +80,9 @@ MAX_DATAGRAM = 1280 - 40 - 8
 FLAG_AUTH = 0x01
 
 _HEADER = struct.Struct("!2sBBBQ32sH")
-_TRAILER_TS = struct.Struct("!Q")
-_MAC_BYTES = 32
-_TRAILER_BYTES = _TRAILER_TS.size + _MAC_BYTES
 _MAX_COUNT = 255
 #: Largest entry of a NODES / PROVIDERS list: id, family byte, IPv6 address, port.
 _MAX_ENTRY = ID_BYTES + 1 + 16 + 2
-#: Shortest cluster key accepted, in bytes.
-MIN_KEY_BYTES = 16
-#: Most keys one codec accepts (each costs one HMAC per datagram that fails the others).
-MAX_KEYS = 4
 
 _Entry = TypeVar("_Entry", Contact, ProviderInfo)
 
@@ -133,18 +124,8 @@ class Codec:
         clock: Callable[[], float] = time.time,
     ) -> None:
         keys = [] if key is None else [key] if isinstance(key, bytes) else list(key)
-        if len(keys) > MAX_KEYS:
-            raise ValueError(f"at most {MAX_KEYS} cluster keys")
-        for each in keys:
-            if not isinstance(each, bytes) or len(each) < MIN_KEY_BYTES:
-                raise ValueError(f"a cluster key needs at least {MIN_KEY_BYTES} bytes")
-        self._keys = tuple(keys)
-        self._key = keys[0] if keys else None
-        self.max_skew = max_skew
+        self._auth = DatagramAuth(keys, max_skew=max_skew, clock=clock) if keys else None
         self.max_size = max_size
-        self._clock = clock
-        self._seen: dict[bytes, float] = {}  # accepted MACs (prefix) -> when to forget
-        self.replay_cache_size = 65536
         # Contacts decoded before, by their wire entry: a node hears of the same
         # neighbourhood in answer after answer (a join's ~25 answers of 20 contacts name
         # far fewer distinct nodes). Contacts are never mutated, so one object serves.
@@ -153,17 +134,17 @@ class Codec:
     @property
     def authenticated(self) -> bool:
         """Whether datagrams carry (and must carry) a MAC."""
-        return self._key is not None
+        return self._auth is not None
 
     @property
     def key_count(self) -> int:
         """How many keys datagrams are accepted under (0: unauthenticated)."""
-        return len(self._keys)
+        return 0 if self._auth is None else self._auth.key_count
 
     @property
     def overhead(self) -> int:
         """Bytes of every datagram outside the payload (header and trailer)."""
-        return _HEADER.size + (_TRAILER_BYTES if self._key is not None else 0)
+        return _HEADER.size + (TRAILER_BYTES if self._auth is not None else 0)
 
     # -- encoding ---------------------------------------------------------------------
     def encode(self, message: Message) -> bytes:
@@ -172,18 +153,11 @@ class Codec:
         _check_port(message.mirror_port, "mirror port", allow_zero=True)
         if not 0 <= message.request_id < 1 << 64:
             raise EncodeError("request id out of range")
-        flags = FLAG_AUTH if self._key is not None else 0
-        parts = [
-            _HEADER.pack(MAGIC, VERSION, message.type, flags, message.request_id,
-                         message.sender, message.mirror_port),
-            _encode_body(message.body),
-        ]
-        if self._key is not None:
-            parts.append(_TRAILER_TS.pack(int(self._clock() * 1000) & ((1 << 64) - 1)))
-            data = b"".join(parts)
-            data += hmac.new(self._key, data, hashlib.sha256).digest()
-        else:
-            data = b"".join(parts)
+        flags = FLAG_AUTH if self._auth is not None else 0
+        data = _HEADER.pack(MAGIC, VERSION, message.type, flags, message.request_id,
+                            message.sender, message.mirror_port) + _encode_body(message.body)
+        if self._auth is not None:
+            data = self._auth.sign(data)
         if len(data) > self.max_size:
             raise EncodeError(f"{message.type.label} of {len(data)} bytes exceeds {self.max_size}")
         return data
@@ -244,10 +218,13 @@ class Codec:
                 raise DecodeError("flags", hex(flags))
             end = len(data)
             if flags & FLAG_AUTH:
-                if self._key is None:
+                if self._auth is None:
                     raise DecodeError("auth_unexpected")
-                end = self._verify(data)
-            elif self._key is not None:
+                try:
+                    end = self._auth.verify(data, _HEADER.size)
+                except AuthError as exc:
+                    raise DecodeError(exc.reason, exc.detail) from None
+            elif self._auth is not None:
                 raise DecodeError("auth_missing")
             reader = _Reader(data, _HEADER.size, end, self._contacts)
             body = _DECODERS[mtype](reader)
@@ -257,36 +234,6 @@ class Codec:
             exc.message_type = mtype
             raise
         return Message(body, request_id, sender, mirror_port, host, port)
-
-    def _verify(self, data: bytes) -> int:
-        assert self._key is not None
-        end = len(data) - _TRAILER_BYTES
-        if end < _HEADER.size:
-            raise DecodeError("short", "no auth trailer")
-        signed = data[: len(data) - _MAC_BYTES]
-        mac = data[len(data) - _MAC_BYTES :]
-        for key in self._keys:
-            expected = hmac.new(key, signed, hashlib.sha256).digest()
-            if hmac.compare_digest(expected, mac):
-                break
-        else:
-            raise DecodeError("mac")
-        (millis,) = _TRAILER_TS.unpack_from(data, end)
-        now = self._clock()
-        if abs(millis / 1000 - now) > self.max_skew:
-            raise DecodeError("stale", f"timestamp {millis}")
-        seen = self._seen
-        while seen:
-            oldest = next(iter(seen))
-            if seen[oldest] > now and len(seen) < self.replay_cache_size:
-                break
-            del seen[oldest]
-        tag = expected[:16]
-        if tag in seen:
-            raise DecodeError("replay")
-        seen[tag] = now + 2 * self.max_skew
-        return end
-
 
 # -- helpers ------------------------------------------------------------------------------
 def _check_id(value: bytes, what: str) -> None:

@@ -1,7 +1,7 @@
 """Cluster keys from ``--cluster-key-file`` (a mounted Kubernetes Secret in production).
 
 A key file holds one key: its contents with surrounding whitespace stripped, text or
-bytes, at least :data:`~spegel_kademlia.codec.MIN_KEY_BYTES` long (for example the
+bytes, at least :data:`~spegel_kademlia.auth.MIN_KEY_BYTES` long (for example the
 output of ``head -c 32 /dev/urandom | base64``). During a key rotation a node holds
 two keys, given either as two files (``--cluster-key-file new,old``) or as one text
 file of two lines; the first key signs, every key is accepted. A file that is not
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spegel_core.errors import ConfigError
-from spegel_kademlia.codec import MAX_KEYS, MIN_KEY_BYTES
+from spegel_kademlia.auth import MAX_KEYS, MIN_KEY_BYTES
 
 FLAG = "--cluster-key-file"
 #: Largest key file read (a key is a few dozen bytes; this only bounds a wrong path).
