@@ -386,11 +386,11 @@ class _Reader:
     CONTACTS_SEEN = 4096
 
     def __init__(self, data: bytes, pos: int, end: int,
-                 contacts_seen: dict[bytes, Contact] | None = None) -> None:
+                 contacts_seen: dict[bytes, Contact]) -> None:
         self.data = data
         self.pos = pos
         self.end = end
-        self.contacts_seen = {} if contacts_seen is None else contacts_seen
+        self.contacts_seen = contacts_seen
 
     def take(self, n: int) -> bytes:
         if self.pos + n > self.end:

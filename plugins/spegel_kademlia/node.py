@@ -350,12 +350,7 @@ class KademliaRouter:
             self._peers_changed()
 
     async def _request(self, contact: Contact, body: Body, *, retries: int) -> Message:
-        future = self._start_request(contact, body, retries=retries)
-        try:
-            return await future
-        finally:
-            if not future.done():
-                future.cancel()
+        return await self._start_request(contact, body, retries=retries)
 
     def _drive(self, lookup: Lookup, body: Body, deadline: float
                ) -> AsyncGenerator[list[ProviderInfo]]:

@@ -260,14 +260,10 @@ class RpcEndpoint:
         node_id: bytes | None = None,
     ) -> Message:
         """Await the response to ``body`` (see :meth:`start`); raises :class:`RpcTimeout`,
-        :class:`RpcClosed` or :class:`RpcError`. Cancelling the caller forgets the request."""
-        future = self.start(address, body, attempt_timeout=attempt_timeout, retries=retries,
-                            node_id=node_id)
-        try:
-            return await future
-        finally:
-            if not future.done():
-                future.cancel()
+        :class:`RpcClosed` or :class:`RpcError`. Cancelling the caller cancels the awaited
+        future, which forgets the request."""
+        return await self.start(address, body, attempt_timeout=attempt_timeout,
+                                retries=retries, node_id=node_id)
 
     # -- receiving ----------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
