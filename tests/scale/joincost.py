@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spegel_core.protocols import Discovery, PeerAddress
+from spegel_core.testing.fakes import StaticListDiscovery
 from spegel_dns import DNSDiscovery, LocalAddresses
 from spegel_kademlia import KademliaSettings
 from tests.scale.dns import QuietDnsServer
@@ -45,19 +46,6 @@ from tests.scale.simrouter import SimRouter
 _BASE_OCTET = 60
 _SEEDS = 5
 _READY_LIMIT = 5.0
-
-
-@dataclass
-class _Seeds:
-    """Static discovery: five random addresses of the nodes started so far."""
-
-    started: list[PeerAddress]
-    rng: random.Random
-    name: str = "seeds"
-    refresh_interval: float = 1800.0
-
-    async def bootstrap_peers(self) -> list[PeerAddress]:
-        return self.rng.sample(self.started, min(_SEEDS, len(self.started)))
 
 
 @dataclass
@@ -89,6 +77,10 @@ async def measure(base: int, joins: int, *, dns: QuietDnsServer | None = None,
     started: list[PeerAddress] = []
     routers: list[SimRouter] = []
 
+    def seeds() -> StaticListDiscovery:
+        """Five random addresses of the nodes started so far."""
+        return StaticListDiscovery(rng.sample(started, min(_SEEDS, len(started))))
+
     async def start(index: int, discovery: Discovery) -> SimRouter:
         host = host_of(index, _BASE_OCTET)
         router = SimRouter(host=host, port=ROUTER_PORT, mirror_port=5000,
@@ -105,7 +97,7 @@ async def measure(base: int, joins: int, *, dns: QuietDnsServer | None = None,
 
     try:
         for index in range(base):
-            await start(index, _Seeds(list(started), rng))
+            await start(index, seeds())
         if dns is not None:
             dns.publish(DOMAIN, [address.host for address in started])
         await asyncio.sleep(0.5)  # answers and late queries of the last base node
@@ -116,7 +108,7 @@ async def measure(base: int, joins: int, *, dns: QuietDnsServer | None = None,
         ready: list[float] = []
         for index in range(base, base + joins):
             if dns is None:
-                discovery: Discovery = _Seeds(list(started), rng)
+                discovery: Discovery = seeds()
             else:
                 discovery = DNSDiscovery(DOMAIN, port=ROUTER_PORT, nameservers=[dns.nameserver],
                                          own=LocalAddresses([host_of(index, _BASE_OCTET)]),

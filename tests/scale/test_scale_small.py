@@ -17,6 +17,7 @@ import pytest
 from spegel_core.testing.dns import dnsmasq_path
 from tests.scale import report
 from tests.scale.dns import QuietDnsServer
+from tests.scale.joincost import main as joincost_main
 from tests.scale.joincost import measure
 from tests.scale.population import Population
 from tests.scale.run import main_cli, parse_args, simulate
@@ -110,3 +111,13 @@ async def test_join_cost_counts_a_whole_join() -> None:
     assert 10 <= cost.datagrams_per_join <= 2 * 35
     assert cost.cpu_ms_per_join > 0 and cost.cpu_us_per_datagram > 0
     assert 0 < cost.ready_p50_ms < 5000
+
+
+@pytest.mark.parametrize("argv", [["--base", "0"], ["--joins", "-3"], ["--joins", "x"]])
+def test_join_cost_refuses_bad_sizes(argv: list[str], capsys: pytest.CaptureFixture[str]
+                                     ) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        joincost_main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert ("--base" in err or "--joins" in err) and "Traceback" not in err
