@@ -53,9 +53,16 @@ class DigestInvalid(OCIError):
 
 
 class TagInvalid(OCIError):
-    # The distribution spec has no TAG_INVALID; a bad tag is a bad manifest reference.
-    status = 400
-    code = "MANIFEST_INVALID"
+    """A manifest reference that is neither a tag nor a digest.
+
+    The distribution spec has no TAG_INVALID, and its conformance suite expects a
+    reference the registry cannot parse (``.INVALID_MANIFEST_NAME``) to be a manifest
+    it does not know: 404 ``MANIFEST_UNKNOWN``. A malformed *digest* stays a 400
+    ``DIGEST_INVALID`` (:class:`DigestInvalid`).
+    """
+
+    status = 404
+    code = "MANIFEST_UNKNOWN"
 
 
 class RangeInvalid(OCIError):
@@ -78,10 +85,14 @@ class Unsupported(OCIError):
 
 
 class EndpointUnknown(OCIError):
-    """A path that is not part of the pull API (tags/list, catalog, typos)."""
+    """A path the mirror does not serve (tags/list, referrers, catalog, typos).
+
+    404, as the spec asks of a registry without the optional referrers API, with the
+    spec's code for an operation that is not implemented.
+    """
 
     status = 404
-    code = "NOT_FOUND"
+    code = "UNSUPPORTED"
 
 
 class NotFound(OCIError):

@@ -33,7 +33,9 @@ async def _oci_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(exc.status_code, "UNKNOWN")
+    # Paths outside /v2/: no spec code means "no such path", so the one for an
+    # operation the server does not implement.
+    code = {404: "UNSUPPORTED", 405: "UNSUPPORTED"}.get(exc.status_code, "UNKNOWN")
     headers = dict(exc.headers or {})
     if exc.status_code == 405:  # every route allows GET and HEAD (Starlette names one)
         headers["Allow"] = ALLOWED_METHODS

@@ -298,7 +298,7 @@ class PeerFetcher:
             ) as response:
                 if response.status != 200:
                     raise status_error(response.status, reference)
-                data = await response.content.read(MAX_MANIFEST_SIZE + 1)
+                data = await _read_bounded(response.content, MAX_MANIFEST_SIZE + 1)
                 header_digest = response.headers.get("Docker-Content-Digest", "")
                 media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -463,6 +463,22 @@ async def _batched(content: aiohttp.StreamReader, size: int) -> AsyncIterator[by
             if exc.partial:
                 yield exc.partial
             return
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes or more when it is longer.
+
+    Read to the end: a body that stops short of its Content-Length raises
+    (aiohttp's payload error), even when the bytes that came are a valid manifest.
+    """
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -8,7 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from spegel_core.errors import EndpointUnknown, NameInvalid, NotFound, Unsupported
+from spegel_core.errors import (
+    BlobUnknown,
+    EndpointUnknown,
+    ManifestUnknown,
+    NameInvalid,
+    NotFound,
+    Unsupported,
+)
 from spegel_core.mirror.deps import NodeDep, ServiceDep
 from spegel_core.mirror.ranges import parse_range
 from spegel_core.mirror.responses import (
@@ -203,6 +210,13 @@ for _method in ("POST", "PUT", "PATCH", "DELETE"):
 
 @router.api_route("/v2/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
 async def unknown_endpoint(rest: str) -> Response:
+    # A blob or manifest path whose reference did not route (empty, or with a "/").
+    if "/blobs/" in f"/{rest}":
+        raise BlobUnknown("no such blob")
+    if "/manifests/" in f"/{rest}":
+        raise ManifestUnknown("no such manifest")
+    if rest.endswith("/tags/list") or "/referrers/" in f"/{rest}":
+        raise EndpointUnknown("this mirror serves neither tag lists nor referrers")
     raise EndpointUnknown("no such endpoint in the pull API")
 
 
