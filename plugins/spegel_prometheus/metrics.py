@@ -187,6 +187,8 @@ class PrometheusSink:
         self.recent.add(event)
         if event.source is Source.LOCAL:
             return  # answered from this node's store: bytes by source and HTTP metrics
+        if not event.complete:
+            return  # cut off or abandoned: neither a hit nor a miss
         registry = self._registry_label(event.registry)
         if event.source is Source.PEER:
             self.mirror_requests.labels(registry, "hit").inc()
