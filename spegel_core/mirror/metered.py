@@ -83,3 +83,5 @@ class MeteredResponse(Response):
             await self.inner(scope, receive, metered)
         finally:
             self.on_done(Outcome(status, sent, complete, time.perf_counter() - self.started))
+        if self.background is not None:  # FastAPI may attach a route's background tasks
+            await self.background()
