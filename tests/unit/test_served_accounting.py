@@ -163,3 +163,16 @@ async def test_spliced_relays_count_what_reached_the_client(deliver: int,
         {"type": "http", "method": "GET"}, None, server.send)  # type: ignore[arg-type]
     [outcome] = outcomes
     assert (outcome.sent, outcome.complete) == (deliver, complete)
+
+
+def test_the_mirror_decides_nothing_by_assert() -> None:
+    """``python -O`` strips asserts: the request path must not depend on them."""
+    import ast
+    from pathlib import Path
+
+    import spegel_core.mirror
+
+    folder = Path(spegel_core.mirror.__file__).parent
+    found = [f"{path.name}:{node.lineno}" for path in sorted(folder.glob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Assert)]
+    assert found == []
