@@ -249,9 +249,22 @@ class StoreConnection:
     connected: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PeerPenalised:
+    """A provider was penalised, read from the type of its failure.
+
+    ``kind`` is ``digest``, ``stream``, ``status`` or ``connect``; ``scope`` is ``peer``
+    (every key: refused, timeout, broken stream, 5xx) or ``content`` (that key only:
+    404, digest or length mismatch, malformed head).
+    """
+
+    kind: str
+    scope: str
+
+
 MetricEvent = (
     MirrorRequest | ResolveDuration | BytesServed | AdvertisedKeys | PeerCount | DhtMessage
-    | DroppedDatagram | DnsQuery | StoreConnection
+    | DroppedDatagram | DnsQuery | StoreConnection | PeerPenalised
 )
 
 

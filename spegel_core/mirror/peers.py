@@ -62,7 +62,7 @@ from spegel_core.mirror.service import Manifest, ManifestCache
 from spegel_core.oci.digest import compute_digest, split_digest
 from spegel_core.oci.mediatypes import MANIFEST_TYPES, MAX_MANIFEST_SIZE, sniff_manifest_type
 from spegel_core.peer_filter import PeerFilter
-from spegel_core.protocols import MetricsSink, Peer, ResolveDuration, Router
+from spegel_core.protocols import MetricsSink, Peer, PeerPenalised, ResolveDuration, Router
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,8 @@ class PeerFetcher:
         A :class:`~spegel_core.errors.PeerContentError` counts against (peer, key),
         any other failure against the peer (:mod:`spegel_core.mirror.penalties`).
         """
-        self.penalty_list.add(peer, error, key)
+        scope = self.penalty_list.add(peer, error, key)
+        self.metrics.emit(PeerPenalised(error.kind, scope))
         entries = ([self._cache[key]] if key in self._cache else []) \
             if isinstance(error, PeerContentError) else self._cache.values()
         for cached in entries:  # cached providers come first: move this one last

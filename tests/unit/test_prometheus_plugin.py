@@ -23,6 +23,7 @@ from spegel_core.protocols import (
     DroppedDatagram,
     MirrorRequest,
     PeerCount,
+    PeerPenalised,
     ResolveDuration,
     Source,
     StoreConnection,
@@ -60,6 +61,7 @@ def every_event() -> list[Any]:
         DroppedDatagram("mac"),
         DnsQuery(0.004, "ok"),
         StoreConnection(True),
+        PeerPenalised("status", "content"),
     ]
 
 
@@ -82,6 +84,7 @@ def test_each_event_moves_its_family_at_once() -> None:
     assert value(sink, "spegel_dht_dropped_datagrams_total", reason="mac") == 1
     assert value(sink, "spegel_dns_query_duration_seconds_count", result="ok") == 1
     assert value(sink, "spegel_store_connected") == 1
+    assert value(sink, "spegel_peer_penalties_total", kind="status", scope="content") == 1
     sink.emit(StoreConnection(False))
     assert value(sink, "spegel_store_connected") == 0
     assert sink.recent.hits == 1 and sink.recent.misses == 1 and sink.recent.local == 1
@@ -205,3 +208,5 @@ async def test_debug_page_lists_peer_and_content_penalties(
     assert "<code>127.0.0.1:7001</code>" in html
     assert f"<code>127.0.0.1:7002 {digest}</code>" in html
     assert "spegel_penalised_peers 1.0" in exposition  # the gauge counts peer-wide ones
+    assert 'spegel_peer_penalties_total{kind="connect",scope="peer"} 1.0' in exposition
+    assert 'spegel_peer_penalties_total{kind="status",scope="content"} 1.0' in exposition
