@@ -4,7 +4,9 @@ Everything fetched from a peer is verified: manifests before the first byte goes
 out, blobs while they stream (the last chunk is held back until the digest
 matches, so a corrupt blob is never completed as a 200). A provider that fails
 is penalised for a while and the next one is tried; a stream that breaks
-mid-way resumes from another provider with a Range request.
+mid-way resumes from another provider with a Range request. Failures are typed
+at the I/O edge (:mod:`spegel_core.mirror.peer_checks`) and the type says whom a
+penalty counts against (:mod:`spegel_core.mirror.penalties`).
 
 A ranged request is verified when the range covers the whole blob. A range of
 part of a blob cannot be checked against the blob's digest without reading the
