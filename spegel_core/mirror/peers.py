@@ -32,6 +32,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -185,9 +186,9 @@ class PeerFetcher:
                 cached.peers.append(peer)
 
     @property
-    def penalty_counts(self) -> dict[str, int]:
+    def penalty_counts(self) -> Counter[str]:
         """Penalties given, by kind of failure: digest, stream, status, connect."""
-        return dict(self.penalty_list.counts)
+        return Counter(self.penalty_list.counts)
 
     def _remember(self, key: str, found: list[Peer]) -> None:
         """Cache the providers of ``key``; expired entries go once the cache is large."""
