@@ -125,7 +125,8 @@ class CoreSettings(SpegelSettings):
     )
     mirror_resolve_retries: int = Field(default=3, ge=0, le=100, description="Providers to try.")
     mirror_peer_penalty: Duration = Field(
-        default=30.0, description="How long a peer that failed or served bad bytes is skipped."
+        default=30.0, description="How long a provider that failed is tried last (for every "
+        "key, or for the content it failed on: docs/security.md)."
     )
     mirror_max_client_connections: int = Field(
         default=128, ge=1, le=65536,

@@ -53,9 +53,16 @@ class DigestInvalid(OCIError):
 
 
 class TagInvalid(OCIError):
-    # The distribution spec has no TAG_INVALID; a bad tag is a bad manifest reference.
-    status = 400
-    code = "MANIFEST_INVALID"
+    """A manifest reference that is neither a tag nor a digest.
+
+    The distribution spec has no TAG_INVALID, and its conformance suite expects a
+    reference the registry cannot parse (``.INVALID_MANIFEST_NAME``) to be a manifest
+    it does not know: 404 ``MANIFEST_UNKNOWN``. A malformed *digest* stays a 400
+    ``DIGEST_INVALID`` (:class:`DigestInvalid`).
+    """
+
+    status = 404
+    code = "MANIFEST_UNKNOWN"
 
 
 class RangeInvalid(OCIError):
@@ -78,10 +85,14 @@ class Unsupported(OCIError):
 
 
 class EndpointUnknown(OCIError):
-    """A path that is not part of the pull API (tags/list, catalog, typos)."""
+    """A path the mirror does not serve (tags/list, referrers, catalog, typos).
+
+    404, as the spec asks of a registry without the optional referrers API, with the
+    spec's code for an operation that is not implemented.
+    """
 
     status = 404
-    code = "NOT_FOUND"
+    code = "UNSUPPORTED"
 
 
 class NotFound(OCIError):
@@ -107,4 +118,77 @@ class StoreUnavailable(OCIError):
 
 
 class PeerError(SpegelError):
-    """A peer failed to serve content (connection, status or wrong bytes)."""
+    """A peer failed to serve content.
+
+    Raised by the peer path's I/O edge (:mod:`spegel_core.mirror.peer_checks` maps
+    aiohttp's exceptions and a peer's answers to these types). The class says whom a
+    failure counts against; ``kind`` is its label in counters (``digest``, ``stream``,
+    ``status`` or ``connect``).
+    """
+
+    kind: str = "connect"
+
+
+class PeerUnavailable(PeerError):
+    """The peer could not serve anything right now: counts against the peer."""
+
+
+class PeerConnectError(PeerUnavailable):
+    """The connection was refused, reset or could not be made."""
+
+    kind = "connect"
+
+
+class PeerTimeout(PeerUnavailable):
+    """The peer did not answer in time."""
+
+    kind = "connect"
+
+
+class PeerStreamBroken(PeerUnavailable):
+    """A body broke off, stalled or ended before its announced length."""
+
+    kind = "stream"
+
+
+class PeerServerError(PeerUnavailable):
+    """The peer answered with a 5xx status (its store is down, it is overloaded)."""
+
+    kind = "status"
+
+
+class PeerContentError(PeerError):
+    """The peer answered, but not with the content asked for: counts against (peer, key).
+
+    A stale advertisement or one corrupt file on the peer must not hide the rest of
+    what the peer holds.
+    """
+
+
+class PeerNotFound(PeerContentError):
+    """The peer answered 404 (or another status than the one asked for)."""
+
+    kind = "status"
+
+
+class PeerDigestMismatch(PeerContentError):
+    """The bytes (or the digest the peer claims) do not match the digest asked for,
+    or the answer is not a manifest when a manifest was asked for."""
+
+    kind = "digest"
+
+
+class PeerLengthMismatch(PeerContentError):
+    """The peer sent more bytes, or another extent, than announced or asked for."""
+
+    kind = "stream"
+
+
+class PeerBadHeaders(PeerContentError):
+    """The head of the answer is malformed (Content-Length, Content-Range, encoding)."""
+
+    kind = "stream"
+
+
+class PeersExhausted(PeerError):
+    """No provider is left to resume a stream from (nobody is penalised for it)."""

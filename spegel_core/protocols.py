@@ -183,7 +183,13 @@ class Source(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class MirrorRequest:
-    """One answered mirror request."""
+    """One answered mirror request, emitted when its response has finished.
+
+    ``bytes`` are the body bytes actually sent and ``duration_s`` runs to the last
+    of them. ``complete`` is False for a response that did not finish (the client
+    went away, or a peer's stream was cut off): it was not served, and no
+    :class:`BytesServed` is emitted for it.
+    """
 
     registry: str
     kind: str  # "manifest" | "blob"
@@ -193,6 +199,7 @@ class MirrorRequest:
     duration_s: float
     method: str = "GET"
     path: str = ""
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +249,22 @@ class StoreConnection:
     connected: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PeerPenalised:
+    """A provider was penalised, read from the type of its failure.
+
+    ``kind`` is ``digest``, ``stream``, ``status`` or ``connect``; ``scope`` is ``peer``
+    (every key: refused, timeout, broken stream, 5xx) or ``content`` (that key only:
+    404, digest or length mismatch, malformed head).
+    """
+
+    kind: str
+    scope: str
+
+
 MetricEvent = (
     MirrorRequest | ResolveDuration | BytesServed | AdvertisedKeys | PeerCount | DhtMessage
-    | DroppedDatagram | DnsQuery | StoreConnection
+    | DroppedDatagram | DnsQuery | StoreConnection | PeerPenalised
 )
 
 

@@ -142,8 +142,10 @@ def render(node: Node, recent: RecentRequests, *, metrics_addr: str) -> str:
     if not len(recent):
         requests = "<p id='requests'>No request yet.</p>"
 
-    penalties = node.peers.penalties if node.peers is not None else {}
-    penalised = (_table(["peer", "penalised for"],
+    penalties: dict[str, float] = {}
+    if node.peers is not None:  # peer-wide ("host:port"), then per key ("host:port key")
+        penalties = {**node.peers.penalties, **node.peers.content_penalties}
+    penalised = (_table(["peer (key: for that content only)", "penalised for"],
                         [(f"<code>{escape(peer)}</code>", f"{left:.1f} s more")
                          for peer, left in sorted(penalties.items())],
                         numeric={1}, id_="penalties")

@@ -70,7 +70,11 @@ class HttpMetricsMiddleware:
             elif kind == "http.response.body":
                 size += len(message.get("body", b""))
             elif kind == ZEROCOPY_MESSAGE:
-                size += int(message["count"])
+                await send(message)
+                # The bytes the server reports it sent (a client may have gone away).
+                moved = getattr(message.get("report"), "moved", None)
+                size += int(message["count"]) if moved is None else int(moved)
+                return
             await send(message)
 
         try:

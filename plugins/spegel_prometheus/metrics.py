@@ -27,6 +27,7 @@ from spegel_core.protocols import (
     MetricEvent,
     MirrorRequest,
     PeerCount,
+    PeerPenalised,
     ResolveDuration,
     Source,
     StoreConnection,
@@ -64,6 +65,7 @@ EXPORTED = (
     "spegel_dns_query_duration_seconds",
     "spegel_store_connected",
     "spegel_penalised_peers",
+    "spegel_peer_penalties_total",
 )
 
 _created_disabled = False
@@ -161,6 +163,10 @@ class PrometheusSink:
             "spegel_penalised_peers",
             "Number of peers on the penalty list (failed or served bad bytes recently).",
             registry=r)
+        self.penalties = Counter(
+            "spegel_peer_penalties", "Penalties given to providers, by the kind of failure "
+            "(digest, stream, status, connect) and whom it counts against (peer, content).",
+            ["kind", "scope"], registry=r)
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             MirrorRequest: self._mirror_request,
             ResolveDuration: self._resolve,
@@ -171,6 +177,7 @@ class PrometheusSink:
             DroppedDatagram: lambda e: self.dropped.labels(e.reason).inc(),
             DnsQuery: lambda e: self.dns_duration.labels(e.result).observe(e.duration_s),
             StoreConnection: lambda e: self.store_connected.set(1 if e.connected else 0),
+            PeerPenalised: lambda e: self.penalties.labels(e.kind, e.scope).inc(),
         }
 
     def emit(self, event: MetricEvent) -> None:
@@ -187,6 +194,8 @@ class PrometheusSink:
         self.recent.add(event)
         if event.source is Source.LOCAL:
             return  # answered from this node's store: bytes by source and HTTP metrics
+        if not event.complete:
+            return  # cut off or abandoned: neither a hit nor a miss
         registry = self._registry_label(event.registry)
         if event.source is Source.PEER:
             self.mirror_requests.labels(registry, "hit").inc()

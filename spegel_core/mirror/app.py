@@ -12,6 +12,7 @@ from spegel_core.config import SpegelConfig
 from spegel_core.mirror import health, routes_v2
 from spegel_core.mirror.errors import install_error_handlers
 from spegel_core.mirror.openapi import install_openapi
+from spegel_core.mirror.pulls import PullService
 from spegel_core.mirror.service import MirrorService
 from spegel_core.node import Node
 from spegel_core.plugin_manager import PluginManager
@@ -47,6 +48,7 @@ def create_app(config: SpegelConfig, pm: PluginManager, *,
     )
     app.state.node = node
     app.state.service = service
+    app.state.pulls = PullService(service, node.store, node.peers, node.metrics)
     app.state.connection_limits = ConnectionLimits(
         max_client_connections=config.core.mirror_max_client_connections,
         header_timeout=config.core.mirror_header_timeout)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from spegel_core.mirror.pulls import PullService
 from spegel_core.mirror.service import MirrorService
 from spegel_core.node import Node
 
@@ -20,5 +21,11 @@ def get_service(request: Request) -> MirrorService:
     return service
 
 
+def get_pulls(request: Request) -> PullService:
+    pulls: PullService = request.app.state.pulls
+    return pulls
+
+
 NodeDep = Annotated[Node, Depends(get_node)]
 ServiceDep = Annotated[MirrorService, Depends(get_service)]
+PullDep = Annotated[PullService, Depends(get_pulls)]

@@ -22,7 +22,8 @@ def oci_error_response(status: int, code: str, message: str,
 
 
 async def _oci_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, OCIError)
+    if not isinstance(exc, OCIError):  # registered for that type only
+        return await _unexpected(request, exc)
     headers = None
     if isinstance(exc, RangeNotSatisfiable):
         headers = {"Content-Range": f"bytes */{exc.size}"}
@@ -32,8 +33,11 @@ async def _oci_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(exc.status_code, "UNKNOWN")
+    if not isinstance(exc, StarletteHTTPException):  # registered for that type only
+        return await _unexpected(request, exc)
+    # Paths outside /v2/: no spec code means "no such path", so the one for an
+    # operation the server does not implement.
+    code = {404: "UNSUPPORTED", 405: "UNSUPPORTED"}.get(exc.status_code, "UNKNOWN")
     headers = dict(exc.headers or {})
     if exc.status_code == 405:  # every route allows GET and HEAD (Starlette names one)
         headers["Allow"] = ALLOWED_METHODS
@@ -41,7 +45,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+    if not isinstance(exc, RequestValidationError):  # registered for that type only
+        return await _unexpected(request, exc)
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(part) for part in first.get("loc", ()))
     return oci_error_response(400, "INVALID_REQUEST", f"{where}: {first.get('msg', 'invalid')}")

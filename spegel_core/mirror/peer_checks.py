@@ -1,32 +1,73 @@
-"""What a peer's answer must be: its digest header, its extent, the range asked for.
+"""The peer path's I/O edge: what a peer's answer must be, and what a failure is.
 
-Checked on every blob answer (first fetch and resume alike) before a byte of its
-body is used, whichever way the body is then relayed.
+Every blob answer (first fetch and resume alike) is checked here before a byte of
+its body is used, whichever way the body is then relayed: its digest header, its
+extent, the range asked for. Library exceptions and bad answers become the typed
+errors of :mod:`spegel_core.errors` here, and only here: the penalty rules and the
+counters read those types, never a message's text.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
-from spegel_core.errors import OCIError, PeerError
+from spegel_core.errors import (
+    OCIError,
+    PeerBadHeaders,
+    PeerConnectError,
+    PeerDigestMismatch,
+    PeerError,
+    PeerLengthMismatch,
+    PeerNotFound,
+    PeerServerError,
+    PeerStreamBroken,
+    PeerTimeout,
+)
 from spegel_core.mirror.ranges import parse_range
 
 
-def penalty_kind(reason: str) -> str:
-    """A short label for a penalty reason (for counters): digest, stream, status or connect."""
-    if "digest" in reason or "not a manifest" in reason or "too large" in reason:
-        return "digest"
-    if reason.startswith("stream") or "bytes" in reason or "Content-" in reason:
-        return "stream"
-    if reason.startswith("HTTP"):
-        return "status"
-    return "connect"
+def transport_error(exc: BaseException, *, streaming: bool = False) -> PeerError:
+    """The typed error for an exception of aiohttp or the socket layer.
+
+    Args:
+        exc: what aiohttp (or the OS) raised.
+        streaming: the body was under way, so any transport failure is a broken stream.
+
+    Returns:
+        :class:`~spegel_core.errors.PeerStreamBroken` while streaming or when the
+        body broke off; :class:`~spegel_core.errors.PeerTimeout`,
+        :class:`~spegel_core.errors.PeerBadHeaders` (an answer that is not HTTP) or
+        :class:`~spegel_core.errors.PeerConnectError` otherwise.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, PeerError):
+        return exc
+    if streaming or isinstance(exc, aiohttp.ClientPayloadError):
+        return PeerStreamBroken(text)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return PeerTimeout(text)
+    if isinstance(exc, aiohttp.ClientResponseError):  # not HTTP, or a malformed head
+        return PeerBadHeaders(text)
+    return PeerConnectError(text)
+
+
+def status_error(status: int, what: str) -> PeerError:
+    """A peer answered ``status`` where 200 (or 206) was expected.
+
+    A 5xx says the peer cannot serve anything now (it counts against the peer); a
+    404 or any other status says it does not serve this content (against the pair).
+    """
+    if status >= 500:
+        return PeerServerError(f"HTTP {status} for {what}")
+    return PeerNotFound(f"HTTP {status} for {what}")
 
 
 def check_digest_header(response: aiohttp.ClientResponse, digest: str) -> None:
     claimed = response.headers.get("Docker-Content-Digest")
     if claimed is not None and claimed.strip() != digest:
-        raise PeerError(f"peer sent blob {claimed[:80]!r} for digest {digest}")
+        raise PeerDigestMismatch(f"peer sent blob {claimed[:80]!r} for digest {digest}")
 
 
 def check_range(range_header: str | None, size: int, start: int, length: int) -> None:
@@ -36,9 +77,10 @@ def check_range(range_header: str | None, size: int, start: int, length: int) ->
     try:
         wanted = parse_range(range_header, size)
     except OCIError as exc:  # e.g. the peer claims a size the range does not fit
-        raise PeerError(f"peer's size {size} does not fit {range_header!r}: {exc}") from None
+        raise PeerLengthMismatch(
+            f"peer's size {size} does not fit {range_header!r}: {exc}") from None
     if wanted is None or (wanted.start, wanted.length) != (start, length):
-        raise PeerError(f"peer sent bytes {start}+{length} for {range_header!r}")
+        raise PeerLengthMismatch(f"peer sent bytes {start}+{length} for {range_header!r}")
 
 
 def extent(response: aiohttp.ClientResponse, range_header: str | None) -> tuple[int, int, int]:
@@ -46,9 +88,9 @@ def extent(response: aiohttp.ClientResponse, range_header: str | None) -> tuple[
     try:
         length = int(response.headers.get("Content-Length", "-1"))
     except ValueError:
-        raise PeerError("peer sent an invalid Content-Length") from None
+        raise PeerBadHeaders("peer sent an invalid Content-Length") from None
     if response.headers.get("Transfer-Encoding") is not None:
-        raise PeerError("peer sent a Transfer-Encoding (a mirror sends a Content-Length)")
+        raise PeerBadHeaders("peer sent a Transfer-Encoding (a mirror sends a Content-Length)")
     if response.status == 206:
         content_range = response.headers.get("Content-Range", "")
         span, _, total = content_range.removeprefix("bytes ").partition("/")
@@ -56,10 +98,10 @@ def extent(response: aiohttp.ClientResponse, range_header: str | None) -> tuple[
         try:
             start, end, size = int(first), int(last), int(total)
         except ValueError as exc:
-            raise PeerError(f"bad Content-Range {content_range!r}") from exc
+            raise PeerBadHeaders(f"bad Content-Range {content_range!r}") from exc
         if length != end - start + 1 or not 0 <= start <= end < size:
-            raise PeerError(f"Content-Length does not match Content-Range {content_range!r}")
+            raise PeerBadHeaders(f"Content-Length does not match Content-Range {content_range!r}")
         return size, start, length
     if length < 0:
-        raise PeerError("peer sent no Content-Length")
+        raise PeerBadHeaders("peer sent no Content-Length")
     return length, 0, length

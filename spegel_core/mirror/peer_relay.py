@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from spegel_core.errors import PeerError
+from spegel_core.errors import PeerError, PeerStreamBroken
 from spegel_core.mirror.responses import SpliceSink
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ def take_socket(response: aiohttp.ClientResponse) -> tuple[int | None, bytes]:
     whole body, aiohttp has already let go of the connection (back to its pool) and
     the descriptor is None. Otherwise the response is closed (its connection is not
     reused) and the descriptor stays open until the caller closes it. Raises
-    :class:`PeerError` when the connection failed before its bytes could be taken.
+    :class:`~spegel_core.errors.PeerStreamBroken` when the connection failed before
+    its bytes could be taken.
     """
     try:
         # Drain aiohttp's buffer until it stays empty: a read can resume a parser that
@@ -51,13 +52,13 @@ def take_socket(response: aiohttp.ClientResponse) -> tuple[int | None, bytes]:
             return None, b"".join(parts)
         sock = transport.get_extra_info("socket")
         if sock is None or transport.is_closing():
-            raise PeerError("the peer's connection closed")
+            raise PeerStreamBroken("the peer's connection closed")
         # No callback runs from the drain to here, so nothing more reaches aiohttp:
         # what the peer sends from now on stays in the socket for the splice.
         transport.pause_reading()
         return os.dup(sock.fileno()), b"".join(parts)
     except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
-        raise PeerError(f"{type(exc).__name__}: {exc}") from exc
+        raise PeerStreamBroken(f"{type(exc).__name__}: {exc}") from exc
     finally:
         response.close()
 
@@ -97,7 +98,8 @@ async def relay_blob(fetcher: PeerFetcher, stream: BlobStream,
                         os.close(fd)
             if sent >= stream.length:
                 return
-            fetcher.penalise(peer, f"stream broke after {sent} of {stream.length} bytes: {why}")
+            fetcher.penalise(peer, PeerStreamBroken(
+                f"stream broke after {sent} of {stream.length} bytes: {why}"), digest)
             response, peer = await fetcher.resume(registry, name, digest, stream.start + sent,
                                                   stream.start + stream.length - 1, stream)
     finally:

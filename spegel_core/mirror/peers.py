@@ -4,7 +4,9 @@ Everything fetched from a peer is verified: manifests before the first byte goes
 out, blobs while they stream (the last chunk is held back until the digest
 matches, so a corrupt blob is never completed as a 200). A provider that fails
 is penalised for a while and the next one is tried; a stream that breaks
-mid-way resumes from another provider with a Range request.
+mid-way resumes from another provider with a Range request. Failures are typed
+at the I/O edge (:mod:`spegel_core.mirror.peer_checks`) and the type says whom a
+penalty counts against (:mod:`spegel_core.mirror.penalties`).
 
 A ranged request is verified when the range covers the whole blob. A range of
 part of a blob cannot be checked against the blob's digest without reading the
@@ -31,26 +33,42 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
 import aiohttp
 
 from spegel_core.config import SpegelConfig
-from spegel_core.errors import BlobUnknown, ManifestUnknown, PeerError
-from spegel_core.mirror.peer_checks import check_digest_header, check_range, extent, penalty_kind
+from spegel_core.errors import (
+    BlobUnknown,
+    ManifestUnknown,
+    PeerContentError,
+    PeerDigestMismatch,
+    PeerError,
+    PeerLengthMismatch,
+    PeersExhausted,
+    PeerStreamBroken,
+)
+from spegel_core.mirror.hedging import hedged
+from spegel_core.mirror.peer_checks import (
+    check_digest_header,
+    check_range,
+    extent,
+    status_error,
+    transport_error,
+)
 from spegel_core.mirror.peer_relay import relay_blob
+from spegel_core.mirror.penalties import PenaltyList
 from spegel_core.mirror.responses import Relay, SpliceSink
 from spegel_core.mirror.service import Manifest, ManifestCache
 from spegel_core.oci.digest import compute_digest, split_digest
 from spegel_core.oci.mediatypes import MANIFEST_TYPES, MAX_MANIFEST_SIZE, sniff_manifest_type
 from spegel_core.peer_filter import PeerFilter
-from spegel_core.protocols import MetricsSink, Peer, ResolveDuration, Router
+from spegel_core.protocols import MetricsSink, Peer, PeerPenalised, ResolveDuration, Router
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MIRRORED_HEADER = "X-Spegel-Mirrored"
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
 STREAM_CHUNK = 1024 * 1024
@@ -112,10 +130,9 @@ class PeerFetcher:
         self.metrics = metrics
         self.settings = settings
         self._cache: dict[str, _Cached] = {}
-        self._penalties: dict[tuple[str, int], float] = {}
+        #: Who failed recently, and for what (``docs/security.md`` has the rules).
+        self.penalty_list = PenaltyList(settings.penalty)
         self._trusted = PeerFilter(settings.peer_cidrs)
-        #: Penalties given, by kind of failure (see :func:`penalty_kind`).
-        self.penalty_counts: Counter[str] = Counter()
         #: Providers the router found outside ``--peer-cidrs`` (never asked).
         self.untrusted_providers = 0
         self._session: aiohttp.ClientSession | None = None
@@ -153,16 +170,25 @@ class PeerFetcher:
             self._session = None
 
     # -- providers ----------------------------------------------------------------
-    def penalise(self, peer: Peer, reason: str) -> None:
-        log.warning("penalising peer %s for %.0fs: %s", peer.url, self.settings.penalty, reason)
-        self.penalty_counts[penalty_kind(reason)] += 1
-        now = time.monotonic()
-        for expired in [p for p, until in self._penalties.items() if until < now]:
-            del self._penalties[expired]
-        self._penalties[(peer.host, peer.port)] = now + self.settings.penalty
-        for cached in self._cache.values():
+    def penalise(self, peer: Peer, error: PeerError, key: str) -> None:
+        """Penalise ``peer`` for ``error`` met while fetching ``key``.
+
+        A :class:`~spegel_core.errors.PeerContentError` counts against (peer, key),
+        any other failure against the peer (:mod:`spegel_core.mirror.penalties`).
+        """
+        scope = self.penalty_list.add(peer, error, key)
+        self.metrics.emit(PeerPenalised(error.kind, scope))
+        entries = ([self._cache[key]] if key in self._cache else []) \
+            if isinstance(error, PeerContentError) else self._cache.values()
+        for cached in entries:  # cached providers come first: move this one last
             if peer in cached.peers:
                 cached.peers.remove(peer)
+                cached.peers.append(peer)
+
+    @property
+    def penalty_counts(self) -> Counter[str]:
+        """Penalties given, by kind of failure: digest, stream, status, connect."""
+        return Counter(self.penalty_list.counts)
 
     def _remember(self, key: str, found: list[Peer]) -> None:
         """Cache the providers of ``key``; expired entries go once the cache is large."""
@@ -175,34 +201,38 @@ class PeerFetcher:
         self._cache.pop(key, None)  # re-inserted last: the dict stays in insertion order
         self._cache[key] = _Cached(found, now + self.settings.cache_ttl)
 
-    def penalised(self, peer: Peer) -> bool:
-        until = self._penalties.get((peer.host, peer.port))
-        if until is None:
-            return False
-        if until < time.monotonic():
-            del self._penalties[(peer.host, peer.port)]
-            return False
-        return True
+    def penalised(self, peer: Peer, key: str | None = None) -> bool:
+        """Whether ``peer`` is penalised for every key, or for ``key``."""
+        return self.penalty_list.penalised(peer, key)
 
     @property
     def penalties(self) -> dict[str, float]:
-        """Peers on the penalty list (``host:port``) and the seconds left."""
-        now = time.monotonic()
-        return {f"{h}:{p}": until - now for (h, p), until in self._penalties.items() if until > now}
+        """Peers penalised for every key (``host:port``) and the seconds left."""
+        return self.penalty_list.peers
+
+    @property
+    def content_penalties(self) -> dict[str, float]:
+        """(peer, key) penalties (``host:port key``) and the seconds left."""
+        return self.penalty_list.contents
 
     async def providers(self, key: str) -> AsyncIterator[Peer]:
         """Providers of ``key``: cached ones first, then a fresh lookup.
 
         The lookup gives up when no provider arrives within the resolve timeout
-        (an idle timeout: each provider found restarts it).
+        (an idle timeout: each provider found restarts it). Providers penalised for
+        ``key`` (or for every key) come last, the soonest forgiven first: never
+        skipped, so a provider that is the only one left is still asked.
         """
         now = time.monotonic()
         cached = self._cache.get(key)
         tried: set[Peer] = set()
+        deferred: list[Peer] = []
         if cached is not None and cached.expires > now:
             for peer in list(cached.peers):
-                if not self.penalised(peer):
-                    tried.add(peer)
+                tried.add(peer)
+                if self.penalised(peer, key):
+                    deferred.append(peer)
+                else:
                     yield peer
         found: list[Peer] = []
         started = time.perf_counter()
@@ -224,9 +254,12 @@ class PeerFetcher:
                     log.debug("provider %s is outside --peer-cidrs; not asked", peer.url)
                     continue
                 found.append(peer)
-                if peer in tried or self.penalised(peer):
+                if peer in tried:
                     continue
                 tried.add(peer)
+                if self.penalised(peer, key):
+                    deferred.append(peer)
+                    continue
                 yield peer
         finally:
             close = getattr(iterator, "aclose", None)
@@ -237,6 +270,9 @@ class PeerFetcher:
             else:
                 self.metrics.emit(ResolveDuration(self.router.name,
                                                   time.perf_counter() - started, False))
+        deferred.sort(key=lambda peer: self.penalty_list.expires(peer, key))
+        for peer in deferred:
+            yield peer
 
     # -- manifests ----------------------------------------------------------------
     async def manifest(self, registry: str, name: str, reference: str,
@@ -246,9 +282,8 @@ class PeerFetcher:
             cached = self.manifests.get(digest)
             if cached is not None:
                 return cached
-        won = await self._hedged(
-            self.providers(key),
-            lambda peer: self._fetch_manifest(peer, registry, name, reference, digest))
+        won = await hedged(
+            self, key, lambda peer: self._fetch_manifest(peer, registry, name, reference, digest))
         if won is None:
             raise ManifestUnknown(f"manifest {registry}/{name}:{reference} not found on any peer")
         manifest, _ = won
@@ -266,23 +301,24 @@ class PeerFetcher:
                 allow_redirects=False,  # a peer answers itself; never follow it elsewhere
             ) as response:
                 if response.status != 200:
-                    raise PeerError(f"HTTP {response.status} for {reference}")
-                data = await response.content.read(MAX_MANIFEST_SIZE + 1)
+                    raise status_error(response.status, reference)
+                data = await _read_bounded(response.content, MAX_MANIFEST_SIZE + 1)
                 header_digest = response.headers.get("Docker-Content-Digest", "")
                 media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"{type(exc).__name__}: {exc}") from exc
+            raise transport_error(exc) from exc
         if len(data) > MAX_MANIFEST_SIZE:
-            raise PeerError("manifest too large")
+            raise PeerDigestMismatch("manifest too large")
         expected = digest or header_digest
         algorithm = split_digest(expected)[0] if expected.startswith("sha512:") else "sha256"
         actual = compute_digest(data, algorithm)
         if actual != expected:
-            raise PeerError(f"manifest digest mismatch: expected {expected}, got {actual}")
+            raise PeerDigestMismatch(
+                f"manifest digest mismatch: expected {expected}, got {actual}")
         if media_type not in MANIFEST_TYPES:
             media_type = sniff_manifest_type(data) or ""
             if not media_type:
-                raise PeerError("peer answered with something that is not a manifest")
+                raise PeerDigestMismatch("peer answered with something that is not a manifest")
         return Manifest(actual, media_type, data)
 
     # -- blobs ----------------------------------------------------------------------
@@ -300,8 +336,8 @@ class PeerFetcher:
                 response.release()
                 raise
 
-        won = await self._hedged(self.providers(digest), open_checked,
-                                 discard=lambda result: result[0].release())
+        won = await hedged(self, digest, open_checked,
+                           discard=lambda result: result[0].release())
         if won is None:
             raise BlobUnknown(f"blob {digest} not found on any peer")
         (response, size, start, length), peer = won
@@ -317,67 +353,6 @@ class PeerFetcher:
             stream.relay = relay
         return stream
 
-    async def _hedged(self, peers: AsyncIterator[Peer],
-                      attempt: Callable[[Peer], Awaitable[T]],
-                      discard: Callable[[T], object] | None = None) -> tuple[T, Peer] | None:
-        """Try providers one after another; when one is slow, ask the next one as well.
-
-        A provider that has not answered within ``hedge_after`` gets company: the next
-        provider is asked in parallel and the first good answer wins (the other is
-        cancelled, or discarded if it also finished). Failures are penalised. At most
-        ``resolve_retries`` providers are asked.
-        """
-        pending: dict[asyncio.Task[T], Peer] = {}
-        asked = 0
-        exhausted = False
-
-        async def ask_next() -> None:
-            nonlocal asked, exhausted
-            peer = await anext(aiter(peers), None)
-            if peer is None:
-                exhausted = True
-                return
-            asked += 1
-            pending[asyncio.ensure_future(attempt(peer))] = peer
-
-        try:
-            await ask_next()
-            while pending:
-                can_hedge = not exhausted and asked < self.settings.resolve_retries
-                done, _ = await asyncio.wait(
-                    pending, timeout=self.settings.hedge_after if can_hedge else None,
-                    return_when=asyncio.FIRST_COMPLETED)
-                if not done:
-                    await ask_next()  # the current provider is slow: hedge
-                    continue
-                winner: tuple[T, Peer] | None = None
-                for task in done:
-                    peer = pending.pop(task)
-                    try:
-                        result = task.result()
-                    except PeerError as exc:
-                        self.penalise(peer, str(exc))
-                        continue
-                    if winner is None:
-                        winner = (result, peer)
-                    elif discard is not None:
-                        discard(result)
-                if winner is not None:
-                    return winner
-                if not pending and not exhausted and asked < self.settings.resolve_retries:
-                    await ask_next()
-            return None
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                for outcome in await asyncio.gather(*pending, return_exceptions=True):
-                    if discard is not None and not isinstance(outcome, BaseException):
-                        discard(outcome)
-            close = getattr(peers, "aclose", None)
-            if close is not None:
-                await close()
-
     async def _open_blob(self, peer: Peer, registry: str, name: str, digest: str,
                          range_header: str | None) -> aiohttp.ClientResponse:
         headers = {MIRRORED_HEADER: "true", "Accept-Encoding": "identity"}
@@ -388,11 +363,11 @@ class PeerFetcher:
                                               params={"ns": registry}, headers=headers,
                                               allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"{type(exc).__name__}: {exc}") from exc
+            raise transport_error(exc) from exc
         expected = 206 if range_header is not None else 200
         if response.status != expected:
             response.release()
-            raise PeerError(f"HTTP {response.status} for blob {digest}")
+            raise status_error(response.status, f"blob {digest}")
         return response
 
     async def _stream(self, stream: BlobStream, response: aiohttp.ClientResponse,
@@ -416,7 +391,7 @@ class PeerFetcher:
                 try:
                     async for chunk in _batched(response.content, STREAM_CHUNK):
                         if sent + len(held) + len(chunk) > stream.length:
-                            raise PeerError("peer sent more bytes than announced")
+                            raise PeerLengthMismatch("peer sent more bytes than announced")
                         if hasher is not None:
                             if hashing is not None:
                                 await hashing
@@ -427,10 +402,10 @@ class PeerFetcher:
                         held = chunk
                     if sent + len(held) == stream.length:
                         break
-                    raise PeerError(f"stream ended after {sent + len(held)} bytes")
+                    raise PeerStreamBroken(f"stream ended after {sent + len(held)} bytes")
                 except (PeerError, aiohttp.ClientError, TimeoutError, OSError) as exc:
                     response.release()
-                    self.penalise(peer, f"stream broke: {exc}")
+                    self.penalise(peer, transport_error(exc, streaming=True), digest)
                     position = stream.start + sent + len(held)
                     end = stream.start + stream.length - 1
                     response, peer = await self.resume(registry, name, digest, position, end,
@@ -438,8 +413,10 @@ class PeerFetcher:
             if hashing is not None:
                 await hashing
             if hasher is not None and f"{split_digest(digest)[0]}:{hasher.hexdigest()}" != digest:
-                self.penalise(peer, "blob digest mismatch")
-                raise PeerError(f"blob {digest} from {peer.url} does not match its digest")
+                mismatch = PeerDigestMismatch(
+                    f"blob {digest} from {peer.url} does not match its digest")
+                self.penalise(peer, mismatch, digest)
+                raise mismatch
             if held:
                 yield held
         finally:
@@ -457,22 +434,23 @@ class PeerFetcher:
                 response = await self._open_blob(peer, registry, name, digest,
                                                  f"bytes={position}-{end}")
             except PeerError as exc:
-                self.penalise(peer, str(exc))
+                self.penalise(peer, exc, digest)
                 continue
             try:
                 check_digest_header(response, digest)
                 size, start, length = extent(response, "resume")
                 if (size, start, length) != (stream.size, position, end - position + 1):
-                    raise PeerError(f"resumed with bytes {start}+{length} of {size}, asked for "
-                                    f"{position}-{end} of {stream.size}")
+                    raise PeerLengthMismatch(
+                        f"resumed with bytes {start}+{length} of {size}, asked for "
+                        f"{position}-{end} of {stream.size}")
             except PeerError as exc:
                 response.release()
-                self.penalise(peer, str(exc))
+                self.penalise(peer, exc, digest)
                 continue
             log.info("resuming %s at byte %d from %s", digest, position, peer.url)
             stream.resumed.append(peer)
             return response, peer
-        raise PeerError(f"no provider left to resume {digest} at byte {position}")
+        raise PeersExhausted(f"no provider left to resume {digest} at byte {position}")
 
 
 async def _batched(content: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
@@ -489,6 +467,22 @@ async def _batched(content: aiohttp.StreamReader, size: int) -> AsyncIterator[by
             if exc.partial:
                 yield exc.partial
             return
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes or more when it is longer.
+
+    Read to the end: a body that stops short of its Content-Length raises
+    (aiohttp's payload error), even when the bytes that came are a valid manifest.
+    """
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)
 
 
 async def _empty() -> AsyncIterator[bytes]:

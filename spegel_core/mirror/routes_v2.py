@@ -1,4 +1,9 @@
-"""The pull-only OCI distribution API: ``/v2/``, manifests and blobs."""
+"""The pull-only OCI distribution API: ``/v2/``, manifests and blobs.
+
+The routes parse and check what a request names, then hand it to
+:class:`~spegel_core.mirror.pulls.PullService`, which finds the content, chooses
+how it is sent and accounts for the answer.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +13,24 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from spegel_core.errors import EndpointUnknown, NameInvalid, NotFound, Unsupported
-from spegel_core.mirror.deps import NodeDep, ServiceDep
-from spegel_core.mirror.ranges import parse_range
-from spegel_core.mirror.responses import (
-    ZEROCOPY_EXTENSION,
-    FileRangeResponse,
-    RelayResponse,
-    StoreStreamResponse,
+from spegel_core.errors import (
+    BlobUnknown,
+    EndpointUnknown,
+    ManifestUnknown,
+    NameInvalid,
+    Unsupported,
 )
+from spegel_core.mirror.deps import PullDep
+from spegel_core.mirror.pulls import Pull
+from spegel_core.mirror.responses import ZEROCOPY_EXTENSION
 from spegel_core.oci.digest import parse_digest
-from spegel_core.oci.reference import (
-    DEFAULT_REGISTRY,
-    Reference,
-    parse_manifest_reference,
-    parse_name,
-)
-from spegel_core.protocols import BytesServed, MirrorRequest, Source
+from spegel_core.oci.reference import DEFAULT_REGISTRY, parse_manifest_reference, parse_name
 from spegel_core.registry_urls import registry_host
 from spegel_core.server import splice
-from spegel_core.state import tag_key
 
 router = APIRouter(tags=["oci"])
 
 MIRRORED_HEADER = "X-Spegel-Mirrored"
-#: Where the bytes came from (local, peer): for people and tests, not for clients.
-SOURCE_HEADER = "X-Spegel-Source"
-OCTET_STREAM = "application/octet-stream"
 
 NsQuery = Annotated[
     str | None,
@@ -81,42 +77,12 @@ _BLOB_ROUTE = {
 @router.head("/v2/{name:path}/manifests/{reference}", operation_id="head_manifest",
              **_MANIFEST_ROUTE)  # type: ignore[arg-type]
 async def get_manifest(
-    request: Request, name: str, reference: str, node: NodeDep, service: ServiceDep,
+    request: Request, name: str, reference: str, pulls: PullDep,
     ns: NsQuery = None, mirrored: MirroredHeader = None,
 ) -> Response:
-    started = time.perf_counter()
-    registry = _registry(ns)
-    parse_name(name)
+    pull = _pull(request, ns, name, mirrored)
     tag, digest = parse_manifest_reference(reference)
-    service.check_registry(registry)
-    local_only = _is_mirrored(mirrored) or node.peers is None
-    source = Source.LOCAL
-    try:
-        if tag is not None:
-            digest = await service.resolve_tag(Reference(registry, name, tag=tag))
-        assert digest is not None
-        manifest = await service.local_manifest(digest)
-    except NotFound:
-        if local_only or (tag is not None and digest is None
-                          and not service.tag_resolvable(Reference(registry, name, tag=tag))):
-            raise
-        assert node.peers is not None
-        key = tag_key(Reference(registry, name, tag=tag)) if digest is None else digest
-        try:
-            manifest = await node.peers.manifest(registry, name, digest or reference, key, digest)
-        except NotFound:
-            _record(node, registry, "manifest", request, 0, started, Source.NONE, 404)
-            raise
-        source = Source.PEER
-    headers = {
-        "Docker-Content-Digest": manifest.digest,
-        "Content-Length": str(len(manifest.data)),
-        SOURCE_HEADER: source.value,
-    }
-    body = b"" if request.method == "HEAD" else manifest.data
-    response = Response(body, media_type=manifest.media_type, headers=headers)
-    _record(node, registry, "manifest", request, len(body), started, source)
-    return response
+    return await pulls.manifest(pull, tag, digest)
 
 
 @router.get("/v2/{name:path}/blobs/{digest}", operation_id="get_blob",
@@ -124,68 +90,20 @@ async def get_manifest(
 @router.head("/v2/{name:path}/blobs/{digest}", operation_id="head_blob",
              **_BLOB_ROUTE)  # type: ignore[arg-type]
 async def get_blob(
-    request: Request, name: str, digest: str, node: NodeDep, service: ServiceDep,
+    request: Request, name: str, digest: str, pulls: PullDep,
     ns: NsQuery = None, range: RangeHeader = None, mirrored: MirroredHeader = None,
 ) -> Response:
+    pull = _pull(request, ns, name, mirrored)
+    return await pulls.blob(pull, parse_digest(digest), range)
+
+
+def _pull(request: Request, ns: str | None, name: str, mirrored: str | None) -> Pull:
+    """The request as the service sees it (the clock starts here)."""
     started = time.perf_counter()
-    registry = _registry(ns)
-    parse_name(name)
-    parse_digest(digest)
-    service.check_registry(registry)
-    try:
-        info = await service.local_blob(digest)
-    except NotFound:
-        if _is_mirrored(mirrored) or node.peers is None:
-            raise
-        return await _blob_from_peers(request, node, registry, name, digest, range, started)
-    byte_range = parse_range(range, info.size)
-    offset, count, status = 0, info.size, 200
-    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
-               SOURCE_HEADER: Source.LOCAL.value}
-    if byte_range is not None:
-        offset, count, status = byte_range.start, byte_range.length, 206
-        headers["Content-Range"] = byte_range.content_range(info.size)
-    response: Response
-    if info.path is not None:
-        response = FileRangeResponse(info.path, offset, count, status_code=status,
-                                     headers=headers, media_type=OCTET_STREAM)
-    else:
-        response = StoreStreamResponse(node.store.read(digest, offset, count), count,
-                                       status_code=status, headers=headers,
-                                       media_type=OCTET_STREAM)
-    sent = 0 if request.method == "HEAD" else count
-    _record(node, registry, "blob", request, sent, started, Source.LOCAL, status)
-    return response
-
-
-async def _blob_from_peers(request: Request, node: NodeDep, registry: str, name: str,
-                           digest: str, range_header: str | None, started: float) -> Response:
-    assert node.peers is not None
-    if range_header is not None and parse_range(range_header, 2**63 - 1) is None:
-        range_header = None  # several ranges: the whole blob, as RFC 9110 allows
-    try:
-        stream = await node.peers.blob(registry, name, digest, range_header)
-    except NotFound:
-        _record(node, registry, "blob", request, 0, started, Source.NONE, 404)
-        raise
-    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
-               SOURCE_HEADER: Source.PEER.value}
-    status = 200
-    if range_header is not None:
-        status = 206
-        headers["Content-Range"] = (
-            f"bytes {stream.start}-{stream.start + stream.length - 1}/{stream.size}")
-    if request.method == "HEAD":
-        await stream.aclose()
-    sent = 0 if request.method == "HEAD" else stream.length
-    _record(node, registry, "blob", request, sent, started, Source.PEER, status)
-    if (stream.relay is not None and request.method != "HEAD" and splice.AVAILABLE
-            and ZEROCOPY_EXTENSION in request.scope.get("extensions", {})):
-        return RelayResponse(stream.relay, stream.length,
-                             source_timeout=node.peers.settings.request_timeout,
-                             status_code=status, headers=headers, media_type=OCTET_STREAM)
-    return StoreStreamResponse(stream.chunks, stream.length, status_code=status,
-                               headers=headers, media_type=OCTET_STREAM)
+    return Pull(registry=_registry(ns), name=parse_name(name), method=request.method,
+                path=request.url.path, started=started, local_only=_is_mirrored(mirrored),
+                zerocopy=(splice.AVAILABLE
+                          and ZEROCOPY_EXTENSION in request.scope.get("extensions", {})))
 
 
 async def push_unsupported(rest: str) -> Response:
@@ -203,19 +121,15 @@ for _method in ("POST", "PUT", "PATCH", "DELETE"):
 
 @router.api_route("/v2/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
 async def unknown_endpoint(rest: str) -> Response:
+    # A blob or manifest path whose reference did not route (empty, or with a "/").
+    if "/blobs/" in f"/{rest}":
+        raise BlobUnknown("no such blob")
+    if "/manifests/" in f"/{rest}":
+        raise ManifestUnknown("no such manifest")
+    if rest.endswith("/tags/list") or "/referrers/" in f"/{rest}":
+        raise EndpointUnknown("this mirror serves neither tag lists nor referrers")
     raise EndpointUnknown("no such endpoint in the pull API")
 
 
 def _is_mirrored(value: str | None) -> bool:
     return value is not None and value.strip().lower() == "true"
-
-
-def _record(node: NodeDep, registry: str, kind: str, request: Request, sent: int,
-            started: float, source: Source, status: int = 200) -> None:
-    node.metrics.emit(MirrorRequest(
-        registry=registry, kind=kind, source=source, status=status, bytes=sent,
-        duration_s=time.perf_counter() - started, method=request.method,
-        path=request.url.path,
-    ))
-    if sent:
-        node.metrics.emit(BytesServed(source, sent))

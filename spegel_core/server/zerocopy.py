@@ -4,10 +4,13 @@ uvicorn does not implement a zero-copy extension (not even ASGI ``pathsend``),
 and Starlette disables zero-copy for ranges. This subclass of uvicorn's httptools
 protocol advertises ``scope["extensions"]["spegel.zerocopy"]`` and handles::
 
-    {"type": "http.response.zerocopy", "file": <fd>, "offset": int, "count": int}
+    {"type": "http.response.zerocopy", "file": <fd>, "offset": int, "count": int,
+     "report": SpliceReport (optional)}
 
-after ``http.response.start``. The bytes go from the page cache to the socket in
-the kernel; Python only loops once per socket-buffer's worth (megabytes).
+after ``http.response.start``; the server sends the end of the body itself, and fills
+``report`` (bytes sent, ``Stop.DONE`` or ``Stop.DESTINATION_GONE``) when there is one.
+The bytes go from the page cache to the socket in the kernel; Python only loops once
+per socket-buffer's worth (megabytes).
 
 The same message can carry a source *socket* instead of a file (a peer's answer,
 relayed without being read into Python)::
@@ -222,6 +225,10 @@ def _wrap_send(
             return
         sent = await _send_file(cycle, message["file"], int(message["offset"]), count)
         cycle.expected_content_length -= sent
+        report = message.get("report")
+        if isinstance(report, SpliceReport):  # the sender wants to know how it ended
+            report.moved = sent
+            report.stop = Stop.DONE if sent == count else Stop.DESTINATION_GONE
         if sent < count:
             # Client gone or file truncated: the response cannot complete. Closing
             # the connection makes the client see a short read, never a whole 200.

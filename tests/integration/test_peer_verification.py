@@ -107,7 +107,9 @@ async def test_a_wrong_digest_header_is_a_penalty(start_mirror: Any, image: Buil
     mirror.network.add_provider(layer, liar_peer)
     response = await mirror.client.get(f"/v2/library/demo/blobs/{layer}")
     assert response.status_code == 404
-    assert f"127.0.0.1:{liar_peer.port}" in mirror.peers.penalties
+    # Wrong content counts against (peer, digest), not against everything the peer has.
+    assert mirror.peers.content_penalties.keys() == {f"127.0.0.1:{liar_peer.port} {layer}"}
+    assert mirror.peers.penalties == {}
     assert mirror.peers.penalty_counts["digest"] == 1
 
 
@@ -148,7 +150,7 @@ async def test_the_range_a_peer_sends_must_be_the_one_asked(start_mirror: Any,
                                        headers={"Range": "bytes=1000-1099"})
     assert response.status_code == 206 and response.content == data[1000:1100]
     assert response.headers["content-range"] == f"bytes 1000-1099/{len(data)}"
-    assert f"127.0.0.1:{bad.port}" in mirror.peers.penalties
+    assert f"127.0.0.1:{bad.port} {layer}" in mirror.peers.content_penalties
     # Several ranges: the peer is asked for the whole blob, as a mirror may answer.
     many = await mirror.client.get(f"/v2/library/demo/blobs/{layer}",
                                    headers={"Range": "bytes=0-9,20-29"})
@@ -176,7 +178,9 @@ async def test_a_resume_must_continue_where_the_stream_broke(start_mirror: Any,
         mirror.network.add_provider(layer, peer)
     response = await mirror.client.get(f"/v2/library/demo/blobs/{layer}")
     assert response.status_code == 200 and response.content == data
-    assert set(mirror.peers.penalties) == {f"127.0.0.1:{cut.port}", f"127.0.0.1:{wrong.port}"}
+    # A broken stream counts against the peer; a wrong resume against (peer, digest).
+    assert set(mirror.peers.penalties) == {f"127.0.0.1:{cut.port}"}
+    assert set(mirror.peers.content_penalties) == {f"127.0.0.1:{wrong.port} {layer}"}
     [(_, headers)] = resumer.requests
     assert headers["range"].startswith("bytes=") and not headers["range"].startswith("bytes=0-")
 
@@ -293,7 +297,7 @@ async def test_client_mode_checks_everything_but_the_hash(start_mirror: Any,
     response = await mirror.client.get(f"/v2/library/demo/blobs/{layer}")
     assert response.status_code == 200 and len(response.content) == len(data)
     assert response.content != data  # the client's digest check is the one that counts
-    assert mirror.peers.penalties == {}
+    assert mirror.peers.penalties == mirror.peers.content_penalties == {}
 
     mirror.network.remove_provider(layer, bad)
     mirror = await start_mirror(peer_blob_verify="client")  # nothing cached
@@ -304,4 +308,5 @@ async def test_client_mode_checks_everything_but_the_hash(start_mirror: Any,
         mirror.network.add_provider(layer, peer)
     response = await mirror.client.get(f"/v2/library/demo/blobs/{layer}")
     assert response.status_code == 200 and response.content == data
-    assert set(mirror.peers.penalties) == {f"127.0.0.1:{cut.port}", f"127.0.0.1:{liar.port}"}
+    assert set(mirror.peers.penalties) == {f"127.0.0.1:{cut.port}"}
+    assert set(mirror.peers.content_penalties) == {f"127.0.0.1:{liar.port} {layer}"}

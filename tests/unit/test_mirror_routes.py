@@ -111,16 +111,20 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, str], int, str]] = [
     ("GET", "/v2/library/demo/blobs/md5:abcd", {}, 400, "DIGEST_INVALID"),
     ("GET", "/v2/library/demo/blobs/sha256:" + "A" * 64, {}, 400, "DIGEST_INVALID"),
     # %2F decodes to "/": no route matches, so nothing is looked up at all.
-    ("GET", "/v2/library/demo/blobs/..%2F..%2Fetc%2Fpasswd", {}, 404, "NOT_FOUND"),
-    ("GET", "/v2/library/demo/blobs/sha256:..%2F..%2F..%2Fetc%2Fpasswd", {}, 404, "NOT_FOUND"),
+    ("GET", "/v2/library/demo/blobs/..%2F..%2Fetc%2Fpasswd", {}, 404, "BLOB_UNKNOWN"),
+    ("GET", "/v2/library/demo/blobs/sha256:..%2F..%2F..%2Fetc%2Fpasswd", {}, 404, "BLOB_UNKNOWN"),
     ("GET", "/v2/library/demo/blobs/sha256:..", {}, 400, "DIGEST_INVALID"),
     ("GET", "/v2/library/demo/manifests/sha256:1234", {}, 400, "DIGEST_INVALID"),
     ("GET", "/v2/Library/Demo/manifests/v1", {}, 400, "NAME_INVALID"),
     ("GET", "/v2/a//b/manifests/v1", {}, 400, "NAME_INVALID"),
     ("GET", "/v2/-x/manifests/v1", {}, 400, "NAME_INVALID"),
     ("GET", "/v2/" + "a" * 300 + "/manifests/v1", {}, 400, "NAME_INVALID"),
-    ("GET", "/v2/library/demo/manifests/-badtag", {}, 400, "MANIFEST_INVALID"),
-    ("GET", "/v2/library/demo/manifests/" + "t" * 200, {}, 400, "MANIFEST_INVALID"),
+    # A reference that is neither a tag nor a digest is a manifest nobody has (the
+    # conformance suite's .INVALID_MANIFEST_NAME); a malformed digest stays a 400.
+    ("GET", "/v2/library/demo/manifests/-badtag", {}, 404, "MANIFEST_UNKNOWN"),
+    ("GET", "/v2/library/demo/manifests/" + "t" * 200, {}, 404, "MANIFEST_UNKNOWN"),
+    ("GET", "/v2/library/demo/manifests/.INVALID_MANIFEST_NAME", {}, 404, "MANIFEST_UNKNOWN"),
+    ("GET", "/v2/library/demo/manifests/sha256:totallywrong", {}, 400, "DIGEST_INVALID"),
     ("GET", "/v2/library/demo/manifests/v1?ns=bad host", {}, 400, "NAME_INVALID"),
     ("GET", "/v2/library/demo/manifests/v1?ns=ftp://x", {}, 400, "NAME_INVALID"),
     ("GET", "/v2/library/demo/manifests/v1?ns=" + "x" * 400, {}, 400, "INVALID_REQUEST"),
@@ -132,9 +136,14 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, str], int, str]] = [
     ("PUT", "/v2/library/demo/manifests/v1", {}, 405, "UNSUPPORTED"),
     ("PATCH", "/v2/library/demo/blobs/uploads/x", {}, 405, "UNSUPPORTED"),
     ("DELETE", f"/v2/library/demo/manifests/{MISSING}", {}, 405, "UNSUPPORTED"),
-    ("GET", "/v2/library/demo/tags/list", {}, 404, "NOT_FOUND"),
-    ("GET", "/v3/", {}, 404, "NOT_FOUND"),
-    ("GET", "/v2/library/demo/blobs/", {}, 404, "NOT_FOUND"),
+    # Optional endpoints the mirror does not serve: 404 with a code of the spec's list.
+    ("GET", "/v2/library/demo/tags/list", {}, 404, "UNSUPPORTED"),
+    ("GET", "/v2/library/demo/tags/list?n=10&last=a", {}, 404, "UNSUPPORTED"),
+    ("GET", f"/v2/library/demo/referrers/{MISSING}", {}, 404, "UNSUPPORTED"),
+    ("GET", "/v2/_catalog", {}, 404, "UNSUPPORTED"),
+    ("GET", "/v3/", {}, 404, "UNSUPPORTED"),
+    ("GET", "/v2/library/demo/blobs/", {}, 404, "BLOB_UNKNOWN"),
+    ("GET", "/v2/library/demo/manifests/", {}, 404, "MANIFEST_UNKNOWN"),
 ]
 
 

@@ -23,6 +23,7 @@ from spegel_core.protocols import (
     DroppedDatagram,
     MirrorRequest,
     PeerCount,
+    PeerPenalised,
     ResolveDuration,
     Source,
     StoreConnection,
@@ -60,6 +61,7 @@ def every_event() -> list[Any]:
         DroppedDatagram("mac"),
         DnsQuery(0.004, "ok"),
         StoreConnection(True),
+        PeerPenalised("status", "content"),
     ]
 
 
@@ -82,6 +84,7 @@ def test_each_event_moves_its_family_at_once() -> None:
     assert value(sink, "spegel_dht_dropped_datagrams_total", reason="mac") == 1
     assert value(sink, "spegel_dns_query_duration_seconds_count", result="ok") == 1
     assert value(sink, "spegel_store_connected") == 1
+    assert value(sink, "spegel_peer_penalties_total", kind="status", scope="content") == 1
     sink.emit(StoreConnection(False))
     assert value(sink, "spegel_store_connected") == 0
     assert sink.recent.hits == 1 and sink.recent.misses == 1 and sink.recent.local == 1
@@ -174,3 +177,36 @@ def test_plugins_json_lists_the_prometheus_plugin(capsys: pytest.CaptureFixture[
     plugins = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)}
     assert {"spegel_register_metrics", "spegel_add_routes"} <= set(
         plugins["prometheus"]["hooks"])
+
+
+async def test_debug_page_lists_peer_and_content_penalties(
+        spegel_pm: PluginManager, make_config: Callable[..., SpegelConfig],
+        register_plugin: Callable[[object, str], None]) -> None:
+    from spegel_core import hookimpl
+    from spegel_core.errors import PeerNotFound, PeerTimeout
+    from spegel_core.protocols import Peer
+    from spegel_core.testing.fakes import MemoryNetwork, MemoryRouter
+
+    class Wiring:
+        @hookimpl
+        def spegel_make_router(self, config: SpegelConfig, discovery: Any, metrics: Any) -> Any:
+            return MemoryRouter(MemoryNetwork(), Peer("127.0.0.1", 1))
+
+    register_plugin(Wiring(), "wiring")
+    app = create_app(make_config(content_store="memory", router="memory"), spegel_pm,
+                     store=MemoryContentStore())
+    peers = app.state.node.peers
+    digest = "sha256:" + "c" * 64
+    peers.penalise(Peer("127.0.0.1", 7001), PeerTimeout("slow"), digest)
+    peers.penalise(Peer("127.0.0.1", 7002), PeerNotFound("HTTP 404"), digest)
+    metrics_app = metrics_app_of(app)
+    assert metrics_app is not None
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=metrics_app), base_url="http://m") as client:
+        html = (await client.get("/debug")).text
+        exposition = (await client.get("/metrics")).text
+    assert "<code>127.0.0.1:7001</code>" in html
+    assert f"<code>127.0.0.1:7002 {digest}</code>" in html
+    assert "spegel_penalised_peers 1.0" in exposition  # the gauge counts peer-wide ones
+    assert 'spegel_peer_penalties_total{kind="connect",scope="peer"} 1.0' in exposition
+    assert 'spegel_peer_penalties_total{kind="status",scope="content"} 1.0' in exposition
