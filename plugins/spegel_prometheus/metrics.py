@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from spegel_core.protocols import (
     AdvertisedKeys,
+    ArrivingServed,
     BytesServed,
     DhtMessage,
     DnsQuery,
@@ -123,6 +124,8 @@ class PrometheusSink:
                  "Number of image digests advertised to be available."),
                 ("content", "spegel_advertised_content_digests",
                  "Number of content digests advertised to be available."),
+                ("arriving", "spegel_advertised_arriving_digests",
+                 "Number of digests advertised as arriving (still downloading here)."),
             )
         }
         self.http_duration = Histogram(
@@ -161,7 +164,11 @@ class PrometheusSink:
             "spegel_penalised_peers",
             "Number of peers on the penalty list (failed or served bad bytes recently).",
             registry=r)
+        self.arriving_bytes = Counter(
+            "spegel_arriving_bytes_served", "Bytes of content still arriving on this node "
+            "(being downloaded by its containerd) served to peers.", registry=r)
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            ArrivingServed: lambda e: self.arriving_bytes.inc(e.bytes),
             MirrorRequest: self._mirror_request,
             ResolveDuration: self._resolve,
             BytesServed: self._bytes,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from spegel_core.errors import EndpointUnknown, NameInvalid, NotFound, Unsupported
+from spegel_core.mirror import arriving
 from spegel_core.mirror.deps import NodeDep, ServiceDep
 from spegel_core.mirror.ranges import parse_range
 from spegel_core.mirror.responses import (
@@ -24,7 +25,7 @@ from spegel_core.oci.reference import (
     parse_manifest_reference,
     parse_name,
 )
-from spegel_core.protocols import BytesServed, MirrorRequest, Source
+from spegel_core.protocols import ArrivingServed, BytesServed, MirrorRequest, Source
 from spegel_core.registry_urls import registry_host
 from spegel_core.server import splice
 from spegel_core.state import tag_key
@@ -135,6 +136,10 @@ async def get_blob(
     try:
         info = await service.local_blob(digest)
     except NotFound:
+        if _is_mirrored(mirrored) and node.config.core.advertise_arriving:
+            arriving = await _arriving_blob(request, node, registry, digest, range, started)
+            if arriving is not None:
+                return arriving
         if _is_mirrored(mirrored) or node.peers is None:
             raise
         return await _blob_from_peers(request, node, registry, name, digest, range, started)
@@ -155,6 +160,25 @@ async def get_blob(
                                        media_type=OCTET_STREAM)
     sent = 0 if request.method == "HEAD" else count
     _record(node, registry, "blob", request, sent, started, Source.LOCAL, status)
+    return response
+
+
+async def _arriving_blob(request: Request, node: NodeDep, registry: str, digest: str,
+                         range_header: str | None, started: float) -> Response | None:
+    """A peer asks for a blob this node is still downloading: serve it as it lands."""
+    headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
+               SOURCE_HEADER: arriving.SOURCE}
+
+    def sent(count: int) -> None:
+        if count:
+            node.metrics.emit(ArrivingServed(count))
+
+    response = await arriving.arriving_response(node.store, digest, range_header, headers, sent)
+    if response is None:
+        return None
+    status = response.status_code
+    _record(node, registry, "blob", request, 0 if request.method == "HEAD" else response.count,
+            started, Source.LOCAL, status)
     return response
 
 

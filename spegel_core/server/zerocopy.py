@@ -7,7 +7,10 @@ protocol advertises ``scope["extensions"]["spegel.zerocopy"]`` and handles::
     {"type": "http.response.zerocopy", "file": <fd>, "offset": int, "count": int}
 
 after ``http.response.start``. The bytes go from the page cache to the socket in
-the kernel; Python only loops once per socket-buffer's worth (megabytes).
+the kernel; Python only loops once per socket-buffer's worth (megabytes). With
+``"more_body": True`` the response stays open for more messages (a file that is
+still growing is sent piece by piece), and a ``"report"`` (:class:`SpliceReport`)
+gets the bytes moved; a send that ends short closes the connection either way.
 
 The same message can carry a source *socket* instead of a file (a peer's answer,
 relayed without being read into Python)::
@@ -222,10 +225,16 @@ def _wrap_send(
             return
         sent = await _send_file(cycle, message["file"], int(message["offset"]), count)
         cycle.expected_content_length -= sent
+        report = message.get("report")
+        if isinstance(report, SpliceReport):
+            report.moved = sent
+            report.stop = Stop.DONE if sent == count else Stop.DESTINATION_GONE
         if sent < count:
             # Client gone or file truncated: the response cannot complete. Closing
             # the connection makes the client see a short read, never a whole 200.
             _abort(cycle)
+            return
+        if message.get("more_body", False):
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
