@@ -68,6 +68,7 @@ class ArrivingResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         position = self.offset
+        extension = ZEROCOPY_EXTENSION in scope.get("extensions", {})
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
@@ -75,7 +76,7 @@ class ArrivingResponse(Response):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             fd = self.content.fileno()
-            zerocopy = fd is not None and ZEROCOPY_EXTENSION in scope.get("extensions", {})
+            zerocopy = fd is not None and extension
             end = self.offset + self.count
             while position < end:
                 available = min(await self.content.wait(position, self.stall_timeout), end)
@@ -98,7 +99,9 @@ class ArrivingResponse(Response):
         except ArrivingAborted as exc:
             log.info("cutting the stream of arriving %s at byte %d of %d: %s",
                      self.content.digest, position, self.offset + self.count, exc)
-            raise  # the server closes the connection: a short body, never a whole 200
+            if not extension:
+                raise  # the server closes the connection: a short body, never a whole 200
+            await send({"type": ZEROCOPY_MESSAGE, "abort": True})
         finally:
             if self.on_sent is not None:
                 self.on_sent(position - self.offset)

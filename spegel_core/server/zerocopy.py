@@ -11,6 +11,8 @@ the kernel; Python only loops once per socket-buffer's worth (megabytes). With
 ``"more_body": True`` the response stays open for more messages (a file that is
 still growing is sent piece by piece), and a ``"report"`` (:class:`SpliceReport`)
 gets the bytes moved; a send that ends short closes the connection either way.
+``{"type": "http.response.zerocopy", "abort": True}`` closes the connection of a
+response whose source failed mid-body (never completed as if whole).
 
 The same message can carry a source *socket* instead of a file (a peer's answer,
 relayed without being read into Python)::
@@ -216,6 +218,9 @@ def _wrap_send(
     async def zerocopy_send(message: Any) -> None:
         if message["type"] != ZEROCOPY_MESSAGE:
             await send(message)
+            return
+        if message.get("abort", False):
+            _abort(cycle)  # the source failed mid-body: the client sees a short read
             return
         count = int(message["count"])
         if count > cycle.expected_content_length:
