@@ -65,6 +65,8 @@ EXPORTED = (
     "spegel_dns_query_duration_seconds",
     "spegel_store_connected",
     "spegel_penalised_peers",
+    "spegel_advertised_arriving_digests",
+    "spegel_arriving_bytes_served_total",
 )
 
 _created_disabled = False
