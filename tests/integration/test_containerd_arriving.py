@@ -21,7 +21,8 @@ import pytest
 from spegel_containerd.store import ContainerdStore
 from spegel_core.errors import ArrivingAborted, BlobUnknown
 from spegel_core.oci.image_builder import BuiltImage, build_image
-from spegel_core.protocols import ArrivingStore, StoreEvent, StoreEventKind
+from spegel_core.protocols import ArrivingStore, ContentStore, StoreEvent, StoreEventKind
+from spegel_core.testing.arriving_conformance import ArrivingStoreConformance, ArrivingWriter
 from spegel_core.testing.containerd import ContainerdDaemon
 from spegel_core.testing.throttle import ThrottledProxy
 from spegel_core.testing.upstream import UpstreamRegistry
@@ -179,3 +180,43 @@ async def test_without_watching_ingests_nothing_is_arriving(
         assert await plain.list_arriving() == []
         with pytest.raises(BlobUnknown):
             await plain.open_arriving("sha256:" + "a" * 64)
+
+
+class IngestFiles:
+    """Writes an ingest the way containerd lays it out (ref, total, data; rename at commit)."""
+
+    def __init__(self, content_path: Path, namespace: str, data: bytes) -> None:
+        self.content_path = content_path
+        self.digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        ref = f"{namespace}/1/layer-{self.digest}"
+        self.path = content_path / "ingest" / hashlib.sha256(ref.encode()).hexdigest()
+        self.path.mkdir(parents=True)
+        (self.path / "ref").write_text(ref)
+        (self.path / "total").write_text(str(len(data)))
+        self.file = open(self.path / "data", "wb")  # noqa: SIM115 - closed at commit/abort
+
+    async def append(self, data: bytes) -> None:
+        self.file.write(data)
+        self.file.flush()
+
+    async def commit(self) -> None:
+        self.file.close()
+        blobs = self.content_path / "blobs" / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        (self.path / "data").rename(blobs / self.digest.partition(":")[2])
+        shutil.rmtree(self.path)
+
+    async def abort(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class TestContainerdArrivingConformance(ArrivingStoreConformance):
+    @pytest.fixture
+    async def arriving_store(self, store: ContainerdStore) -> ContainerdStore:
+        return store
+
+    async def begin(self, store: ContentStore, data: bytes) -> ArrivingWriter:
+        assert isinstance(store, ContainerdStore) and store.content_path is not None
+        return IngestFiles(store.content_path, store.namespace, data)
