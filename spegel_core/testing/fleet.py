@@ -16,8 +16,6 @@ and by ``nox -s bench -- arriving``::
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
 import shutil
 import socket
@@ -121,16 +119,20 @@ class Fleet:
         rate: the upstream link's rate in bytes per second (shared by every node).
         node_args: extra ``spegel registry`` flags of every node.
         seed: selects the image's content.
+        resolve_timeout: ``--mirror-resolve-timeout`` of the nodes (each miss waits that
+            long; 20 ms in production, more on a loaded test machine).
     """
 
     def __init__(self, workdir: Path, *, nodes: int = 2, layer_sizes: Sequence[int] = (2**20,),
-                 rate: float = 16e6, node_args: Sequence[str] = (), seed: int = 7) -> None:
+                 rate: float = 16e6, node_args: Sequence[str] = (), seed: int = 7,
+                 resolve_timeout: str = "100ms") -> None:
         self.workdir = Path(workdir)
         self.count = nodes
         self.layer_sizes = tuple(layer_sizes)
         self.rate = rate
         self.node_args = list(node_args)
         self.seed = seed
+        self.resolve_timeout = resolve_timeout
         self.nodes: list[FleetNode] = []
         self._daemon_dirs: list[Path] = []
         self.registry: UpstreamRegistry | None = None
@@ -166,7 +168,7 @@ class Fleet:
             daemon = ContainerdDaemon(directory).start()
             node = NodeProcess(ip, 5000, [
                 *registry_args(daemon), "--router", "kademlia", "--bootstrap-kind", "static",
-                "--static-peers", peers, "--mirror-resolve-timeout", "300ms",
+                "--static-peers", peers, "--mirror-resolve-timeout", self.resolve_timeout,
                 *self.node_args], self.workdir / f"node-{name}.log")
             self.nodes.append(FleetNode(name, daemon, node, self.workdir / f"certs-{name}"))
             node.start()
@@ -189,12 +191,6 @@ class Fleet:
             self.proxy.stop()
         if self.registry is not None:
             self.registry.stop()
-
-    def status(self) -> str:
-        """A short JSON summary for failure messages."""
-        return json.dumps({"upstream_bytes": self.upstream.bytes_down,
-                           "nodes": [m.node.url for m in self.nodes],
-                           "pid": os.getpid()})
 
     def __enter__(self) -> Fleet:
         try:

@@ -23,7 +23,7 @@ from spegel_core.testing.fleet import Fleet, FleetNode, until
 
 pytestmark = pytest.mark.e2e
 
-LAYER = 16 * 2**20
+LAYER = 24 * 2**20
 RATE = 16e6
 
 
