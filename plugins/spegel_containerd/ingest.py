@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ DATA_WAIT = 2.0
 DIRECTORY_RETRY = 2.0
 #: Largest ``total`` believed (a corrupt file must not announce exabytes).
 MAX_TOTAL = 1 << 44
+#: An ingest found at start whose ``data`` has not changed for this long is taken as
+#: left behind by a dead client (not advertised until something writes to it again).
+STALE_AFTER = 10.0
 
 
 def parse_ref(text: str) -> tuple[str, str] | None:
@@ -178,8 +182,6 @@ class IngestWatcher:
                 self._add_dir(name)
             else:
                 self._check(name)
-        for ingest in list(self._ingests.values()):
-            self._data_changed(ingest, closed=False)
 
     # -- directories ---------------------------------------------------------------------
     def _on_root(self, event: InotifyEvent) -> None:
@@ -231,7 +233,10 @@ class IngestWatcher:
             return
         ingest = Ingest(name, path, parsed[1], total, self._dirs.get(name, -1))
         self._ingests[name] = ingest
-        self._data_changed(ingest, closed=False)
+        if _stale(ingest.data):
+            ingest.state = "stalled"
+            log.debug("ingest of %s is left over from a dead pull; not arriving", ingest.digest)
+            return
         if ingest.state == "arriving":
             log.debug("arriving: %s (%d bytes expected)", ingest.digest, total)
             self.publish(StoreEvent(StoreEventKind.CONTENT_ARRIVING, ingest.digest))
@@ -341,6 +346,14 @@ class IngestWatcher:
     def __repr__(self) -> str:
         return (f"<IngestWatcher {self.root} ns={self.namespace!r} "
                 f"arriving={len(self.arriving())} dirs={len(self._dirs)}>")
+
+
+def _stale(data: Path) -> bool:
+    try:
+        info = os.stat(data)
+    except OSError:
+        return False  # not created yet: the download is starting
+    return time.time() - info.st_mtime > STALE_AFTER
 
 
 class IngestReader:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from spegel_containerd.ingest import parse_ref
 from spegel_containerd.store import ContainerdStore
 from spegel_core.errors import ArrivingAborted, BlobUnknown
 from spegel_core.oci.image_builder import BuiltImage, build_image
@@ -220,3 +223,32 @@ class TestContainerdArrivingConformance(ArrivingStoreConformance):
     async def begin(self, store: ContentStore, data: bytes) -> ArrivingWriter:
         assert isinstance(store, ContainerdStore) and store.content_path is not None
         return IngestFiles(store.content_path, store.namespace, data)
+
+
+async def test_an_ingest_left_by_a_dead_pull_is_not_arriving_until_written_again(
+    containerd_daemon: ContainerdDaemon,
+) -> None:
+    data = b"x" * 5000
+    ingest = IngestFiles(containerd_daemon.content_path, containerd_daemon.namespace, data)
+    await ingest.append(data[:100])
+    old = time.time() - 3600
+    os.utime(ingest.path / "data", (old, old))
+    async with ContainerdStore(containerd_daemon.socket, containerd_daemon.namespace,
+                               containerd_daemon.content_path, watch_ingests=True) as store:
+        assert await store.list_arriving() == []
+        with pytest.raises(BlobUnknown):
+            await store.open_arriving(ingest.digest)
+        events = store.subscribe()
+        await ingest.append(data[100:200])  # a retry resumes it
+        await next_event(events, StoreEventKind.CONTENT_ARRIVING, ingest.digest)
+        assert await store.list_arriving() == [ingest.digest]
+        await ingest.abort()
+        await next_event(events, StoreEventKind.ARRIVING_ENDED, ingest.digest)
+
+
+def test_ingest_refs() -> None:
+    digest = "sha256:" + "ab" * 32
+    assert parse_ref(f"k8s.io/1/layer-{digest}") == ("k8s.io", digest)
+    assert parse_ref(f"default/12/manifest-{digest}\n") == ("default", digest)
+    assert parse_ref("k8s.io/1/layer-sha256:short") is None
+    assert parse_ref(f"{digest}") is None
