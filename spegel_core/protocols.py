@@ -166,7 +166,8 @@ class ArrivingStore(Protocol):
 
     async def open_arriving(self, digest: str) -> ArrivingContent:
         """Open arriving content; raises :class:`spegel_core.errors.BlobUnknown`
-        when ``digest`` is not arriving (committed content is read with ``read``)."""
+        when ``digest`` is not arriving (committed content is read with ``read``; a
+        store may still open content committed a moment ago, whole)."""
 
 
 # ---------------------------------------------------------------------------

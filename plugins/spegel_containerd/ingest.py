@@ -66,6 +66,10 @@ MAX_TOTAL = 1 << 44
 #: An ingest found at start whose ``data`` has not changed for this long is taken as
 #: left behind by a dead client (not advertised until something writes to it again).
 STALE_AFTER = 10.0
+#: How long a just-committed blob is still served by :meth:`IngestWatcher.open`:
+#: containerd renames ``data`` before its metadata says the blob exists, and a peer
+#: asking in between must not get a 404 (it would go upstream for the whole layer).
+COMMITTED_GRACE = 5.0
 
 
 def parse_ref(text: str) -> tuple[str, str] | None:
@@ -135,6 +139,7 @@ class IngestWatcher:
         self._ingests: dict[str, Ingest] = {}  # dir name -> ingest of our namespace
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
+        self._committed_at: dict[str, tuple[float, Ingest]] = {}
 
     @property
     def root(self) -> Path:
@@ -295,6 +300,10 @@ class IngestWatcher:
             self._end(ingest, "aborted", "data moved away without a commit")
             return
         ingest.state = "committed"
+        now = time.monotonic()
+        for old in [d for d, (at, _) in self._committed_at.items() if now - at > COMMITTED_GRACE]:
+            del self._committed_at[old]
+        self._committed_at[ingest.digest] = (now, ingest)
         ingest.notify()
         log.debug("committed: %s", ingest.digest)
         self.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, ingest.digest))
@@ -314,7 +323,7 @@ class IngestWatcher:
         """A reader of the arriving ``digest``; raises :class:`BlobUnknown` if not arriving."""
         ingest = self.find(digest)
         if ingest is None:
-            raise BlobUnknown(f"blob {digest} is not arriving here")
+            return self._open_committed(digest, stall_timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DATA_WAIT
         while True:
@@ -327,6 +336,19 @@ class IngestWatcher:
                     raise BlobUnknown(f"blob {digest} is not arriving here") from None
                 await ingest.changed(remaining)
         return IngestReader(ingest, fd, stall_timeout)
+
+    def _open_committed(self, digest: str, stall_timeout: float) -> IngestReader:
+        """A blob committed a moment ago, read from ``blobs/`` (see :data:`COMMITTED_GRACE`)."""
+        recent = self._committed_at.get(digest)
+        if recent is None or time.monotonic() - recent[0] > COMMITTED_GRACE:
+            raise BlobUnknown(f"blob {digest} is not arriving here")
+        algorithm, _, encoded = digest.partition(":")
+        try:
+            fd = os.open(self.content_path / "blobs" / algorithm / encoded,
+                         os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise BlobUnknown(f"blob {digest} is not arriving here") from None
+        return IngestReader(recent[1], fd, stall_timeout)
 
     def close(self) -> None:
         """Stop watching; wakes every reader (they see the content as aborted)."""
