@@ -137,9 +137,9 @@ async def get_blob(
         info = await service.local_blob(digest)
     except NotFound:
         if _is_mirrored(mirrored) and node.config.core.advertise_arriving:
-            arriving = await _arriving_blob(request, node, registry, digest, range, started)
-            if arriving is not None:
-                return arriving
+            answer = await _arriving_blob(request, node, registry, digest, range, started)
+            if answer is not None:
+                return answer
         if _is_mirrored(mirrored) or node.peers is None:
             raise
         return await _blob_from_peers(request, node, registry, name, digest, range, started)
