@@ -230,7 +230,7 @@ async def test_an_abandoned_download_cuts_the_stream(
     failing = asyncio.ensure_future(fail())
     # Never a complete 200: the in-process server re-raises what cut the body (Starlette
     # wraps it: "response already started"); uvicorn with the zero-copy add-on closes the
-    # connection instead (tests/e2e/test_containerd_arriving.py).
+    # connection instead (tests/e2e/test_arriving_pulls.py).
     with pytest.raises((ArrivingAborted, RuntimeError)):
         await client.get(f"/v2/library/demo/blobs/{DIGEST}", headers=MIRRORED)
     await failing
