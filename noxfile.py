@@ -42,8 +42,14 @@ def bench(session: nox.Session) -> None:
     """Side-by-side benchmark against the Debian docker-registry; writes docs/benchmarks.md.
 
     Pass options after ``--``, e.g. ``nox -s bench -- --blob-mib 512 --rounds 3``.
+    ``nox -s bench -- arriving [--layer-mib 64 --rate-mbps 16 --offset 1]`` runs the
+    arriving-content benchmark instead (two containerd nodes behind a throttled
+    upstream, ``--advertise-arriving`` on and off; tests/bench/arriving.py).
     """
     session.install("-e", ".[test]")
+    if session.posargs[:1] == ["arriving"]:
+        session.run("python", "-m", "tests.bench.arriving", *session.posargs[1:])
+        return
     args = session.posargs or ["--write", "docs/benchmarks.md"]
     session.run("python", "-m", "tests.bench.run", *args)
 

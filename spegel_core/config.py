@@ -149,6 +149,11 @@ class CoreSettings(SpegelSettings):
         "client (containerd verifies every blob). Manifests are always verified here.",
     )
     resolve_tags: bool = Field(default=True, description="Advertise and resolve tags.")
+    advertise_arriving: bool = Field(
+        default=True,
+        description="Advertise content while the store is still downloading it (containerd's "
+        "ingests) and serve it to peers as it lands; false: only committed content.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )

@@ -110,6 +110,10 @@ class ManifestUnknown(NotFound):
     code = "MANIFEST_UNKNOWN"
 
 
+class ArrivingAborted(BlobUnknown):
+    """Content that was arriving will not complete (its download failed or stalled)."""
+
+
 class StoreUnavailable(OCIError):
     """The content store cannot answer right now (for example containerd is down)."""
 

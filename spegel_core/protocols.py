@@ -44,6 +44,12 @@ class StoreEventKind(enum.Enum):
     IMAGE_DELETED = "image_deleted"
     CONTENT_CREATED = "content_created"
     CONTENT_DELETED = "content_deleted"
+    #: Content started arriving (``key`` is its digest): peers may read it as it lands
+    #: (stores with the optional :class:`ArrivingStore` part only).
+    CONTENT_ARRIVING = "content_arriving"
+    #: Arriving content stopped arriving without being committed (its download failed
+    #: or its writer went away). A commit is ``CONTENT_CREATED`` instead.
+    ARRIVING_ENDED = "arriving_ended"
     #: The store lost its backend (or got it back); consumers should list again.
     RESYNC = "resync"
 
@@ -95,6 +101,73 @@ class ContentStore(Protocol):
 
     def status(self) -> StoreStatus:
         """Whether the store can answer now, and why not."""
+
+
+# ---------------------------------------------------------------------------
+# Content store, optional part: content that is still arriving
+# ---------------------------------------------------------------------------
+#: Prefix of the key string under which arriving content is advertised.
+ARRIVING_PREFIX = "arriving/"
+
+
+def arriving_key(digest: str) -> str:
+    """The key string arriving content is advertised under: ``arriving/<digest>``.
+
+    A distinct key (not a flag on the provider record) keeps every router and its
+    wire format unchanged: a requester looks the two keys up side by side.
+    """
+    return ARRIVING_PREFIX + digest
+
+
+@runtime_checkable
+class ArrivingContent(Protocol):
+    """One blob that is still being written, opened for reading as it lands.
+
+    ``size`` is the expected final size. Bytes below what :meth:`wait` returned are
+    final (a store offers only content written in order). Close it with :meth:`aclose`.
+    """
+
+    digest: str
+    size: int
+
+    def fileno(self) -> int | None:
+        """A descriptor of a file holding the bytes written so far (the mirror serves
+        them with ``sendfile``), or None: then :meth:`read` is used."""
+
+    async def wait(self, offset: int, timeout: float) -> int:  # noqa: ASYNC109
+        """How many bytes exist, once that is more than ``offset`` (``offset < size``).
+
+        Waits without polling for more bytes. Raises
+        :class:`spegel_core.errors.ArrivingAborted` when the content will not
+        complete (deleted without a commit, its writer gone, or nothing new for
+        ``timeout`` seconds).
+        """
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (below what :meth:`wait` returned)."""
+
+    async def aclose(self) -> None:
+        """Release the descriptor; safe to call twice."""
+
+
+@runtime_checkable
+class ArrivingStore(Protocol):
+    """The optional part of :class:`ContentStore` for content still arriving.
+
+    A store that can see downloads in progress (containerd's ingests) implements
+    these two methods and publishes ``CONTENT_ARRIVING`` / ``ARRIVING_ENDED``
+    events; the node then advertises :func:`arriving_key` and serves the bytes to
+    peers while they land. A store without it (the OCI layout) is simply not an
+    ``ArrivingStore``.
+    """
+
+    async def list_arriving(self) -> list[str]:
+        """Digests of the content arriving now (not committed, writer alive)."""
+
+    async def open_arriving(self, digest: str) -> ArrivingContent:
+        """Open arriving content; raises :class:`spegel_core.errors.BlobUnknown`
+        when ``digest`` is not arriving (committed content is read with ``read``; a
+        store may still open content committed a moment ago, whole)."""
 
 
 # ---------------------------------------------------------------------------
@@ -223,6 +296,13 @@ class AdvertisedKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class ArrivingServed:
+    """Bytes of arriving content (still downloading here) served to a peer."""
+
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class PeerCount:
     count: int
 
@@ -264,7 +344,7 @@ class PeerPenalised:
 
 MetricEvent = (
     MirrorRequest | ResolveDuration | BytesServed | AdvertisedKeys | PeerCount | DhtMessage
-    | DroppedDatagram | DnsQuery | StoreConnection | PeerPenalised
+    | DroppedDatagram | DnsQuery | StoreConnection | PeerPenalised | ArrivingServed
 )
 
 

@@ -3,6 +3,11 @@
 At start, and again on every ``RESYNC``, the whole store is listed and the difference
 advertised or withdrawn. In between, store events add and remove single keys; a
 removal is only withdrawn after the store confirms the content is really gone.
+
+Content a store is still downloading (the optional ``ArrivingStore`` part) is
+advertised under :func:`~spegel_core.protocols.arriving_key` while it arrives, with
+``--advertise-arriving``; the mark is withdrawn when the download ends without a
+commit, and when the commit makes it ordinary content.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from spegel_core.errors import NotFound
 from spegel_core.oci.reference import Reference
 from spegel_core.protocols import (
     AdvertisedKeys,
+    ArrivingStore,
     ContentStore,
     Image,
     MetricsSink,
     Router,
     StoreEvent,
     StoreEventKind,
+    arriving_key,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,10 @@ class StateTracker:
         self.filters = [re.compile(pattern) for pattern in config.core.registry_filters]
         self.tags: dict[str, str] = {}  # tag key -> registry
         self.digests: set[str] = set()
+        #: Digests advertised as arriving (still downloading here).
+        self.arriving: set[str] = set()
+        self.advertise_arriving = (config.core.advertise_arriving
+                                   and isinstance(store, ArrivingStore))
         #: Every image the store holds (advertised by tag or not): reference -> (registry,
         #: digest); counts the image digests of each registry.
         self.images: dict[str, tuple[str, str]] = {}
@@ -81,10 +92,16 @@ class StateTracker:
         async with self._lock:
             images = await self.store.list_images()
             digests = set(await self.store.list_digests())
+            arriving: set[str] = set()
+            if self.advertise_arriving:
+                assert isinstance(self.store, ArrivingStore)
+                arriving = set(await self.store.list_arriving()) - digests
             tags = self._tags(images)
-            gone = [*(set(self.tags) - set(tags)), *(self.digests - digests)]
-            new = [*(set(tags) - set(self.tags)), *(digests - self.digests)]
-            self.tags, self.digests = tags, digests
+            gone = [*(set(self.tags) - set(tags)), *(self.digests - digests),
+                    *(arriving_key(d) for d in self.arriving - arriving)]
+            new = [*(set(tags) - set(self.tags)), *(digests - self.digests),
+                   *(arriving_key(d) for d in arriving - self.arriving)]
+            self.tags, self.digests, self.arriving = tags, digests, arriving
             self.images = {str(image.reference): (image.reference.registry, image.digest)
                            for image in images}
         if gone:
@@ -108,6 +125,10 @@ class StateTracker:
                 await self._add_digest(event.key)
             elif event.kind is StoreEventKind.CONTENT_DELETED:
                 await self._remove_digest(event.key)
+            elif event.kind is StoreEventKind.CONTENT_ARRIVING:
+                await self._add_arriving(event.key)
+            elif event.kind is StoreEventKind.ARRIVING_ENDED:
+                await self._remove_arriving(event.key)
             elif event.kind is StoreEventKind.IMAGE_CREATED:
                 await self._image_created(event)
                 await self._add_tag(event.key)
@@ -122,6 +143,21 @@ class StateTracker:
             return
         self.digests.add(digest)
         await self.router.advertise([digest])
+        await self._remove_arriving(digest)  # committed: ordinary content from now on
+        self._emit_counts()
+
+    async def _add_arriving(self, digest: str) -> None:
+        if not self.advertise_arriving or digest in self.arriving or digest in self.digests:
+            return
+        self.arriving.add(digest)
+        await self.router.advertise([arriving_key(digest)])
+        self._emit_counts()
+
+    async def _remove_arriving(self, digest: str) -> None:
+        if digest not in self.arriving:
+            return
+        self.arriving.discard(digest)
+        await self.router.withdraw([arriving_key(digest)])
         self._emit_counts()
 
     async def _remove_digest(self, digest: str) -> None:
@@ -209,6 +245,8 @@ class StateTracker:
         self._report("digest", Counter(registry for registry, digest in set(self.images.values())
                                        if digest in self.digests))
         self.metrics.emit(AdvertisedKeys("content", "", len(self.digests)))
+        if self.advertise_arriving:
+            self.metrics.emit(AdvertisedKeys("arriving", "", len(self.arriving)))
 
     def _report(self, kind: str, counts: Counter[str]) -> None:
         for registry in self._reported.get(kind, set()) - set(counts):
@@ -218,4 +256,5 @@ class StateTracker:
         self._reported[kind] = set(counts)
 
     def __repr__(self) -> str:
-        return f"<StateTracker tags={len(self.tags)} digests={len(self.digests)}>"
+        return (f"<StateTracker tags={len(self.tags)} digests={len(self.digests)} "
+                f"arriving={len(self.arriving)}>")

@@ -96,4 +96,5 @@ def spegel_make_content_store(config: SpegelConfig) -> ContainerdStore | None:
 
     return ContainerdStore(settings.containerd_sock, settings.containerd_namespace,
                            settings.containerd_content_path,
-                           reconnect_max_backoff=settings.containerd_reconnect_max_backoff)
+                           reconnect_max_backoff=settings.containerd_reconnect_max_backoff,
+                           watch_ingests=config.core.advertise_arriving)

@@ -17,6 +17,11 @@ breaks (containerd restarted or stopped), :meth:`ContainerdStore.status` says
 "store disconnected", the task reconnects with exponential backoff (at once
 when a new socket appears) and publishes ``RESYNC`` once connected again. It
 never exits and never raises out of the background task.
+
+With ``watch_ingests`` the store also follows containerd's ingests (downloads in
+progress, :mod:`spegel_containerd.ingest`) and implements the optional
+:class:`~spegel_core.protocols.ArrivingStore` part: their digests are published as
+arriving, their commits as created, and peers can read them as they land.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import grpc.aio
 from spegel_containerd.checks import ContainerdTooOld, check_version
 from spegel_containerd.client import ContainerdClient, ContainerdUnavailable
 from spegel_containerd.events import decode_envelope, subscribe_filters
+from spegel_containerd.ingest import IngestReader, IngestWatcher
 from spegel_containerd.walker import ImageWalker
 from spegel_core.errors import (
     BlobUnknown,
@@ -102,6 +108,9 @@ class ContainerdStore:
         call_timeout: deadline of containerd calls, seconds.
         gc_delay: how long after an image deletion content is listed again.
         client_factory: builds the gRPC client (tests inject fakes).
+        watch_ingests: follow ``<content_path>/ingest`` and offer arriving content.
+        arriving_stall_timeout: how long a reader of arriving content waits for new
+            bytes before it gives up, seconds.
 
     :attr:`metrics` (set by the node) receives a :class:`StoreConnection` event
     each time the connection to containerd is made or lost.
@@ -113,7 +122,8 @@ class ContainerdStore:
     def __init__(self, socket: Path, namespace: str = "k8s.io",
                  content_path: Path | None = None, *, reconnect_max_backoff: float = 5.0,
                  reconnect_min_backoff: float = 0.1, call_timeout: float = 10.0,
-                 gc_delay: float = 1.0, client_factory: ClientFactory | None = None) -> None:
+                 gc_delay: float = 1.0, client_factory: ClientFactory | None = None,
+                 watch_ingests: bool = False, arriving_stall_timeout: float = 30.0) -> None:
         if reconnect_max_backoff <= 0 or reconnect_min_backoff <= 0:
             raise ValueError("reconnect backoffs must be positive")
         self.socket = Path(socket)
@@ -141,6 +151,10 @@ class ContainerdStore:
         self._known: set[str] = set()
         self._warned: set[str] = set()
         self._grpc_reads = False
+        self.arriving_stall_timeout = arriving_stall_timeout
+        self._ingests: IngestWatcher | None = None
+        if watch_ingests and self.content_path is not None:
+            self._ingests = IngestWatcher(self.content_path, namespace, self._on_ingest)
 
     def _default_client(self, socket: Path, namespace: str) -> ContainerdClient:
         return ContainerdClient(socket, namespace, timeout=self.call_timeout,
@@ -153,6 +167,8 @@ class ContainerdStore:
         if self._started or self._closed:
             return
         self._started = True
+        if self._ingests is not None and not self._ingests.start():
+            self._ingests = None
         self._client = self._factory(self.socket, self.namespace)
         self._watcher = asyncio.create_task(self._watch(), name=f"containerd-watch {self.socket}")
         with contextlib.suppress(TimeoutError):
@@ -168,6 +184,8 @@ class ContainerdStore:
         self._closed = True
         self._connected = False
         self._hub.close()
+        if self._ingests is not None:
+            self._ingests.close()
         tasks = [task for task in (self._watcher, self._checker) if task is not None]
         for task in tasks:
             task.cancel()
@@ -490,6 +508,23 @@ class ContainerdStore:
             return
         async for chunk in _read_file(path, offset, count):
             yield chunk
+
+    # -- arriving content (the optional ArrivingStore part) -----------------------------------
+    def _on_ingest(self, event: StoreEvent) -> None:
+        if event.kind is StoreEventKind.CONTENT_CREATED:
+            self._known.add(event.key)
+        self._hub.publish(event)
+
+    async def list_arriving(self) -> list[str]:
+        """Digests containerd is downloading now (none without ``watch_ingests``)."""
+        return self._ingests.arriving() if self._ingests is not None else []
+
+    async def open_arriving(self, digest: str) -> IngestReader:
+        """A reader of an ingest still arriving; raises :class:`BlobUnknown` otherwise."""
+        parse_digest(digest)
+        if self._ingests is None:
+            raise BlobUnknown(f"blob {digest} is not arriving here")
+        return await self._ingests.open(digest, self.arriving_stall_timeout)
 
     # -- events and status -----------------------------------------------------------------
     def subscribe(self) -> EventStream:

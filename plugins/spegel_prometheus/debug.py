@@ -107,6 +107,8 @@ def render(node: Node, recent: RecentRequests, *, metrics_addr: str) -> str:
             *(("tag", escape(reg), str(by_registry[reg])) for reg in registries),
             *(("image digest", escape(reg), str(image_digests[reg])) for reg in registries),
             ("content digest", "<span class='muted'>(all)</span>", str(len(tracker.digests))),
+            ("arriving digest", "<span class='muted'>(downloading now)</span>",
+             str(len(tracker.arriving))),
         ], numeric={2}, id_="advertised")
         tags = sorted(tracker.tags)
         listed = "".join(f"<li><code>{escape(tag)}</code></li>" for tag in tags[:MAX_TAGS_LISTED])

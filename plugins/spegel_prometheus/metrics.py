@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from spegel_core.protocols import (
     AdvertisedKeys,
+    ArrivingServed,
     BytesServed,
     DhtMessage,
     DnsQuery,
@@ -66,6 +67,8 @@ EXPORTED = (
     "spegel_store_connected",
     "spegel_penalised_peers",
     "spegel_peer_penalties_total",
+    "spegel_advertised_arriving_digests",
+    "spegel_arriving_bytes_served_total",
 )
 
 _created_disabled = False
@@ -125,6 +128,8 @@ class PrometheusSink:
                  "Number of image digests advertised to be available."),
                 ("content", "spegel_advertised_content_digests",
                  "Number of content digests advertised to be available."),
+                ("arriving", "spegel_advertised_arriving_digests",
+                 "Number of digests advertised as arriving (still downloading here)."),
             )
         }
         self.http_duration = Histogram(
@@ -167,7 +172,11 @@ class PrometheusSink:
             "spegel_peer_penalties", "Penalties given to providers, by the kind of failure "
             "(digest, stream, status, connect) and whom it counts against (peer, content).",
             ["kind", "scope"], registry=r)
+        self.arriving_bytes = Counter(
+            "spegel_arriving_bytes_served", "Bytes of content still arriving on this node "
+            "(being downloaded by its containerd) served to peers.", registry=r)
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            ArrivingServed: lambda e: self.arriving_bytes.inc(e.bytes),
             MirrorRequest: self._mirror_request,
             ResolveDuration: self._resolve,
             BytesServed: self._bytes,

@@ -8,7 +8,7 @@ company for a slow one, only when nothing else is in flight
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from spegel_core.errors import PeerError
@@ -21,16 +21,19 @@ T = TypeVar("T")
 
 
 async def hedged(fetcher: PeerFetcher, key: str, attempt: Callable[[Peer], Awaitable[T]],
-                 discard: Callable[[T], object] | None = None) -> tuple[T, Peer] | None:
+                 discard: Callable[[T], object] | None = None,
+                 peers: AsyncIterator[Peer] | None = None) -> tuple[T, Peer] | None:
     """Try the providers of ``key`` in turn; when one is slow, ask the next as well.
 
     A provider that has not answered within ``hedge_after`` gets company: the next
     provider is asked in parallel and the first good answer wins (the other is
     cancelled, or discarded if it also finished). A penalised provider is never
     asked as company, only when nothing else is in flight. Failures are
-    penalised. At most ``resolve_retries`` providers are asked.
+    penalised. At most ``resolve_retries`` providers are asked. ``peers`` replaces
+    the providers of ``key`` (a blob's committed-then-arriving providers).
     """
-    peers = fetcher.providers(key)
+    if peers is None:
+        peers = fetcher.providers(key)
     pending: dict[asyncio.Task[T], Peer] = {}
     held: Peer | None = None  # a penalised provider, asked once nothing else is
     asked = 0

@@ -64,6 +64,10 @@ class MeteredResponse(Response):
                 sent += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
                 return
+            elif kind == ZEROCOPY_MESSAGE and message.get("abort"):
+                await send(message)  # the source failed mid-body: the connection is cut
+                complete = False
+                return
             elif kind == ZEROCOPY_MESSAGE:
                 report = message.get("report")
                 if not isinstance(report, SpliceReport):

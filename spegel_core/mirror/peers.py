@@ -50,6 +50,7 @@ from spegel_core.errors import (
     PeersExhausted,
     PeerStreamBroken,
 )
+from spegel_core.mirror.arriving import committed_then_arriving
 from spegel_core.mirror.hedging import hedged
 from spegel_core.mirror.peer_checks import (
     check_digest_header,
@@ -65,7 +66,14 @@ from spegel_core.mirror.service import Manifest, ManifestCache
 from spegel_core.oci.digest import compute_digest, split_digest
 from spegel_core.oci.mediatypes import MANIFEST_TYPES, MAX_MANIFEST_SIZE, sniff_manifest_type
 from spegel_core.peer_filter import PeerFilter
-from spegel_core.protocols import MetricsSink, Peer, PeerPenalised, ResolveDuration, Router
+from spegel_core.protocols import (
+    MetricsSink,
+    Peer,
+    PeerPenalised,
+    ResolveDuration,
+    Router,
+    arriving_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +97,8 @@ class PeerSettings:
     peer_cidrs: tuple[str, ...] = ()
     #: Who verifies whole blobs (``--peer-blob-verify``): this node or the client.
     blob_verify: Literal["mirror", "client"] = "mirror"
+    #: Also ask providers still receiving a blob (``--advertise-arriving``).
+    arriving: bool = True
 
 
 @dataclass
@@ -148,6 +158,7 @@ class PeerFetcher:
             penalty=config.core.mirror_peer_penalty,
             peer_cidrs=tuple(config.core.peer_cidrs),
             blob_verify=config.core.peer_blob_verify,
+            arriving=config.core.advertise_arriving,
         ))
 
     @property
@@ -274,6 +285,14 @@ class PeerFetcher:
         for peer in deferred:
             yield peer
 
+    def blob_providers(self, digest: str) -> AsyncIterator[Peer]:
+        """Providers of a blob: those holding it whole first, then (``--advertise-arriving``)
+        those still receiving it; both lookups run at once."""
+        if not self.settings.arriving:
+            return self.providers(digest)
+        return committed_then_arriving(self.providers(digest),
+                                       self.providers(arriving_key(digest)))
+
     # -- manifests ----------------------------------------------------------------
     async def manifest(self, registry: str, name: str, reference: str,
                        key: str, digest: str | None) -> Manifest:
@@ -337,7 +356,8 @@ class PeerFetcher:
                 raise
 
         won = await hedged(self, digest, open_checked,
-                           discard=lambda result: result[0].release())
+                           discard=lambda result: result[0].release(),
+                           peers=self.blob_providers(digest))
         if won is None:
             raise BlobUnknown(f"blob {digest} not found on any peer")
         (response, size, start, length), peer = won
@@ -427,7 +447,7 @@ class PeerFetcher:
     async def resume(self, registry: str, name: str, digest: str, position: int, end: int,
                      stream: BlobStream) -> tuple[aiohttp.ClientResponse, Peer]:
         """The rest of ``stream`` (bytes ``position``-``end``) from a provider not yet asked."""
-        async for peer in self.providers(digest):
+        async for peer in self.blob_providers(digest):
             if peer == stream.peer or peer in stream.resumed:
                 continue
             try:

@@ -17,6 +17,7 @@ from typing import TypeVar
 from starlette.responses import Response
 
 from spegel_core.errors import NotFound
+from spegel_core.mirror import arriving
 from spegel_core.mirror.metered import MeteredResponse, Outcome
 from spegel_core.mirror.peers import PeerFetcher
 from spegel_core.mirror.ranges import parse_range
@@ -27,7 +28,14 @@ from spegel_core.mirror.responses import (
 )
 from spegel_core.mirror.service import Manifest, MirrorService
 from spegel_core.oci.reference import Reference
-from spegel_core.protocols import BytesServed, ContentStore, MetricsSink, MirrorRequest, Source
+from spegel_core.protocols import (
+    ArrivingServed,
+    BytesServed,
+    ContentStore,
+    MetricsSink,
+    MirrorRequest,
+    Source,
+)
 from spegel_core.state import tag_key
 
 #: Where the bytes came from (local, peer): for people and tests, not for clients.
@@ -67,14 +75,17 @@ class PullService:
         store: the content store (to read blobs that have no file).
         peers: the peer path, or None when the node has no router.
         metrics: where request outcomes and bytes served go.
+        arriving: serve peers content the store is still receiving
+            (``--advertise-arriving``).
     """
 
     def __init__(self, local: MirrorService, store: ContentStore, peers: PeerFetcher | None,
-                 metrics: MetricsSink) -> None:
+                 metrics: MetricsSink, *, arriving: bool = False) -> None:
         self.local = local
         self.store = store
         self.peers = peers
         self.metrics = metrics
+        self.arriving = arriving
 
     def __repr__(self) -> str:
         return f"<PullService peers={'on' if self.peers is not None else 'off'}>"
@@ -127,6 +138,10 @@ class PullService:
         try:
             info = await self.local.local_blob(digest)
         except NotFound:
+            if pull.local_only and self.arriving:
+                answer = await self._arriving_blob(pull, digest, range_header)
+                if answer is not None:
+                    return answer
             peers = self._peers_for(pull)
             if peers is None:
                 raise
@@ -146,6 +161,22 @@ class PullService:
             response = StoreStreamResponse(self.store.read(digest, offset, count), count,
                                            status_code=status, headers=headers,
                                            media_type=OCTET_STREAM)
+        return self._metered(pull, "blob", Source.LOCAL, response)
+
+    async def _arriving_blob(self, pull: Pull, digest: str,
+                             range_header: str | None) -> Response | None:
+        """A peer asks for a blob this node is still receiving: serve it as it lands."""
+        headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
+                   SOURCE_HEADER: arriving.SOURCE}
+
+        def sent(count: int) -> None:
+            if count:
+                self.metrics.emit(ArrivingServed(count))
+
+        response = await arriving.arriving_response(self.store, digest, range_header,
+                                                    headers, sent)
+        if response is None:
+            return None
         return self._metered(pull, "blob", Source.LOCAL, response)
 
     async def _blob_from_peers(self, pull: Pull, peers: PeerFetcher, digest: str,

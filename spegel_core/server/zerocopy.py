@@ -10,7 +10,11 @@ protocol advertises ``scope["extensions"]["spegel.zerocopy"]`` and handles::
 after ``http.response.start``; the server sends the end of the body itself, and fills
 ``report`` (bytes sent, ``Stop.DONE`` or ``Stop.DESTINATION_GONE``) when there is one.
 The bytes go from the page cache to the socket in the kernel; Python only loops once
-per socket-buffer's worth (megabytes).
+per socket-buffer's worth (megabytes). With ``"more_body": True`` the response stays
+open for more messages (a file that is still growing is sent piece by piece); a send
+that ends short closes the connection either way.
+``{"type": "http.response.zerocopy", "abort": True}`` closes the connection of a
+response whose source failed mid-body (never completed as if whole).
 
 The same message can carry a source *socket* instead of a file (a peer's answer,
 relayed without being read into Python)::
@@ -217,6 +221,9 @@ def _wrap_send(
         if message["type"] != ZEROCOPY_MESSAGE:
             await send(message)
             return
+        if message.get("abort", False):
+            _abort(cycle)  # the source failed mid-body: the client sees a short read
+            return
         count = int(message["count"])
         if count > cycle.expected_content_length:
             raise RuntimeError("zero-copy response longer than Content-Length")
@@ -233,6 +240,8 @@ def _wrap_send(
             # Client gone or file truncated: the response cannot complete. Closing
             # the connection makes the client see a short read, never a whole 200.
             _abort(cycle)
+            return
+        if message.get("more_body", False):
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

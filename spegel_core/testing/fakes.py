@@ -6,6 +6,8 @@
   other's advertised keys through a shared network object.
 - :class:`StaticListDiscovery`: a fixed list of bootstrap peers.
 - :class:`RecordingSink`: a metrics sink that keeps every event.
+- :class:`MemoryArrivingStore`: a memory store with the optional ``ArrivingStore``
+  part; the test makes content arrive, grow, commit or abort.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
 from spegel_core.errors import (
+    ArrivingAborted,
     BlobUnknown,
     ManifestUnknown,
     RangeInvalid,
@@ -37,6 +40,8 @@ from spegel_core.protocols import (
 from spegel_core.store_events import EventHub, EventStream
 
 __all__ = [
+    "MemoryArrivingStore",
+    "MemoryArrivingWriter",
     "MemoryContentStore",
     "MemoryNetwork",
     "MemoryRouter",
@@ -314,3 +319,92 @@ class RecordingSink:
     def __repr__(self) -> str:
         return f"<RecordingSink events={len(self.events)}>"
 
+
+
+class MemoryArrivingWriter:
+    """Content arriving in a :class:`MemoryArrivingStore`: the test appends, commits or aborts."""
+
+    def __init__(self, store: MemoryArrivingStore, digest: str, size: int) -> None:
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self.data = bytearray()
+        self.state = "arriving"
+        self.changed = asyncio.Condition()
+
+    async def append(self, data: bytes) -> None:
+        self.data += data
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def commit(self) -> None:
+        """Make it ordinary content (``CONTENT_CREATED``); readers keep reading."""
+        self.state = "committed"
+        self.store.arriving.pop(self.digest, None)
+        self.store.add_blob(bytes(self.data))
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def abort(self) -> None:
+        """Drop it without a commit (``ARRIVING_ENDED``); readers are cut."""
+        self.state = "aborted"
+        self.store.arriving.pop(self.digest, None)
+        self.store.publish(StoreEvent(StoreEventKind.ARRIVING_ENDED, self.digest))
+        async with self.changed:
+            self.changed.notify_all()
+
+
+class MemoryArrivingReader:
+    """:class:`~spegel_core.protocols.ArrivingContent` of a :class:`MemoryArrivingWriter`."""
+
+    def __init__(self, writer: MemoryArrivingWriter) -> None:
+        self.writer = writer
+        self.digest = writer.digest
+        self.size = writer.size
+        self.closed = False
+
+    def fileno(self) -> int | None:
+        return None
+
+    async def wait(self, offset: int, timeout: float) -> int:  # noqa: ASYNC109
+        writer = self.writer
+        async with writer.changed:
+            while True:
+                if writer.state == "aborted" or self.closed:
+                    raise ArrivingAborted(f"{self.digest} was abandoned")
+                if len(writer.data) > offset:
+                    return min(len(writer.data), self.size)
+                try:
+                    await asyncio.wait_for(writer.changed.wait(), timeout)
+                except TimeoutError:
+                    raise ArrivingAborted(f"{self.digest}: nothing new for {timeout}s") from None
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.writer.data[offset:offset + length])
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class MemoryArrivingStore(MemoryContentStore):
+    """A :class:`MemoryContentStore` with the optional ``ArrivingStore`` part."""
+
+    def __init__(self, name: str = "memory-arriving") -> None:
+        super().__init__(name)
+        self.arriving: dict[str, MemoryArrivingWriter] = {}
+
+    def begin_arriving(self, digest: str, size: int) -> MemoryArrivingWriter:
+        """Start content ``digest`` of ``size`` bytes arriving (``CONTENT_ARRIVING``)."""
+        writer = MemoryArrivingWriter(self, parse_digest(digest), size)
+        self.arriving[digest] = writer
+        self.publish(StoreEvent(StoreEventKind.CONTENT_ARRIVING, digest))
+        return writer
+
+    async def list_arriving(self) -> list[str]:
+        return sorted(self.arriving)
+
+    async def open_arriving(self, digest: str) -> MemoryArrivingReader:
+        writer = self.arriving.get(parse_digest(digest))
+        if writer is None:
+            raise BlobUnknown(f"blob {digest} is not arriving here")
+        return MemoryArrivingReader(writer)
