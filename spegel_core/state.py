@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import Counter
 
 from spegel_core.config import SpegelConfig
 from spegel_core.errors import NotFound
+from spegel_core.filters import RegistryFilter, filtered_digests
 from spegel_core.oci.reference import Reference
 from spegel_core.protocols import (
     AdvertisedKeys,
@@ -42,7 +42,9 @@ class StateTracker:
         self.router = router
         self.metrics = metrics
         self.resolve_tags = config.core.resolve_tags
-        self.filters = [re.compile(pattern) for pattern in config.core.registry_filters]
+        self.filter = RegistryFilter(config.core.registry_filters)
+        #: Digests only filtered images reference (``--registry-filters``): not advertised.
+        self.blocked: set[str] = set()
         self.tags: dict[str, str] = {}  # tag key -> registry
         self.digests: set[str] = set()
         #: Every image the store holds (advertised by tag or not): reference -> (registry,
@@ -55,8 +57,7 @@ class StateTracker:
     def allowed(self, reference: Reference) -> bool:
         if not self.resolve_tags or reference.tag is None:
             return False
-        text = str(reference)
-        return not any(pattern.search(text) for pattern in self.filters)
+        return not self.filter.matches_reference(reference)
 
     async def run(self) -> None:
         """Sync, then follow store events until cancelled. Never raises on store errors."""
@@ -81,6 +82,8 @@ class StateTracker:
         async with self._lock:
             images = await self.store.list_images()
             digests = set(await self.store.list_digests())
+            self.blocked = await filtered_digests(self.store, images, self.filter)
+            digests -= self.blocked
             tags = self._tags(images)
             gone = [*(set(self.tags) - set(tags)), *(self.digests - digests)]
             new = [*(set(tags) - set(self.tags)), *(digests - self.digests)]
@@ -118,7 +121,7 @@ class StateTracker:
             log.exception("failed to handle store event %s", event)
 
     async def _add_digest(self, digest: str) -> None:
-        if digest in self.digests:
+        if digest in self.digests or digest in self.blocked:
             return
         self.digests.add(digest)
         await self.router.advertise([digest])
@@ -181,6 +184,8 @@ class StateTracker:
                 return
         self.images[str(reference)] = (reference.registry, digest)
         self._emit_counts()
+        if self.filter and self.filter.matches_reference(reference):
+            await self.sync()  # withdraw what only this filtered image references
 
     async def _image_deleted(self, key: str) -> None:
         try:

@@ -58,6 +58,15 @@ STREAM_CHUNK = 1024 * 1024
 MAX_CACHED_KEYS = 4096
 
 
+def peer_headers(config: SpegelConfig) -> tuple[tuple[str, str], ...]:
+    """Headers every peer request carries: the basic auth credentials, when set."""
+    if config.core.basic_auth_dir is None:
+        return ()
+    from spegel_core.mirror.auth import load_credentials
+
+    return (("Authorization", load_credentials(config.core.basic_auth_dir).header),)
+
+
 @dataclass
 class PeerSettings:
     resolve_timeout: float = 0.02
@@ -71,6 +80,8 @@ class PeerSettings:
     peer_cidrs: tuple[str, ...] = ()
     #: Who verifies whole blobs (``--peer-blob-verify``): this node or the client.
     blob_verify: Literal["mirror", "client"] = "mirror"
+    #: Sent with every peer request (``--basic-auth-dir``: the ``Authorization`` header).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -131,6 +142,7 @@ class PeerFetcher:
             penalty=config.core.mirror_peer_penalty,
             peer_cidrs=tuple(config.core.peer_cidrs),
             blob_verify=config.core.peer_blob_verify,
+            headers=peer_headers(config),
         ))
 
     @property
@@ -143,7 +155,7 @@ class PeerFetcher:
                 connector=connector, auto_decompress=False, trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0,
                                               sock_read=self.settings.request_timeout),
-                read_bufsize=STREAM_CHUNK,
+                read_bufsize=STREAM_CHUNK, headers=dict(self.settings.headers),
             )
         return self._session
 
