@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from spegel_core.protocols import (
     AdvertisedKeys,
@@ -64,6 +64,13 @@ EXPORTED = (
     "spegel_dns_query_duration_seconds",
     "spegel_store_connected",
     "spegel_penalised_peers",
+    # prometheus_client's process collector (Linux /proc), as the Go original's client has.
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_open_fds",
+    "process_max_fds",
 )
 
 _created_disabled = False
@@ -102,6 +109,8 @@ class PrometheusSink:
     def __init__(self, *, recent: int = 100) -> None:
         _no_created_series()
         self.registry = r = CollectorRegistry(auto_describe=True)
+        # Memory, CPU and descriptors of this process, for alerts (the Go original has them).
+        ProcessCollector(registry=r)
         self.recent = RecentRequests(recent)
         self._registry_label = _BoundedLabel(MAX_REGISTRIES)
         # -- Spegel's ---------------------------------------------------------------

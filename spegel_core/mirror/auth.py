@@ -20,6 +20,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from spegel_core.config import SpegelConfig
 from spegel_core.mirror.errors import oci_error_response
 
 #: Paths that need credentials when auth is on: the whole registry API.
@@ -89,6 +90,13 @@ def load_credentials(directory: Path) -> Credentials:
     if ":" in username:
         raise ValueError(f"{directory / 'username'}: a username cannot contain ':'")
     return Credentials(username, password)
+
+
+def peer_headers(config: SpegelConfig) -> tuple[tuple[str, str], ...]:
+    """Headers every request to a peer's mirror carries: the credentials, when set."""
+    if config.core.basic_auth_dir is None:
+        return ()
+    return (("Authorization", load_credentials(config.core.basic_auth_dir).header),)
 
 
 class BasicAuthMiddleware:

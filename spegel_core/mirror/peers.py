@@ -39,6 +39,7 @@ import aiohttp
 
 from spegel_core.config import SpegelConfig
 from spegel_core.errors import BlobUnknown, ManifestUnknown, PeerError
+from spegel_core.mirror import auth
 from spegel_core.mirror.peer_checks import check_digest_header, check_range, extent, penalty_kind
 from spegel_core.mirror.peer_relay import relay_blob
 from spegel_core.mirror.responses import Relay, SpliceSink
@@ -56,15 +57,6 @@ ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
 STREAM_CHUNK = 1024 * 1024
 #: Keys whose providers are cached at most (each entry lives ``cache_ttl`` seconds).
 MAX_CACHED_KEYS = 4096
-
-
-def peer_headers(config: SpegelConfig) -> tuple[tuple[str, str], ...]:
-    """Headers every peer request carries: the basic auth credentials, when set."""
-    if config.core.basic_auth_dir is None:
-        return ()
-    from spegel_core.mirror.auth import load_credentials
-
-    return (("Authorization", load_credentials(config.core.basic_auth_dir).header),)
 
 
 @dataclass
@@ -142,7 +134,7 @@ class PeerFetcher:
             penalty=config.core.mirror_peer_penalty,
             peer_cidrs=tuple(config.core.peer_cidrs),
             blob_verify=config.core.peer_blob_verify,
-            headers=peer_headers(config),
+            headers=auth.peer_headers(config),
         ))
 
     @property

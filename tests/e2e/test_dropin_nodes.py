@@ -149,3 +149,50 @@ def test_a_bad_basic_auth_dir_fails_at_start(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "--basic-auth-dir" in result.stderr and "does not exist" in result.stderr
+
+
+def _json(url: str) -> tuple[int, dict[str, object]]:
+    import json
+
+    status, _, body = _request(url)
+    return status, json.loads(body)
+
+
+def test_measure_process_metrics_and_the_debug_switch(spegel_node: StartNode,
+                                                      tmp_path: Path) -> None:
+    ips = [free_loopback_ip(5000) for _ in range(2)]
+    layout = tmp_path / "a"
+    demo = build_image(layout, DEMO, layer_sizes=(50_000, 70_000))
+    a = _node(spegel_node, ips[0], layout, ips[1:], "--debug-web-enabled=false")
+    b = _node(spegel_node, ips[1], tmp_path / "b", ips[:1])
+    measure = f"{b.metrics_url}/debug/measure?image={DEMO}&format=json"
+    deadline = time.monotonic() + 20
+    while True:
+        status, result = _json(measure)
+        assert status == 200, result
+        if result["error"] is None and result["providers"]:
+            break  # (a lookup may run before a's first advertisement arrives)
+        assert time.monotonic() < deadline, result
+        time.sleep(0.2)
+    assert result["providers"] == [a.url]
+    assert isinstance(result["lookup_seconds"], float)
+    assert result["digest"] == demo.index_digest
+    fetches = result["fetches"]
+    assert isinstance(fetches, list)
+    assert [f["kind"] for f in fetches] == ["manifest", "manifest", "config", "layer", "layer"]
+    assert all(f["status"] == 200 and f["verified"] and f["source"] == "peer" for f in fetches)
+    assert {f["digest"] for f in fetches} <= set(demo.blobs)
+    # The page at the Go original's path, the HTML form, and bad input.
+    assert _request(f"{b.metrics_url}/debug/web/")[0] == 200
+    status, _, page = _request(f"{b.metrics_url}/debug/measure?image={DEMO}")
+    assert status == 200 and b'id="fetches"' in page and b">peer<" in page
+    assert _request(f"{b.metrics_url}/debug/measure?image=UPPER/Case:!&format=json")[0] == 400
+    status, result = _json(f"{b.metrics_url}/debug/measure?image=docker.io/library/none:v9"
+                           "&format=json")
+    assert status == 200 and result["providers"] == [] and "404" in str(result["error"])
+    # Process metrics for alerts; a's debug pages are switched off, its metrics are not.
+    _, _, metrics = _request(f"{a.metrics_url}/metrics")
+    assert re.search(rb"^process_resident_memory_bytes [0-9.e+]+$", metrics, re.M)
+    assert re.search(rb"^process_cpu_seconds_total [0-9.e+]+$", metrics, re.M)
+    assert _request(f"{a.metrics_url}/debug")[0] == 404
+    assert _request(f"{a.metrics_url}/debug/measure?image={DEMO}")[0] == 404
