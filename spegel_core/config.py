@@ -250,10 +250,13 @@ class SettingsRegistry:
     """Collects the settings models plugins declare (``spegel_add_settings``)."""
 
     def __init__(self) -> None:
-        self._models: list[type[SpegelSettings]] = [CoreSettings]
+        from spegel_core.compat import GoCompatSettings
+
+        self._models: list[type[SpegelSettings]] = [CoreSettings, GoCompatSettings]
         self._owners: dict[str, str] = {}
-        for name in CoreSettings.model_fields:
-            self._owners[name] = "core"
+        for model in self._models:
+            for name in model.model_fields:
+                self._owners[name] = "core"
 
     def add(self, model: type[SpegelSettings], *, owner: str = "plugin") -> None:
         if model in self._models:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections import Counter
 
+from spegel_core.compat import filter_patterns
 from spegel_core.config import SpegelConfig
 from spegel_core.errors import NotFound
 from spegel_core.filters import RegistryFilter, filtered_digests
@@ -42,7 +43,7 @@ class StateTracker:
         self.router = router
         self.metrics = metrics
         self.resolve_tags = config.core.resolve_tags
-        self.filter = RegistryFilter(config.core.registry_filters)
+        self.filter = RegistryFilter(filter_patterns(config))
         #: Digests only filtered images reference (``--registry-filters``): not advertised.
         self.blocked: set[str] = set()
         self.tags: dict[str, str] = {}  # tag key -> registry

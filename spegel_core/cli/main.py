@@ -157,6 +157,10 @@ def cmd_registry(pm: PluginManager, config: object) -> int:
 
     assert isinstance(config, SpegelConfig)
     configure_logging(config.core.log_level, config.core.log_format)
+    from spegel_core.compat import compat_notes
+
+    for note in compat_notes(config):
+        log.warning("%s", note)
     app = create_app(config, pm)
     metrics_app = metrics_app_of(app)
     log.info("spegel %s mirror on %s", __version__, config.core.registry_addr)

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from spegel_core.compat import filter_patterns
 from spegel_core.config import SpegelConfig
 from spegel_core.filters import RegistryFilter
 from spegel_core.mirror.auth import BasicAuthMiddleware, load_credentials
@@ -88,7 +89,7 @@ class RegistryEdgeMiddleware:
 def install_edge(app: FastAPI, config: SpegelConfig, metrics: MetricsSink | None = None) -> None:
     """Add the edge middleware to the mirror (auth outermost: checked first)."""
     app.add_middleware(RegistryEdgeMiddleware,
-                       registry_filter=RegistryFilter(config.core.registry_filters),
+                       registry_filter=RegistryFilter(filter_patterns(config)),
                        metrics=metrics)
     if config.core.basic_auth_dir is not None:
         app.add_middleware(BasicAuthMiddleware,

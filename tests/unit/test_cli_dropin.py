@@ -166,3 +166,36 @@ def test_basic_auth_dir_writes_the_header(tmp_path: Path, monkeypatch: pytest.Mo
     assert main(["configuration", "--containerd-registry-config-path", str(certs),
                  "--mirror-targets", "http://127.0.0.1:5000",
                  "--basic-auth-dir", str(secret)]) == 2
+
+
+GO_CHART_REGISTRY = [
+    "--log-level=INFO", "--mirror-resolve-retries=3", "--mirror-resolve-timeout=20ms",
+    "--registry-addr=:5000", "--router-addr=:5001", "--metrics-addr=:9090",
+    "--mirrored-registries", "https://docker.io", "https://ghcr.io",
+    "--containerd-sock=/run/containerd/containerd.sock", "--containerd-namespace=k8s.io",
+    "--containerd-registry-config-path=/etc/containerd/certs.d",
+    "--bootstrap-kind=dns", "--dns-bootstrap-domain=spegel-bootstrap.spegel.svc.cluster.local",
+    "--resolve-latest-tag=false",
+    "--containerd-content-path=/var/lib/containerd/io.containerd.content.v1.content",
+    "--data-dir=/var/lib/spegel", "--debug-web-enabled=true", "--otel-enabled=false",
+]
+
+
+def test_the_go_charts_registry_command_line_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spegel_core.compat import LATEST_FILTER, compat_notes, filter_patterns
+
+    for name in ("SPEGEL_REGISTRY_FILTERS", "SPEGEL_MIRRORED_REGISTRIES", "SPEGEL_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    pm = create_plugin_manager(load_entrypoints=False)
+    parser, registry = build_parser(pm)
+    args = parser.parse_args(["registry", *GO_CHART_REGISTRY,
+                              "--registry-filters", "^quay\\.io/"])
+    assert isinstance(registry, SettingsRegistry)
+    config = load_config(registry, settings_values(args, registry))
+    assert config.core.mirrored_registries == ["docker.io", "ghcr.io"]
+    # --resolve-latest-tag=false is the filter ':latest$', as in the original.
+    assert filter_patterns(config) == ["^quay\\.io/", LATEST_FILTER]
+    assert [note for note in compat_notes(config) if "otel" in note] == []
+    args = parser.parse_args(["registry", "--otel-enabled=true"])
+    notes = compat_notes(load_config(registry, settings_values(args, registry)))
+    assert any("not implemented" in note for note in notes)
