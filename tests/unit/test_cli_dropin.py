@@ -199,3 +199,15 @@ def test_the_go_charts_registry_command_line_parses(monkeypatch: pytest.MonkeyPa
     args = parser.parse_args(["registry", "--otel-enabled=true"])
     notes = compat_notes(load_config(registry, settings_values(args, registry)))
     assert any("not implemented" in note for note in notes)
+
+
+async def test_healthz_is_readyz_at_the_go_originals_path(
+        mirror_client: object, make_config: object) -> None:
+    from spegel_core.testing.fakes import MemoryContentStore
+
+    config = make_config(content_store="memory")  # type: ignore[operator]
+    async with mirror_client(config, MemoryContentStore()) as client:  # type: ignore[operator]
+        ready = await client.get("/readyz")
+        healthz = await client.get("/healthz")
+    assert healthz.status_code == ready.status_code == 200
+    assert healthz.json() == ready.json()
