@@ -211,3 +211,15 @@ async def test_healthz_is_readyz_at_the_go_originals_path(
         healthz = await client.get("/healthz")
     assert healthz.status_code == ready.status_code == 200
     assert healthz.json() == ready.json()
+
+
+def test_log_level_before_the_command_reaches_the_registry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPEGEL_LOG_LEVEL", raising=False)
+    pm = create_plugin_manager(load_entrypoints=False)
+    parser, registry = build_parser(pm)
+    assert isinstance(registry, SettingsRegistry)
+    for argv, level in ((["--log-level", "WARN", "registry"], "WARNING"),
+                        (["--log-level", "WARN", "registry", "--log-level", "DEBUG"], "DEBUG")):
+        args = parser.parse_args(argv)
+        assert load_config(registry, settings_values(args, registry)).core.log_level == level
