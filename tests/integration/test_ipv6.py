@@ -88,3 +88,57 @@ def test_a_node_serves_on_ipv6_loopback(ipv6_node: tuple[str, str]) -> None:
         time.sleep(0.05)
     with urllib.request.urlopen(f"{url}/v2/library/demo/blobs/{layer}", timeout=5) as response:
         assert response.status == 200 and response.headers["OCI-Namespace"] == "docker.io"
+
+
+def _free_pair() -> int:
+    """A port free on [::1] for TCP, with the next one free for UDP (the router)."""
+    for _ in range(100):
+        port = _free_port("::1", socket.AF_INET6)
+        if port >= 65000:
+            continue
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+                udp.bind(("::1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair on [::1]")
+
+
+def test_two_nodes_find_each_other_over_ipv6(tmp_path: Path) -> None:
+    """The DHT over [::1]: a node with nothing fetches a layer from the other by peer hop."""
+    image = build_image(tmp_path / "a", "docker.io/library/demo:v1", layer_sizes=(5000,))
+    (tmp_path / "b").mkdir()
+    ports = [_free_pair(), _free_pair()]
+    processes = []
+    try:
+        for index, (layout, port, other) in enumerate(((tmp_path / "a", ports[0], ports[1]),
+                                                       (tmp_path / "b", ports[1], ports[0]))):
+            log = (tmp_path / f"node{index}.log").open("wb")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "spegel_core.cli.main", "registry",
+                 "--registry-addr", f"[::1]:{port}", "--router-addr", f"[::1]:{port + 1}",
+                 "--metrics-addr", f"[::1]:{_free_port('::1', socket.AF_INET6)}",
+                 "--content-store", "oci-layout", "--oci-layout-path", str(layout),
+                 "--router", "kademlia", "--bootstrap-kind", "static",
+                 "--static-peers", f"/ip6/::1/udp/{other + 1}",
+                 "--mirror-resolve-timeout", "300ms"],
+                stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        url = f"http://[::1]:{ports[1]}/v2/library/demo/blobs/{image.layer_digests[0]}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    body = response.read()
+                    assert response.headers["X-Spegel-Source"] == "peer"
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "node1.log").read_text()[-2000:]
+            time.sleep(0.1)
+        assert len(body) == image.blobs[image.layer_digests[0]]
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=15)
