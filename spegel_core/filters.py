@@ -55,11 +55,12 @@ class RegistryFilter:
 
 async def image_digests(store: ContentStore, digest: str) -> set[str]:
     """Every digest an image references that the store holds: the index, its
-    manifests, their configs and layers (walked from the store's own manifests)."""
+    manifests, their configs and layers. Only indexes and manifests are read (from the
+    store itself); configs and layers are only looked up."""
     found: set[str] = set()
-    pending = [digest]
+    pending: list[tuple[str, bool]] = [(digest, True)]  # (digest, is a manifest to read)
     while pending and len(found) < MAX_MANIFESTS_PER_IMAGE * 64:
-        current = pending.pop()
+        current, manifest = pending.pop()
         if current in found:
             continue
         try:
@@ -67,9 +68,7 @@ async def image_digests(store: ContentStore, digest: str) -> set[str]:
         except NotFound:
             continue
         found.add(current)
-        if info.size > MAX_MANIFEST_SIZE or (info.media_type is not None
-                                             and "json" not in info.media_type
-                                             and "manifest" not in info.media_type):
+        if not manifest or info.size > MAX_MANIFEST_SIZE:
             continue
         try:
             data = b"".join([chunk async for chunk in store.read(current)])
@@ -80,18 +79,19 @@ async def image_digests(store: ContentStore, digest: str) -> set[str]:
     return found
 
 
-def _children(document: object) -> list[str]:
+def _children(document: object) -> list[tuple[str, bool]]:
     if not isinstance(document, dict):
         return []
-    descriptors: list[object] = []
-    for key in ("manifests", "layers"):
+    children: list[tuple[str, bool]] = []
+    for key, is_manifest in (("manifests", True), ("layers", False)):
         value = document.get(key)
         if isinstance(value, list):
-            descriptors.extend(value)
-    if isinstance(document.get("config"), dict):
-        descriptors.append(document["config"])
-    return [d["digest"] for d in descriptors
-            if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+            children.extend((d["digest"], is_manifest) for d in value
+                            if isinstance(d, dict) and isinstance(d.get("digest"), str))
+    config = document.get("config")
+    if isinstance(config, dict) and isinstance(config.get("digest"), str):
+        children.append((config["digest"], False))
+    return children
 
 
 async def filtered_digests(store: ContentStore, images: Iterable[Image],
