@@ -315,6 +315,10 @@ ENV = {
     "resolve_tags": "SPEGEL_RESOLVE_TAGS",
     "prepend_existing": "SPEGEL_PREPEND_EXISTING",
     "basic_auth_dir": "SPEGEL_BASIC_AUTH_DIR",
+    "addr": "SPEGEL_ADDR",
+    "probe_endpoint": "SPEGEL_PROBE_ENDPOINT",
+    "threshold": "SPEGEL_THRESHOLD",
+    "period": "SPEGEL_PERIOD",
 }
 
 
@@ -354,7 +358,20 @@ def add_configuration_commands(commands: Any) -> list[argparse.ArgumentParser]:
     cleanup = commands.add_parser("cleanup",
                                   help="Undo `spegel configuration` (restore _backup/).")
     _config_path_argument(cleanup)
-    return [configuration, cleanup]
+    cleanup.add_argument("--addr", default=None, metavar="HOST:PORT",
+                         help="Then answer GET /healthz here until stopped (the Go "
+                              "original's uninstall hook) [env SPEGEL_ADDR].")
+    wait = commands.add_parser(
+        "cleanup-wait", help="Wait until every `cleanup --addr` behind an endpoint answers.")
+    wait.add_argument("--probe-endpoint", default=None, metavar="HOST:PORT",
+                      help="Name (all its addresses are probed) and port "
+                           "[env SPEGEL_PROBE_ENDPOINT].")
+    wait.add_argument("--threshold", default=None, metavar="N",
+                      help="Rounds in a row that must succeed [env SPEGEL_THRESHOLD; "
+                           "default 3].")
+    wait.add_argument("--period", default=None, metavar="DURATION",
+                      help="Time between rounds [env SPEGEL_PERIOD; default 2s].")
+    return [configuration, cleanup, wait]
 
 
 def _setting(args: argparse.Namespace, name: str, environ: Mapping[str, str]) -> Any:
@@ -372,12 +389,20 @@ def run_configuration_command(args: argparse.Namespace,
     environ = os.environ if environ is None else environ
     config_path = Path(_setting(args, "containerd_registry_config_path", environ)
                        or DEFAULT_CONFIG_PATH)
+    if args.command == "cleanup-wait":
+        return _cleanup_wait(args, environ)
     try:
         if args.command == "cleanup":
             if cleanup_hosts(config_path):
-                print(f"restored {config_path / BACKUP_DIR} into {config_path}")
+                print(f"restored {config_path / BACKUP_DIR} into {config_path}", flush=True)
             else:
-                print(f"nothing to restore: {config_path / BACKUP_DIR} does not exist")
+                print(f"nothing to restore: {config_path / BACKUP_DIR} does not exist",
+                      flush=True)
+            addr = _setting(args, "addr", environ)
+            if addr:
+                from spegel_core.cli.cleanup_probe import serve_health
+
+                return serve_health(_address("--addr / SPEGEL_ADDR", addr))
             return 0
         raw_targets = _setting(args, "mirror_targets", environ)
         if not raw_targets:
@@ -402,6 +427,35 @@ def run_configuration_command(args: argparse.Namespace,
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _address(flag: str, value: str) -> Any:
+    from spegel_core.config import Address
+
+    try:
+        return Address.parse(value)
+    except ValueError as exc:
+        raise ConfigError(flag, str(exc)) from None
+
+
+def _cleanup_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from spegel_core.cli.cleanup_probe import wait_for_cleanup
+    from spegel_core.config import parse_duration
+
+    endpoint = _setting(args, "probe_endpoint", environ)
+    if not endpoint:
+        raise ConfigError("--probe-endpoint / SPEGEL_PROBE_ENDPOINT", "required")
+    if not _address("--probe-endpoint", endpoint).host:
+        raise ConfigError("--probe-endpoint", f"needs a host name: {endpoint!r}")
+    threshold_text = str(_setting(args, "threshold", environ) or "3")
+    if not threshold_text.isdigit() or int(threshold_text) < 1:
+        raise ConfigError("--threshold / SPEGEL_THRESHOLD",
+                          f"expected a positive integer (got {threshold_text[:20]!r})")
+    try:
+        period = parse_duration(_setting(args, "period", environ) or "2s")
+    except ValueError as exc:
+        raise ConfigError("--period / SPEGEL_PERIOD", str(exc)) from None
+    return wait_for_cleanup(endpoint, threshold=int(threshold_text), period=period)
 
 
 def _as_list(value: str | list[str]) -> list[str]:

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from spegel_core.cli.demo import run_demo
 
             return run_demo(args)
-        if args.command in ("configuration", "cleanup"):
+        if args.command in ("configuration", "cleanup", "cleanup-wait"):
             from spegel_core.cli.configuration import run_configuration_command
 
             return run_configuration_command(args)

@@ -26,6 +26,8 @@ GO_REGISTRY = [
 GO_CONFIGURATION = ["--containerd-registry-config-path", "--mirror-targets",
                     "--mirrored-registries", "--resolve-tags", "--prepend-existing",
                     "--log-level"]
+GO_CLEANUP = ["--containerd-registry-config-path", "--addr"]
+GO_CLEANUP_WAIT = ["--probe-endpoint", "--threshold", "--period"]
 NOT_HERE = {"--static-bootstrap-peers", "--http-bootstrap-addr", "--http-bootstrap-peer"}
 GO_METRICS = [
     "spegel_mirror_requests_total", "spegel_mirror_last_success_timestamp_seconds",
@@ -35,13 +37,16 @@ GO_METRICS = [
 ]
 
 
-@pytest.mark.parametrize("flag", sorted(set(GO_REGISTRY + GO_CONFIGURATION)))
+@pytest.mark.parametrize("flag", sorted(set(GO_REGISTRY + GO_CONFIGURATION + GO_CLEANUP
+                                             + GO_CLEANUP_WAIT)))
 def test_every_go_flag_is_in_the_migration_guide(flag: str) -> None:
     assert re.search(rf"`{re.escape(flag)}[` (=]", DOC), f"docs/migrating.md lacks {flag}"
 
 
 @pytest.mark.parametrize(("command", "flags"), [("registry", GO_REGISTRY),
-                                                ("configuration", GO_CONFIGURATION)])
+                                                ("configuration", GO_CONFIGURATION),
+                                                ("cleanup", GO_CLEANUP),
+                                                ("cleanup-wait", GO_CLEANUP_WAIT)])
 def test_kept_go_flags_parse(command: str, flags: list[str]) -> None:
     parser, _ = build_parser(create_plugin_manager(load_entrypoints=False))
     for flag in flags:
@@ -49,7 +54,7 @@ def test_kept_go_flags_parse(command: str, flags: list[str]) -> None:
             with pytest.raises(SystemExit):
                 parser.parse_args([command, f"{flag}=x"])
             continue
-        argv = [command, f"{flag}=true"] if command == "registry" else [
+        argv = [command, f"{flag}=true"] if command != "configuration" else [
             command, "--mirror-targets", "http://127.0.0.1:5000", f"{flag}=x"]
         parser.parse_args(argv)  # an unknown flag exits with code 2
 
