@@ -7,6 +7,7 @@ core validates everything once and hands a frozen :class:`SpegelConfig` to hooks
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -81,12 +82,43 @@ AddressField = Annotated[Address, NoDecode, BeforeValidator(Address.parse)]
 
 
 def _split_list(value: object) -> object:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
+    """A string or a list of strings, each split at commas (``a,b`` or ``a b`` or both)."""
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list | tuple) and all(isinstance(item, str) for item in items):
+        return list(dict.fromkeys(part.strip() for item in items for part in item.split(",")
+                                  if part.strip()))
     return value
 
 
+def _regex_list(value: object) -> object:
+    """Regexes: each flag value is one, never split at a comma (``^x{1,2}$`` is one).
+
+    An environment variable holds several as one CSV line, as the Go original reads
+    its ``REGISTRY_FILTERS`` (quote a regex that contains a comma).
+    """
+    if isinstance(value, str):
+        rows = list(csv.reader([value], skipinitialspace=True)) if value.strip() else [[]]
+        return [item for item in rows[0] if item]
+    return value
+
+
+#: A list setting: several values after one flag, repeated flags, commas, or the env.
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+#: A list of regexes: several values after one flag or repeated flags; no comma splitting.
+RegexList = Annotated[list[str], NoDecode, BeforeValidator(_regex_list)]
+#: ``--mirrored-registries`` values that mean every registry (the Go original's).
+CATCH_ALL_REGISTRIES = ("_default", "*")
+#: Log levels, with the Go original's ``WARN`` accepted for ``WARNING``.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def log_level_name(value: object) -> str:
+    """``warn``/``WARN`` -> ``WARNING``; raises ValueError for an unknown level."""
+    text = str(value).strip().upper()
+    text = "WARNING" if text == "WARN" else text
+    if text not in LOG_LEVELS:
+        raise ValueError(f"invalid log level {str(value)[:20]!r} (DEBUG, INFO, WARN, ERROR)")
+    return text
 
 
 class SpegelSettings(BaseSettings):
@@ -115,10 +147,13 @@ class CoreSettings(SpegelSettings):
     bootstrap_kind: CommaList = Field(default_factory=list, description="Bootstrap sources.")
     mirrored_registries: CommaList = Field(
         default_factory=list,
-        description="Registries served (URLs or hosts); empty means every registry.",
+        description="Registries served (URLs or hosts); empty, _default or * means every "
+        "registry.",
     )
-    registry_filters: CommaList = Field(
-        default_factory=list, description="Regexes of references never advertised nor resolved."
+    registry_filters: RegexList = Field(
+        default_factory=list,
+        description="Regexes matched against registry/repository[:tag]: matching content is "
+        "neither served nor advertised (one regex per value; never split at commas).",
     )
     mirror_resolve_timeout: Duration = Field(
         default=0.02, description="How long to wait for a provider before giving up (e.g. 20ms)."
@@ -155,18 +190,23 @@ class CoreSettings(SpegelSettings):
         "ingests) and serve it to peers as it lands; false: only committed content.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level."
+        default="INFO", description="Log level (DEBUG, INFO, WARN or WARNING, ERROR)."
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log format.")
     drain_timeout: Duration = Field(
         default=10.0, description="On SIGTERM, how long in-flight responses may take."
     )
     data_dir: Path | None = Field(default=None, description="Where to keep state across restarts.")
+    basic_auth_dir: Path | None = Field(
+        default=None,
+        description="Directory with 'username' and 'password' files: every mirror request "
+        "must carry these credentials (HTTP basic auth), and peers send them.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+        return log_level_name(value) if isinstance(value, str) else value
 
     @field_validator("registry_filters")
     @classmethod
@@ -190,7 +230,18 @@ class CoreSettings(SpegelSettings):
     def _registries(cls, value: list[str]) -> list[str]:
         from spegel_core.registry_urls import registry_host
 
+        if any(item in CATCH_ALL_REGISTRIES for item in value):
+            return []  # the catch-all: every registry, as with an empty list
         return [registry_host(item) for item in value]
+
+    @field_validator("basic_auth_dir")
+    @classmethod
+    def _basic_auth(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from spegel_core.mirror.auth import load_credentials
+
+            load_credentials(value)  # unreadable or empty files fail at start, by flag
+        return value
 
 
 def flag_name(field_name: str) -> str:
@@ -205,10 +256,13 @@ class SettingsRegistry:
     """Collects the settings models plugins declare (``spegel_add_settings``)."""
 
     def __init__(self) -> None:
-        self._models: list[type[SpegelSettings]] = [CoreSettings]
+        from spegel_core.compat import GoCompatSettings
+
+        self._models: list[type[SpegelSettings]] = [CoreSettings, GoCompatSettings]
         self._owners: dict[str, str] = {}
-        for name in CoreSettings.model_fields:
-            self._owners[name] = "core"
+        for model in self._models:
+            for name in model.model_fields:
+                self._owners[name] = "core"
 
     def add(self, model: type[SpegelSettings], *, owner: str = "plugin") -> None:
         if model in self._models:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import Counter
 
+from spegel_core.compat import filter_patterns
 from spegel_core.config import SpegelConfig
 from spegel_core.errors import NotFound
+from spegel_core.filters import RegistryFilter, filtered_digests
 from spegel_core.oci.reference import Reference
 from spegel_core.protocols import (
     AdvertisedKeys,
@@ -49,7 +50,9 @@ class StateTracker:
         self.router = router
         self.metrics = metrics
         self.resolve_tags = config.core.resolve_tags
-        self.filters = [re.compile(pattern) for pattern in config.core.registry_filters]
+        self.filter = RegistryFilter(filter_patterns(config))
+        #: Digests only filtered images reference (``--registry-filters``): not advertised.
+        self.blocked: set[str] = set()
         self.tags: dict[str, str] = {}  # tag key -> registry
         self.digests: set[str] = set()
         #: Digests advertised as arriving (still downloading here).
@@ -66,8 +69,7 @@ class StateTracker:
     def allowed(self, reference: Reference) -> bool:
         if not self.resolve_tags or reference.tag is None:
             return False
-        text = str(reference)
-        return not any(pattern.search(text) for pattern in self.filters)
+        return not self.filter.matches_reference(reference)
 
     async def run(self) -> None:
         """Sync, then follow store events until cancelled. Never raises on store errors."""
@@ -93,9 +95,10 @@ class StateTracker:
             images = await self.store.list_images()
             digests = set(await self.store.list_digests())
             arriving: set[str] = set()
-            if self.advertise_arriving:
-                assert isinstance(self.store, ArrivingStore)
+            if self.advertise_arriving and isinstance(self.store, ArrivingStore):
                 arriving = set(await self.store.list_arriving()) - digests
+            self.blocked = await filtered_digests(self.store, images, self.filter)
+            digests -= self.blocked
             tags = self._tags(images)
             gone = [*(set(self.tags) - set(tags)), *(self.digests - digests),
                     *(arriving_key(d) for d in self.arriving - arriving)]
@@ -139,7 +142,7 @@ class StateTracker:
             log.exception("failed to handle store event %s", event)
 
     async def _add_digest(self, digest: str) -> None:
-        if digest in self.digests:
+        if digest in self.digests or digest in self.blocked:
             return
         self.digests.add(digest)
         await self.router.advertise([digest])
@@ -217,6 +220,8 @@ class StateTracker:
                 return
         self.images[str(reference)] = (reference.registry, digest)
         self._emit_counts()
+        if self.filter and self.filter.matches_reference(reference):
+            await self.sync()  # withdraw what only this filtered image references
 
     async def _image_deleted(self, key: str) -> None:
         try:

@@ -13,6 +13,8 @@ chosen, before the mirror starts:
 - the namespace has no images: a warning (a new node has none yet; a wrong
   ``--containerd-namespace`` looks the same).
 - the content directory cannot be read: a warning; blobs are then streamed over gRPC.
+- CRI configuration that keeps pulls from the mirror (no ``config_path``, containerd
+  2.x's transfer service, ``discard_unpacked_layers``): warnings, see ``cri_config``.
 """
 
 from __future__ import annotations
@@ -137,6 +139,9 @@ def startup_checks(socket: Path, namespace: str, content_path: Path | None, *,
                 check_version(version, socket)
             except ContainerdTooOld as exc:
                 raise ConfigError(SOCK_FLAG, str(exc)) from None
+            from spegel_containerd.cri_config import log_mirror_warnings
+
+            log_mirror_warnings(socket, version, timeout)  # config that bypasses the mirror
             if images == 0:
                 log.warning("containerd namespace %r has no images yet; if this node's images "
                             "are in another namespace set --containerd-namespace (Kubernetes "

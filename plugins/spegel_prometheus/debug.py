@@ -161,7 +161,8 @@ def render(node: Node, recent: RecentRequests, *, metrics_addr: str) -> str:
 <body>
 <h1>spegel node <code>{escape(node_id[:16])}</code></h1>
 <p class="muted">Generated {datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")}.
-Figures are live; reload for new ones. Machine-readable: <a href="/metrics">/metrics</a>.</p>
+Figures are live; reload for new ones. Machine-readable: <a href="/metrics">/metrics</a>.
+Is it working for an image? <a href="/debug/measure">Measure it</a>.</p>
 <h2>Node</h2>{identity}
 <h2>Peers</h2>{peers}
 <h2>Penalised peers</h2>{penalised}

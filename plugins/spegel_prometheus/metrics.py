@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from spegel_core.protocols import (
     AdvertisedKeys,
@@ -69,6 +69,13 @@ EXPORTED = (
     "spegel_peer_penalties_total",
     "spegel_advertised_arriving_digests",
     "spegel_arriving_bytes_served_total",
+    # prometheus_client's process collector (Linux /proc), as the Go original's client has.
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_open_fds",
+    "process_max_fds",
 )
 
 _created_disabled = False
@@ -107,6 +114,8 @@ class PrometheusSink:
     def __init__(self, *, recent: int = 100) -> None:
         _no_created_series()
         self.registry = r = CollectorRegistry(auto_describe=True)
+        # Memory, CPU and descriptors of this process, for alerts (the Go original has them).
+        ProcessCollector(registry=r)
         self.recent = RecentRequests(recent)
         self._registry_label = _BoundedLabel(MAX_REGISTRIES)
         # -- Spegel's ---------------------------------------------------------------

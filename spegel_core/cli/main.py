@@ -1,17 +1,19 @@
-"""``spegel``: run a node, list plugins, run the demo."""
+"""``spegel``: run a node, list plugins, run the demo, print the version."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import platform
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from spegel_core import __version__
 from spegel_core.cli.options import add_settings_arguments, disabled_plugins, settings_values
-from spegel_core.config import load_config
+from spegel_core.config import LOG_LEVELS, load_config, log_level_name
 from spegel_core.errors import ConfigError, PluginError
 from spegel_core.plugin_manager import PluginManager, create_plugin_manager
 
@@ -25,6 +27,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` on a command without settings (the Go original has it on every one)."""
+    parser.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS,
+                        metavar="LEVEL",
+                        help=f"Log level: {', '.join(LOG_LEVELS)} (or WARN) "
+                             "[env SPEGEL_LOG_LEVEL; default INFO].")
+
+
 def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
     registry = pm.settings_registry()
     parser = OneLineParser(
@@ -33,6 +43,7 @@ def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
     parser.add_argument("--version", action="version", version=f"spegel {__version__}")
     parser.add_argument("--disable-plugin", action="append", default=[], metavar="NAME",
                         help="Do not load this plugin (repeatable; env SPEGEL_DISABLE_PLUGIN).")
+    add_log_level_argument(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     registry_cmd = commands.add_parser("registry", help="Run the mirror on this node.")
@@ -40,6 +51,12 @@ def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
 
     plugins_cmd = commands.add_parser("plugins", help="List registered plugins and their hooks.")
     plugins_cmd.add_argument("--json", action="store_true", help="Print JSON.")
+    add_log_level_argument(plugins_cmd)
+
+    version_cmd = commands.add_parser("version", help="Print the version.")
+    version_cmd.add_argument("--format", choices=("text", "json"), default="text",
+                             help="Output format [default text].")
+    add_log_level_argument(version_cmd)
 
     demo_cmd = commands.add_parser(
         "demo", help="Build a sample image and pull it through local nodes."
@@ -47,9 +64,11 @@ def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
     from spegel_core.cli.demo import add_demo_arguments
 
     add_demo_arguments(demo_cmd)
+    add_log_level_argument(demo_cmd)
     from spegel_core.cli.configuration import add_configuration_commands
 
-    add_configuration_commands(commands)
+    for command in add_configuration_commands(commands):
+        add_log_level_argument(command)
     return parser, registry
 
 
@@ -63,13 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = parser.parse_args(args_list)
     try:
+        if args.command != "registry":
+            _configure_command_logging(getattr(args, "log_level", None))
+        if args.command == "version":
+            return cmd_version(as_json=args.format == "json")
         if args.command == "plugins":
             return cmd_plugins(pm, as_json=args.json)
         if args.command == "demo":
             from spegel_core.cli.demo import run_demo
 
             return run_demo(args)
-        if args.command in ("configuration", "cleanup"):
+        if args.command in ("configuration", "cleanup", "cleanup-wait"):
             from spegel_core.cli.configuration import run_configuration_command
 
             return run_configuration_command(args)
@@ -80,6 +103,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _configure_command_logging(flag: str | None) -> None:
+    """Logging for commands without settings: ``--log-level``, else ``SPEGEL_LOG_LEVEL``.
+
+    A handler is only added when there is none (a test runner's capture stays).
+    """
+    value = flag if flag is not None else os.environ.get("SPEGEL_LOG_LEVEL", "INFO")
+    try:
+        level = log_level_name(value)
+    except ValueError as exc:
+        raise ConfigError("--log-level / SPEGEL_LOG_LEVEL", str(exc)) from None
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr, level=level,
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def version_info() -> dict[str, str]:
+    """What ``spegel version`` prints."""
+    return {"version": __version__, "python": platform.python_version(),
+            "platform": f"{sys.platform}/{platform.machine()}"}
+
+
+def cmd_version(*, as_json: bool) -> int:
+    info = version_info()
+    if as_json:
+        print(json.dumps(info))
+    else:
+        print(f"spegel {info['version']} (python {info['python']}, {info['platform']})")
+    return 0
 
 
 def cmd_plugins(pm: PluginManager, *, as_json: bool) -> int:
@@ -102,6 +157,10 @@ def cmd_registry(pm: PluginManager, config: object) -> int:
 
     assert isinstance(config, SpegelConfig)
     configure_logging(config.core.log_level, config.core.log_format)
+    from spegel_core.compat import compat_notes
+
+    for note in compat_notes(config):
+        log.warning("%s", note)
     app = create_app(config, pm)
     metrics_app = metrics_app_of(app)
     log.info("spegel %s mirror on %s", __version__, config.core.registry_addr)

@@ -18,8 +18,17 @@ def _is_bool(annotation: Any) -> bool:
                 and bool in typing.get_args(annotation))
 
 
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, registry: SettingsRegistry) -> None:
-    """One ``--flag`` per settings field; values stay strings until pydantic validates them."""
+    """One ``--flag`` per settings field; values stay strings until pydantic validates them.
+
+    A list setting takes several values after one flag, as the Go original's flag
+    slices do (``--mirror-targets a b``), and the flag may be repeated; commas also
+    separate values, except in regexes (``--registry-filters``).
+    """
     groups: dict[type, argparse._ArgumentGroup] = {}
     for model, name, info in registry.fields():
         group = groups.get(model)
@@ -33,6 +42,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, registry: SettingsRe
                                   "metavar": name.upper().split("_")[-1]}
         if _is_bool(info.annotation):
             kwargs.update(nargs="?", const="true", metavar="true|false")
+        elif _is_list(info.annotation):
+            kwargs.update(nargs="+", action="extend")
         group.add_argument(flag_name(name), **kwargs)
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from spegel_core import __version__
 from spegel_core.config import SpegelConfig
 from spegel_core.mirror import health, routes_v2
+from spegel_core.mirror.edge import install_edge
 from spegel_core.mirror.errors import install_error_handlers
 from spegel_core.mirror.openapi import install_openapi
 from spegel_core.mirror.pulls import PullService
@@ -54,6 +55,7 @@ def create_app(config: SpegelConfig, pm: PluginManager, *,
         max_client_connections=config.core.mirror_max_client_connections,
         header_timeout=config.core.mirror_header_timeout)
     install_error_handlers(app)
+    install_edge(app, config, node.metrics)  # --registry-filters, OCI-Namespace, basic auth
     install_openapi(app)
     app.include_router(health.router)
     app.include_router(routes_v2.router)

@@ -16,6 +16,7 @@ async def livez() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="The mirror can answer from the local store")
+@router.get("/healthz", summary="Same as /readyz, at the Go original's probe path")
 async def readyz(node: NodeDep) -> JSONResponse:
     status = node.store.status()
     ready = node.started and status.ready

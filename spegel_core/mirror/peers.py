@@ -50,6 +50,7 @@ from spegel_core.errors import (
     PeersExhausted,
     PeerStreamBroken,
 )
+from spegel_core.mirror import auth
 from spegel_core.mirror.arriving import committed_then_arriving
 from spegel_core.mirror.hedging import hedged
 from spegel_core.mirror.peer_checks import (
@@ -99,6 +100,8 @@ class PeerSettings:
     blob_verify: Literal["mirror", "client"] = "mirror"
     #: Also ask providers still receiving a blob (``--advertise-arriving``).
     arriving: bool = True
+    #: Sent with every peer request (``--basic-auth-dir``: the ``Authorization`` header).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -159,6 +162,7 @@ class PeerFetcher:
             peer_cidrs=tuple(config.core.peer_cidrs),
             blob_verify=config.core.peer_blob_verify,
             arriving=config.core.advertise_arriving,
+            headers=auth.peer_headers(config),
         ))
 
     @property
@@ -171,7 +175,7 @@ class PeerFetcher:
                 connector=connector, auto_decompress=False, trust_env=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0,
                                               sock_read=self.settings.request_timeout),
-                read_bufsize=STREAM_CHUNK,
+                read_bufsize=STREAM_CHUNK, headers=dict(self.settings.headers),
             )
         return self._session
 

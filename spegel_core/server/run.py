@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from spegel_core.config import Address
+from spegel_core.server.listen import listen_socket
 from spegel_core.server.side import SideListener
 from spegel_core.server.zerocopy import (
     ConnectionLimits,
@@ -80,7 +81,12 @@ def serve(app: FastAPI, address: Address, *, drain_timeout: float,
     server = DrainingServer(uvicorn_config(app, address, drain_timeout=drain_timeout))
     if metrics is not None:
         server.side = SideListener(*metrics)
-    server.run()
+    try:
+        sock = listen_socket(address)  # ":PORT": dual-stack where the kernel allows
+    except OSError as exc:
+        log.error("the mirror could not listen on %s: %s", address, exc)
+        return 1
+    server.run(sockets=[sock])
     if not server.started:
         log.error("the mirror could not start on %s", address)
         return 1

@@ -21,6 +21,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from spegel_core.config import Address
+from spegel_core.server.listen import listen_socket
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,8 @@ class SideListener:
         self._task: asyncio.Task[None] | None = None
 
     def bind(self) -> socket.socket | None:
-        host = self.address.bind_host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            return socket.create_server((host, self.address.port), family=family,
-                                        backlog=128)
+            return listen_socket(self.address, backlog=128)
         except OSError as exc:
             log.error("the %s endpoint cannot listen on %s (%s); the mirror runs without it",
                       self.name, self.address, exc)

@@ -219,7 +219,8 @@ def test_everything_is_namespaced_in_spegel(build: str) -> None:
 
 
 # -- 2. nothing talks to the API server -----------------------------------------------------------
-ALLOWED_KINDS = {"Namespace", "ConfigMap", "Service", "DaemonSet", "ServiceMonitor"}
+ALLOWED_KINDS = {"Namespace", "ConfigMap", "Service", "DaemonSet", "ServiceMonitor",
+                 "NetworkPolicy"}
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -262,7 +263,8 @@ def init(pod: Doc) -> Doc:
 def test_runs_on_every_node_and_first(pod: Doc) -> None:
     assert pod["priorityClassName"] == "system-node-critical"
     assert {"operator": "Exists"} in pod["tolerations"]
-    assert not pod.get("nodeSelector") and not pod.get("affinity")
+    # Linux nodes only: tolerating every taint must not reach Windows nodes.
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"} and not pod.get("affinity")
     assert not pod.get("hostNetwork")
     assert pod["enableServiceLinks"] is False  # no SPEGEL_* variables from Service names
 
@@ -307,10 +309,14 @@ def test_containerd_mounts(pod: Doc, registry: Doc, init: Doc) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = _mounts(registry)
     args = flag_values(registry["args"])
-    # Every host path the registry container sees, it sees read-only.
+    # Every host path the registry container sees, it sees read-only, but its own
+    # data directory (the node id, kept across pod re-creation).
     for name, mount in mounts.items():
-        if "hostPath" in volumes[name]:
+        if "hostPath" in volumes[name] and name != "data":
             assert mount.get("readOnly") is True, f"{name} is not mounted read-only"
+    assert volumes["data"]["hostPath"] == {"path": "/var/lib/spegel",
+                                           "type": "DirectoryOrCreate"}
+    assert mounts["data"]["mountPath"] == args["--data-dir"]
     assert "containerd-certs" not in mounts  # only the init container writes certs.d
     sock = Path(args["--containerd-sock"])
     assert mounts["containerd-run"]["mountPath"] == str(sock.parent)
@@ -544,6 +550,7 @@ def test_k3s_and_rke2_paths(distro: str) -> None:
         "containerd-run": "/run/k3s/containerd",
         "containerd-content": f"{root}/agent/containerd/io.containerd.content.v1.content",
         "containerd-certs": f"{root}/agent/etc/containerd/certs.d",
+        "data": "/var/lib/spegel",
     }
     spec = one(render(f"overlays/{distro}"), "DaemonSet", "spegel")["spec"]["template"]["spec"]
     volumes = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}

@@ -138,3 +138,28 @@ async def test_a_store_that_cannot_list_does_not_kill_the_tracker(
     store.publish(StoreEvent(StoreEventKind.RESYNC))
     await _until(lambda: "docker.io/library/demo:v1" in router.advertised)
     task.cancel()
+
+
+async def test_registry_filters_keep_a_filtered_images_content_unadvertised(
+        make_config: Callable[..., SpegelConfig], image: BuiltImage, tmp_path: Path) -> None:
+    """At sync and as events arrive: a filtered image's tag and its own digests are
+    withdrawn, what an unfiltered image also references stays."""
+    private = build_image(tmp_path / "private", "docker.io/private/app:v1",
+                          layer_sizes=(4000,), seed=9)
+    store = MemoryContentStore()
+    store.add_built_image(image)
+    config = make_config(registry_filters=[r"^docker\.io/private/"])
+    _tracker, router, task, _sink = await _tracked(config, store)
+    assert router.advertised == {*image.blobs, "docker.io/library/demo:v1"}
+    # The private image arrives: its blobs come first (advertised as plain content),
+    # then its tag, whose filter withdraws them.
+    store.add_built_image(private)
+    await _until(lambda: not (router.advertised & set(private.blobs))
+                 and len(router.advertised) == len(image.blobs) + 1)
+    assert "docker.io/private/app:v1" not in router.advertised
+    # The same content under an unfiltered name is advertised again at the next sync.
+    store.add_image("docker.io/library/copy:v1", private.index_digest)
+    store.publish(StoreEvent(StoreEventKind.RESYNC))
+    await _until(lambda: set(private.blobs) <= router.advertised)
+    assert "docker.io/library/copy:v1" in router.advertised
+    task.cancel()
