@@ -205,6 +205,15 @@ class SettingsRegistry:
             self._owners[name] = "core"
 
     def add(self, model: type[SpegelSettings], *, owner: str = "plugin") -> None:
+        """Declare a settings model: each field becomes a flag and an environment variable.
+
+        :param model: a subclass of :class:`SpegelSettings`; adding it twice is a no-op.
+        :param owner: who declares it, as shown in errors (use your plugin's name). It
+            only labels messages: when two models declare the same field, the
+            :class:`PluginError` reads "setting --x of <owner> is already declared by
+            <first owner>". It has no effect on lookup (``config.get(Model)``).
+        :raises PluginError: ``model`` is not a settings model, or a field is taken.
+        """
         if model in self._models:
             return
         if not (isinstance(model, type) and issubclass(model, BaseSettings)):
