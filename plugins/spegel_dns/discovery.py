@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Sequence
 import aiodns
 import pycares
 
+from spegel_core.hostnames import check_dns_name, parse_nameserver
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.protocols import DnsQuery, MetricsSink, PeerAddress
-from spegel_dns.local import LocalAddresses
-from spegel_dns.names import check_dns_name, parse_nameserver
 from spegel_dns.resolver import Outcome, QueryAnswer, Resolver
 
 log = logging.getLogger(__name__)

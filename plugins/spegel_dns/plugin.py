@@ -7,9 +7,9 @@ import aiodns
 from spegel_core import hookimpl
 from spegel_core.config import SettingsRegistry, SpegelConfig
 from spegel_core.errors import ConfigError, PluginError
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.registries import DiscoveryRegistry
 from spegel_dns.discovery import DNSDiscovery
-from spegel_dns.local import LocalAddresses
 from spegel_dns.settings import DNSSettings
 
 __all__ = [

@@ -6,14 +6,15 @@ import asyncio
 import logging
 import socket
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import aiodns
-import pycares
-
+from spegel_core.hostnames import canonical_host, parse_nameserver
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.protocols import PeerAddress
-from spegel_dns.local import LocalAddresses
-from spegel_dns.names import canonical_host, parse_nameserver
 from spegel_static.multiaddrs import StaticPeer, parse_static_peer
+
+if TYPE_CHECKING:  # imported when a name needs resolving: a list of IPs needs no aiodns
+    import aiodns
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class StaticDiscovery:
             await asyncio.shield(resolver.close())
 
     async def _resolve(self, names: list[StaticPeer]) -> dict[StaticPeer, list[PeerAddress]]:
+        import aiodns
+        import pycares
+
         try:
             resolver = aiodns.DNSResolver(nameservers=self.nameservers or None,
                                           timeout=self.resolve_timeout / 2, tries=2)
@@ -103,6 +107,8 @@ class StaticDiscovery:
             await asyncio.shield(resolver.close())
 
     async def _lookup(self, resolver: aiodns.DNSResolver, peer: StaticPeer) -> list[PeerAddress]:
+        import aiodns
+
         try:
             result = await resolver.getaddrinfo(peer.host, family=_FAMILIES[peer.protocol],
                                                 type=socket.SOCK_DGRAM)

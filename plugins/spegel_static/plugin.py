@@ -9,8 +9,8 @@ from pydantic import Field
 from spegel_core import hookimpl
 from spegel_core.config import CommaList, Duration, SettingsRegistry, SpegelConfig, SpegelSettings
 from spegel_core.errors import ConfigError
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.registries import DiscoveryRegistry
-from spegel_dns.local import LocalAddresses
 from spegel_static.discovery import StaticDiscovery
 from spegel_static.multiaddrs import StaticPeer, parse_static_peer
 

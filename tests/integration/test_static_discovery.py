@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.protocols import PeerAddress
 from spegel_core.testing.discovery_conformance import DiscoveryConformance
 from spegel_core.testing.dns import DnsServer, InProcessDns, free_port
-from spegel_dns.local import LocalAddresses
 from spegel_static import StaticDiscovery
 
 PEERS = ["/ip4/127.0.0.2/udp/5001", "/ip6/::1/udp/5002", "/dns4/node-a.spegel.test/udp/5003",

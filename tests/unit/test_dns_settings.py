@@ -8,11 +8,11 @@ import pytest
 
 from spegel_core.config import Address, SpegelConfig, load_config
 from spegel_core.errors import ConfigError
+from spegel_core.hostnames import canonical_host, check_dns_name, parse_nameserver
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.plugin_manager import PluginManager, create_plugin_manager
 from spegel_core.protocols import Discovery, PeerAddress
 from spegel_dns import DNSDiscovery, DNSSettings
-from spegel_dns.local import LocalAddresses
-from spegel_dns.names import canonical_host, check_dns_name, parse_nameserver
 
 
 @pytest.fixture
