@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from spegel_core.config import SettingsRegistry, SpegelConfig
-    from spegel_core.node import Node
     from spegel_core.protocols import ContentStore, Discovery, MetricsSink, Router
     from spegel_core.registries import DiscoveryRegistry, MetricsRegistry
+    from spegel_core.view import NodeView
 
 
 # -- settings ---------------------------------------------------------------
@@ -121,7 +121,7 @@ def spegel_register_metrics(config: SpegelConfig, registry: MetricsRegistry) -> 
 
 @hookspec
 def spegel_add_routes(
-    app: FastAPI, config: SpegelConfig, node: Node, metrics_app: FastAPI
+    app: FastAPI, config: SpegelConfig, node: NodeView, metrics_app: FastAPI
 ) -> None:
     """Add routes (and middleware) to the mirror, or routes to the metrics listener.
 
@@ -134,8 +134,10 @@ def spegel_add_routes(
 
     :param app: the FastAPI mirror application.
     :param config: the frozen configuration.
-    :param node: the node being built (store, router, metrics hub, peers, tracker),
-        for pages that show its state; it is started later, in the mirror's lifespan.
+    :param node: a read-only :class:`~spegel_core.view.NodeView` of the node being
+        built (store and router status, advertised keys, penalised peers, metrics
+        sinks), for pages that show its state; the node starts later, in the
+        mirror's lifespan, so read the view inside your routes.
     :param metrics_app: the application for ``--metrics-addr`` (``/metrics``, ``/debug``).
     """
 

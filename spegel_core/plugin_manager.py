@@ -25,7 +25,7 @@ from spegel_core.registries import DiscoveryRegistry, MetricsRegistry
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from spegel_core.node import Node
+    from spegel_core.view import NodeView
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class PluginManager:
         self.pluggy.hook.spegel_register_metrics(config=config, registry=registry)
         return registry.sinks
 
-    def add_routes(self, app: FastAPI, config: SpegelConfig, node: Node,
+    def add_routes(self, app: FastAPI, config: SpegelConfig, node: NodeView,
                    metrics_app: FastAPI) -> None:
         self.pluggy.hook.spegel_add_routes(app=app, config=config, node=node,
                                            metrics_app=metrics_app)

@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from spegel_core import hookimpl
 from spegel_core.config import SpegelConfig
-from spegel_core.node import Node
 from spegel_core.registries import MetricsRegistry
+from spegel_core.view import NodeView
 from spegel_prometheus.debug import render
 from spegel_prometheus.http import HttpMetricsMiddleware
 from spegel_prometheus.metrics import PrometheusSink
@@ -26,22 +26,21 @@ def spegel_register_metrics(config: SpegelConfig, registry: MetricsRegistry) -> 
     registry.add(PrometheusSink())
 
 
-def sink_of(node: Node) -> PrometheusSink | None:
+def sink_of(node: NodeView) -> PrometheusSink | None:
     """The node's Prometheus sink, if this plugin registered one."""
-    return next((s for s in node.metrics.sinks if isinstance(s, PrometheusSink)), None)
+    return next((s for s in node.metrics_sinks if isinstance(s, PrometheusSink)), None)
 
 
 @hookimpl
-def spegel_add_routes(app: FastAPI, config: SpegelConfig, node: Node,
+def spegel_add_routes(app: FastAPI, config: SpegelConfig, node: NodeView,
                       metrics_app: FastAPI) -> None:
     """HTTP metrics middleware on the mirror; ``/metrics`` and ``/debug`` on the metrics app."""
     sink = sink_of(node)
     if sink is None:
         return
     app.add_middleware(HttpMetricsMiddleware, sink=sink)
-    peers = node.peers
-    if peers is not None:
-        sink.watch_penalties(lambda: len(peers.penalties))
+    if node.router_name is not None:
+        sink.watch_penalties(lambda: len(node.penalties()))
     metrics_addr = str(config.core.metrics_addr)
 
     async def metrics() -> Response:
