@@ -50,13 +50,10 @@ class Node:
         """Run the provider hooks; raises ConfigError/PluginError for bad settings."""
         pm.configure(config)
         metrics = MetricsHub(pm.metrics_sinks(config))
-        store = store if store is not None else pm.make_content_store(config)
-        if hasattr(store, "metrics") and getattr(store, "metrics", None) is None:
-            setattr(store, "metrics", metrics)  # noqa: B010  # e.g. StoreConnection events
-        discovery = pm.discoveries(config)
-        for source in discovery:
-            if hasattr(source, "metrics") and getattr(source, "metrics", None) is None:
-                source.metrics = metrics  # e.g. DnsQuery events
+        # What a store or source emits to is a hook argument: a store passed in
+        # here was made by the caller, who wires its metrics.
+        store = store if store is not None else pm.make_content_store(config, metrics)
+        discovery = pm.discoveries(config, metrics)
         router = pm.make_router(config, discovery, metrics)
         node = cls(config=config, pm=pm, store=store, metrics=metrics, discovery=discovery,
                    router=router)
@@ -69,8 +66,8 @@ class Node:
         """Start the store and the router; register their closing on ``stack``."""
         stack.callback(self.pm.unconfigure, self.config)
         await self.store.start()
-        # Every store reports its state once; one that can lose its backend (it has a
-        # ``metrics`` attribute) reports each change itself.
+        # Every store reports its state once; one that can lose its backend reports
+        # each later change itself, to the ``metrics`` of spegel_make_content_store.
         self.metrics.emit(StoreConnection(self.store.status().ready))
         stack.push_async_callback(_shielded, self.store.aclose)
         for source in self.discovery:

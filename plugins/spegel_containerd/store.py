@@ -102,8 +102,9 @@ class ContainerdStore:
         call_timeout: deadline of containerd calls, seconds.
         gc_delay: how long after an image deletion content is listed again.
         client_factory: builds the gRPC client (tests inject fakes).
+        metrics: where :class:`StoreConnection` events go.
 
-    :attr:`metrics` (set by the node) receives a :class:`StoreConnection` event
+    :attr:`metrics` (the hook's ``metrics`` argument) receives a :class:`StoreConnection` event
     each time the connection to containerd is made or lost.
     """
 
@@ -113,7 +114,9 @@ class ContainerdStore:
     def __init__(self, socket: Path, namespace: str = "k8s.io",
                  content_path: Path | None = None, *, reconnect_max_backoff: float = 5.0,
                  reconnect_min_backoff: float = 0.1, call_timeout: float = 10.0,
-                 gc_delay: float = 1.0, client_factory: ClientFactory | None = None) -> None:
+                 gc_delay: float = 1.0, client_factory: ClientFactory | None = None,
+                 metrics: MetricsSink | None = None) -> None:
+        self.metrics = metrics
         if reconnect_max_backoff <= 0 or reconnect_min_backoff <= 0:
             raise ValueError("reconnect backoffs must be positive")
         self.socket = Path(socket)

@@ -39,9 +39,9 @@ class DNSDiscovery:
     questions, only as many as the sample needs. Without SRV records (or when the
     SRV question fails), A/AAAA addresses get ``port``.
 
-    ``metrics``, when set (the node may set it after the discovery hook, which has
-    no sink), receives one :class:`~spegel_core.protocols.DnsQuery` per call:
-    its duration and ``"ok"``, ``"nxdomain"``, ``"timeout"`` or ``"error"``.
+    ``metrics`` (the discovery hook's ``metrics`` argument) receives one
+    :class:`~spegel_core.protocols.DnsQuery` per call: its duration and ``"ok"``,
+    ``"nxdomain"``, ``"timeout"`` or ``"error"``.
 
     Args:
         domain: the name whose records list the peers.

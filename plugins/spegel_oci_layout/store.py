@@ -17,7 +17,15 @@ from types import TracebackType
 from spegel_core.errors import BlobUnknown, ManifestUnknown
 from spegel_core.oci.digest import parse_digest
 from spegel_core.oci.reference import Reference
-from spegel_core.protocols import ContentInfo, Image, StoreEvent, StoreEventKind, StoreStatus
+from spegel_core.protocols import (
+    ContentInfo,
+    Image,
+    MetricsSink,
+    StoreConnection,
+    StoreEvent,
+    StoreEventKind,
+    StoreStatus,
+)
 from spegel_core.store_events import EventStream
 from spegel_core.store_kit import READ_CHUNK, StoreLifecycle, read_file_range, regular_file_size
 from spegel_oci_layout.layout import (
@@ -40,15 +48,20 @@ class OCILayoutStore:
     Args:
         root: the layout directory (holding ``index.json`` and ``blobs/``).
         poll_interval: seconds between checks of the layout for changes.
+        metrics: receives :class:`StoreConnection` each time the layout directory
+            goes missing or comes back after start (the node reports the first state).
     """
 
     name = "oci-layout"
 
-    def __init__(self, root: Path, *, poll_interval: float = 1.0) -> None:
+    def __init__(self, root: Path, *, poll_interval: float = 1.0,
+                 metrics: MetricsSink | None = None) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self.root = Path(root)
         self.poll_interval = poll_interval
+        self.metrics = metrics
+        self._reporting = False
         self._state = LayoutState()
         self._life = StoreLifecycle()
         self._lock = asyncio.Lock()
@@ -64,6 +77,7 @@ class OCILayoutStore:
         if not self._life.begin():
             return
         await self.refresh()
+        self._reporting = True
         self._task = asyncio.create_task(self._poll(), name=f"oci-layout-poll {self.root}")
         log.info("OCI layout store at %s: %d images, %d blobs", self.root,
                  len(self._state.images), len(self._state.blobs))
@@ -101,6 +115,7 @@ class OCILayoutStore:
             except LayoutMissing as exc:
                 if not self._missing:
                     log.warning("OCI layout unavailable: %s", exc)
+                    self._report(False)
                 self._missing = True
                 self._problem = str(exc)
                 return
@@ -118,12 +133,17 @@ class OCILayoutStore:
                 return
             if self._missing:
                 log.info("OCI layout %s is back", self.root)
+                self._report(True)
             self._missing = False
             self._problem = ""
             self._bad_index_hash = None
             if state is not self._state:
                 previous, self._state = self._state, state
                 self._publish_changes(previous, state)
+
+    def _report(self, connected: bool) -> None:
+        if self._reporting and self.metrics is not None:
+            self.metrics.emit(StoreConnection(connected))
 
     def _publish_changes(self, old: LayoutState, new: LayoutState) -> None:
         for value in sorted(new.skipped - self._logged_skipped):

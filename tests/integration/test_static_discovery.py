@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from spegel_core.local_addresses import LocalAddresses
-from spegel_core.protocols import PeerAddress
+from spegel_core.protocols import DnsQuery, PeerAddress
 from spegel_core.testing.discovery_conformance import DiscoveryConformance
 from spegel_core.testing.dns import DnsServer, InProcessDns, free_port
+from spegel_core.testing.fakes import RecordingSink
 from spegel_static import StaticDiscovery
 
 PEERS = ["/ip4/127.0.0.2/udp/5001", "/ip6/::1/udp/5002", "/dns4/node-a.spegel.test/udp/5003",
@@ -105,3 +106,18 @@ async def test_names_from_dnsmasq(tmp_path: Path) -> None:
                                   "/dns/gone.test/udp/5003"], nameservers=[server.nameserver])
         assert await source.bootstrap_peers() == [PeerAddress("127.0.0.3", 5001),
                                                   PeerAddress("::1", 5002)]
+
+
+async def test_each_name_resolved_is_one_dns_query_event(dns: InProcessDns) -> None:
+    sink = RecordingSink()
+    source = StaticDiscovery(["/ip4/127.0.0.2/udp/5001", "/dns4/node-a.spegel.test/udp/5001",
+                              "/dns4/missing.spegel.test/udp/5001"],
+                             nameservers=[dns.nameserver], metrics=sink)
+    try:
+        assert await source.bootstrap_peers() == [PeerAddress("127.0.0.2", 5001),
+                                                  PeerAddress("127.0.0.3", 5001)]
+    finally:
+        await source.aclose()
+    results = sorted(event.result for event in sink.of_type(DnsQuery))
+    assert results == ["error", "ok"]  # the IP peer needs no query
+    assert all(event.duration_s >= 0 for event in sink.of_type(DnsQuery))
