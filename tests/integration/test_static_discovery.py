@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -90,10 +90,11 @@ async def test_silent_server_costs_at_most_the_timeout(dns: InProcessDns,
     dns.mute = True
     source = StaticDiscovery(["/ip4/127.0.0.2/udp/5001", "/dns4/node-a.spegel.test/udp/5001"],
                              nameservers=[dns.nameserver], resolve_timeout=0.3)
-    started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="spegel_static"):
-        assert await source.bootstrap_peers() == [PeerAddress("127.0.0.2", 5001)]
-    assert time.monotonic() - started < 0.8
+        # Bounded by resolve_timeout (0.3 s); the failure is waiting for c-ares's own
+        # retries (seconds), so the bound is generous for a loaded machine.
+        peers = await asyncio.wait_for(source.bootstrap_peers(), 3.0)
+    assert peers == [PeerAddress("127.0.0.2", 5001)]
     assert "node-a.spegel.test" in caplog.text
 
 
