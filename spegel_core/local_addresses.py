@@ -49,6 +49,11 @@ class LocalAddresses:
         self._loaded = False
         self._lock = asyncio.Lock()
 
+    @property
+    def given(self) -> tuple[str, ...]:
+        """The hosts given (wildcards dropped), as given: names are not resolved here."""
+        return tuple(self._given)
+
     @classmethod
     def for_router(cls, address: Address, *, match_port: bool) -> LocalAddresses:
         """The own addresses of a node whose router listens on ``address``.

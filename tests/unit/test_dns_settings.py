@@ -136,7 +136,7 @@ def test_register_discovery(manager: PluginManager) -> None:
     assert discovery.udp_pool == 16
     assert discovery.nameservers == ["127.0.0.1:5353"]
     assert discovery.srv_name == "_r._udp.spegel.test" and discovery.metrics is sink
-    assert discovery.own._given == ["127.0.0.2"] and discovery.own.port is None
+    assert discovery.own.given == ("127.0.0.2",) and discovery.own.port is None
     config = config_of(manager, bootstrap_kind="dns", dns_bootstrap_domain="spegel.test",
                        dns_port="6001", dns_udp_pool="0")
     [discovery] = manager.discoveries(config)
@@ -175,4 +175,4 @@ async def test_local_addresses() -> None:
         PeerAddress("127.0.0.2", 5002)]
     assert "127.0.0.2" in repr(pinned)
     wildcard = LocalAddresses.for_router(Address("", 5001), match_port=False)
-    assert wildcard.include_hostname and wildcard._given == []
+    assert wildcard.include_hostname and wildcard.given == ()
