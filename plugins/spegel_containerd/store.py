@@ -59,6 +59,7 @@ from spegel_core.protocols import (
     StoreStatus,
 )
 from spegel_core.store_events import EventHub, EventStream
+from spegel_core.store_kit import read_file_range
 
 log = logging.getLogger(__name__)
 
@@ -520,16 +521,6 @@ class ContainerdStore:
 
 
 async def _read_file(path: str, offset: int, count: int) -> AsyncIterator[bytes]:
-    try:
-        file = open(path, "rb")  # noqa: ASYNC230, SIM115 - small reads, closed below
-    except FileNotFoundError as exc:  # collected between stat and open
-        raise BlobUnknown(f"blob file {path} vanished") from exc
-    with file:
-        file.seek(offset)
-        remaining = count
-        while remaining > 0:
-            chunk = file.read(min(READ_CHUNK, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-            yield chunk
+    # A file collected between stat and open is BlobUnknown (the core's store kit).
+    async for chunk in read_file_range(path, offset, count, missing=f"blob file {path} vanished"):
+        yield chunk
