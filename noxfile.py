@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -21,6 +24,43 @@ def e2e(session: nox.Session) -> None:
     """Only the tests that run several node processes."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/e2e", *session.posargs)
+
+
+#: Tests that exercise the zero-copy server (sendfile) and the splice hop: what breaks
+#: first when uvicorn's internals move (spegel_core/server/zerocopy.py subclasses them).
+ZEROCOPY_TESTS = (
+    "tests/unit/test_splice.py",
+    "tests/unit/test_side_listener.py",
+    "tests/integration/test_http_limits.py",
+    "tests/integration/test_node_process.py",
+    "tests/e2e/test_peer_relay.py",
+)
+
+
+def _uvicorn_range() -> tuple[str, str]:
+    """The ``uvicorn>=LOW,<HIGH`` bounds of pyproject.toml's dependencies."""
+    text = (Path(__file__).parent / "pyproject.toml").read_text()
+    match = re.search(r'"uvicorn>=([0-9.]+),<([0-9.]+)"', text)
+    if match is None:
+        raise RuntimeError("pyproject.toml has no uvicorn>=LOW,<HIGH pin")
+    return match.group(1), match.group(2)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("end", ["oldest", "newest"])
+def uvicorn(session: nox.Session, end: str) -> None:
+    """The zero-copy and splice tests against the oldest and the newest uvicorn allowed.
+
+    The range is read from pyproject.toml (``uvicorn>=LOW,<HIGH``): ``oldest`` installs
+    ``LOW`` exactly, ``newest`` the newest release below ``HIGH``. Run both before widening
+    the pin (docs/install.md, "Upgrading uvicorn"): ``nox -s uvicorn``.
+    """
+    low, high = _uvicorn_range()
+    session.install("-e", ".[test]")
+    wanted = f"uvicorn=={low}" if end == "oldest" else f"uvicorn>={low},<{high}"
+    session.install("--upgrade", wanted)
+    session.run("python", "-c", "import uvicorn; print('uvicorn', uvicorn.__version__)")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *ZEROCOPY_TESTS, *session.posargs)
 
 
 @nox.session(python=PYTHON)

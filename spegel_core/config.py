@@ -238,7 +238,7 @@ class CoreSettings(SpegelSettings):
     @classmethod
     def _basic_auth(cls, value: Path | None) -> Path | None:
         if value is not None:
-            from spegel_core.mirror.auth import load_credentials
+            from spegel_core.credentials import load_credentials
 
             load_credentials(value)  # unreadable or empty files fail at start, by flag
         return value
@@ -256,15 +256,22 @@ class SettingsRegistry:
     """Collects the settings models plugins declare (``spegel_add_settings``)."""
 
     def __init__(self) -> None:
-        from spegel_core.compat import GoCompatSettings
-
-        self._models: list[type[SpegelSettings]] = [CoreSettings, GoCompatSettings]
+        self._models: list[type[SpegelSettings]] = [CoreSettings]
         self._owners: dict[str, str] = {}
         for model in self._models:
             for name in model.model_fields:
                 self._owners[name] = "core"
 
     def add(self, model: type[SpegelSettings], *, owner: str = "plugin") -> None:
+        """Declare a settings model: each field becomes a flag and an environment variable.
+
+        :param model: a subclass of :class:`SpegelSettings`; adding it twice is a no-op.
+        :param owner: who declares it, as shown in errors (use your plugin's name). It
+            only labels messages: when two models declare the same field, the
+            :class:`PluginError` reads "setting --x of <owner> is already declared by
+            <first owner>". It has no effect on lookup (``config.get(Model)``).
+        :raises PluginError: ``model`` is not a settings model, or a field is taken.
+        """
         if model in self._models:
             return
         if not (isinstance(model, type) and issubclass(model, BaseSettings)):

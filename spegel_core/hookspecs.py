@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from spegel_core.config import SettingsRegistry, SpegelConfig
-    from spegel_core.node import Node
     from spegel_core.protocols import ContentStore, Discovery, MetricsSink, Router
     from spegel_core.registries import DiscoveryRegistry, MetricsRegistry
+    from spegel_core.view import NodeView
 
 
 # -- settings ---------------------------------------------------------------
@@ -55,32 +55,41 @@ def spegel_configure(config: SpegelConfig) -> None:
 
 # -- providers ------------------------------------------------------------------
 @hookspec(firstresult=True)
-def spegel_make_content_store(config: SpegelConfig) -> ContentStore | None:
+def spegel_make_content_store(config: SpegelConfig, metrics: MetricsSink) -> ContentStore | None:
     """Create the content store named by ``--content-store``.
 
     Called once when a node starts. An implementation returns a (not yet started)
     store if ``config.core.content_store`` names the store it provides, else None.
+    The node reports the store's readiness once when it opens it; a store that can
+    lose its backend later emits :class:`~spegel_core.protocols.StoreConnection`
+    to ``metrics`` at each change.
 
     Stops at first non-None result. Built-in stores are ``trylast`` so an
     installed plugin can override them.
 
     :param config: the frozen configuration.
+    :param metrics: where the store emits its events (the node's metrics hub).
     :returns: a :class:`~spegel_core.protocols.ContentStore` or None.
     """
 
 
 @hookspec
-def spegel_register_discovery(config: SpegelConfig, registry: DiscoveryRegistry) -> None:
+def spegel_register_discovery(
+    config: SpegelConfig, registry: DiscoveryRegistry, metrics: MetricsSink
+) -> None:
     """Register bootstrap-peer sources.
 
     Called once when a node starts, before the router is made. An implementation
     calls ``registry.add(kind, discovery)`` when ``kind`` is one of
-    ``config.core.bootstrap_kind``. Several kinds may be active together.
+    ``config.core.bootstrap_kind``. Several kinds may be active together; a kind
+    registered twice is a :class:`~spegel_core.errors.PluginError`.
 
     All implementations are called.
 
     :param config: the frozen configuration.
     :param registry: collects :class:`~spegel_core.protocols.Discovery` objects.
+    :param metrics: where sources emit their events (e.g.
+        :class:`~spegel_core.protocols.DnsQuery`).
     """
 
 
@@ -121,7 +130,7 @@ def spegel_register_metrics(config: SpegelConfig, registry: MetricsRegistry) -> 
 
 @hookspec
 def spegel_add_routes(
-    app: FastAPI, config: SpegelConfig, node: Node, metrics_app: FastAPI
+    app: FastAPI, config: SpegelConfig, node: NodeView, metrics_app: FastAPI
 ) -> None:
     """Add routes (and middleware) to the mirror, or routes to the metrics listener.
 
@@ -134,8 +143,10 @@ def spegel_add_routes(
 
     :param app: the FastAPI mirror application.
     :param config: the frozen configuration.
-    :param node: the node being built (store, router, metrics hub, peers, tracker),
-        for pages that show its state; it is started later, in the mirror's lifespan.
+    :param node: a read-only :class:`~spegel_core.view.NodeView` of the node being
+        built (store and router status, advertised keys, penalised peers, metrics
+        sinks), for pages that show its state; the node starts later, in the
+        mirror's lifespan, so read the view inside your routes.
     :param metrics_app: the application for ``--metrics-addr`` (``/metrics``, ``/debug``).
     """
 

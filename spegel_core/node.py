@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,9 +12,19 @@ from typing import Any
 from spegel_core.config import SpegelConfig
 from spegel_core.mirror.peers import PeerFetcher
 from spegel_core.plugin_manager import PluginManager
-from spegel_core.protocols import ContentStore, Discovery, Router, StoreConnection
+from spegel_core.protocols import (
+    ContentStore,
+    Discovery,
+    MetricsSink,
+    Peer,
+    Router,
+    RouterStatus,
+    StoreConnection,
+    StoreStatus,
+)
 from spegel_core.registries import MetricsHub
 from spegel_core.state import StateTracker
+from spegel_core.view import Advertised, NodeView
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +51,10 @@ class Node:
         """Run the provider hooks; raises ConfigError/PluginError for bad settings."""
         pm.configure(config)
         metrics = MetricsHub(pm.metrics_sinks(config))
-        store = store if store is not None else pm.make_content_store(config)
-        if hasattr(store, "metrics") and getattr(store, "metrics", None) is None:
-            setattr(store, "metrics", metrics)  # noqa: B010  # e.g. StoreConnection events
-        discovery = pm.discoveries(config)
-        for source in discovery:
-            if hasattr(source, "metrics") and getattr(source, "metrics", None) is None:
-                source.metrics = metrics  # e.g. DnsQuery events
+        # What a store or source emits to is a hook argument: a store passed in
+        # here was made by the caller, who wires its metrics.
+        store = store if store is not None else pm.make_content_store(config, metrics)
+        discovery = pm.discoveries(config, metrics)
         router = pm.make_router(config, discovery, metrics)
         node = cls(config=config, pm=pm, store=store, metrics=metrics, discovery=discovery,
                    router=router)
@@ -60,8 +67,8 @@ class Node:
         """Start the store and the router; register their closing on ``stack``."""
         stack.callback(self.pm.unconfigure, self.config)
         await self.store.start()
-        # Every store reports its state once; one that can lose its backend (it has a
-        # ``metrics`` attribute) reports each change itself.
+        # Every store reports its state once; one that can lose its backend reports
+        # each later change itself, to the ``metrics`` of spegel_make_content_store.
         self.metrics.emit(StoreConnection(self.store.status().ready))
         stack.push_async_callback(_shielded, self.store.aclose)
         for source in self.discovery:
@@ -78,6 +85,10 @@ class Node:
         log.info("node started: store=%s router=%s", self.store.name,
                  self.router.name if self.router else "none")
 
+    def view(self) -> NodeView:
+        """The read-only :class:`~spegel_core.view.NodeView` handed to plugins."""
+        return _NodeState(self)
+
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         task.set_name(name)
@@ -89,6 +100,77 @@ class Node:
             task.cancel()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
+
+
+def penalty_table(peers: PeerFetcher | None) -> dict[str, float]:
+    """Penalised peers as readable names -> seconds left (what :class:`NodeView` shows).
+
+    The one place that knows how :class:`PeerFetcher` keeps its penalty list.
+    """
+    if peers is None:
+        return {}
+    return {**peers.penalties, **peers.content_penalties}
+
+
+class _NodeState:
+    """:class:`~spegel_core.view.NodeView` of a :class:`Node` (reads it, never changes it)."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def config(self) -> SpegelConfig:
+        return self._node.config
+
+    @property
+    def started(self) -> bool:
+        return self._node.started
+
+    @property
+    def store_name(self) -> str:
+        return self._node.store.name
+
+    def store_status(self) -> StoreStatus:
+        return self._node.store.status()
+
+    @property
+    def router_name(self) -> str | None:
+        router = self._node.router
+        return router.name if router is not None else None
+
+    def router_status(self) -> RouterStatus | None:
+        router = self._node.router
+        return router.status() if router is not None else None
+
+    def advertised(self) -> Advertised:
+        tracker = self._node.tracker
+        if tracker is None:
+            return Advertised()
+        return Advertised(tags=dict(tracker.tags), images=dict(tracker.images),
+                          digests=frozenset(tracker.digests),
+                          arriving=frozenset(tracker.arriving))
+
+    def penalties(self) -> Mapping[str, float]:
+        return penalty_table(self._node.peers)
+
+    def lookup(self, key: str, count: int, timeout: float) -> AsyncIterator[Peer]:
+        router = self._node.router
+        return router.lookup(key, count, timeout) if router is not None else _no_peers()
+
+    @property
+    def metrics_sinks(self) -> Sequence[MetricsSink]:
+        return tuple(self._node.metrics.sinks)
+
+    def __repr__(self) -> str:
+        return f"<NodeView store={self.store_name} router={self.router_name} " \
+               f"started={self.started}>"
+
+
+async def _no_peers() -> AsyncIterator[Peer]:
+    return
+    yield  # an async generator that yields nothing
 
 
 async def _shielded(close: object) -> None:

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from spegel_core import PROJECT_NAME, hookspecs
+from spegel_core.compat import GoCompatSettings
 from spegel_core.config import SettingsRegistry, SpegelConfig
 from spegel_core.errors import ConfigError, PluginError
 from spegel_core.protocols import ContentStore, Discovery, MetricsSink, Router
-from spegel_core.registries import DiscoveryRegistry, MetricsRegistry
+from spegel_core.registries import DiscoveryRegistry, MetricsHub, MetricsRegistry
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from spegel_core.node import Node
+    from spegel_core.view import NodeView
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class PluginManager:
     # -- hooks -----------------------------------------------------------------
     def settings_registry(self) -> SettingsRegistry:
         registry = SettingsRegistry()
+        registry.add(GoCompatSettings, owner="core")  # the Go original's flags
         self.pluggy.hook.spegel_add_settings(registry=registry)
         return registry
 
@@ -113,8 +115,14 @@ class PluginManager:
     def unconfigure(self, config: SpegelConfig) -> None:
         self.pluggy.hook.spegel_unconfigure(config=config)
 
-    def make_content_store(self, config: SpegelConfig) -> ContentStore:
-        store = self.pluggy.hook.spegel_make_content_store(config=config)
+    def make_content_store(self, config: SpegelConfig,
+                           metrics: MetricsSink | None = None) -> ContentStore:
+        """The store ``--content-store`` names; raises ConfigError/PluginError.
+
+        :param metrics: handed to the hook (default: a sink that drops events).
+        """
+        store = self.pluggy.hook.spegel_make_content_store(config=config,
+                                                           metrics=_sink(metrics))
         if store is None:
             raise ConfigError(
                 "--content-store",
@@ -125,9 +133,15 @@ class PluginManager:
             raise PluginError(f"content store {store!r} does not implement ContentStore")
         return store
 
-    def discoveries(self, config: SpegelConfig) -> list[Discovery]:
+    def discoveries(self, config: SpegelConfig,
+                    metrics: MetricsSink | None = None) -> list[Discovery]:
+        """Every source of ``--bootstrap-kind``; raises ConfigError/PluginError.
+
+        :param metrics: handed to the hook (default: a sink that drops events).
+        """
         registry = DiscoveryRegistry()
-        self.pluggy.hook.spegel_register_discovery(config=config, registry=registry)
+        self.pluggy.hook.spegel_register_discovery(config=config, registry=registry,
+                                                   metrics=_sink(metrics))
         missing = [kind for kind in config.core.bootstrap_kind if kind not in registry.kinds]
         if missing:
             raise ConfigError(
@@ -159,7 +173,7 @@ class PluginManager:
         self.pluggy.hook.spegel_register_metrics(config=config, registry=registry)
         return registry.sinks
 
-    def add_routes(self, app: FastAPI, config: SpegelConfig, node: Node,
+    def add_routes(self, app: FastAPI, config: SpegelConfig, node: NodeView,
                    metrics_app: FastAPI) -> None:
         self.pluggy.hook.spegel_add_routes(app=app, config=config, node=node,
                                            metrics_app=metrics_app)
@@ -182,6 +196,10 @@ class PluginManager:
     def __repr__(self) -> str:
         names = [name for name, _ in self.pluggy.list_name_plugin()]
         return f"<PluginManager plugins={names}>"
+
+
+def _sink(metrics: MetricsSink | None) -> MetricsSink:
+    return metrics if metrics is not None else MetricsHub()
 
 
 def _import_builtin(name: str, module: str) -> ModuleType:

@@ -110,6 +110,11 @@ class ContentStore(Protocol):
 ARRIVING_PREFIX = "arriving/"
 
 
+def tag_key(reference: Reference) -> str:
+    """The key string a tag is advertised under: ``registry/repository:tag``."""
+    return f"{reference.registry}/{reference.repository}:{reference.tag}"
+
+
 def arriving_key(digest: str) -> str:
     """The key string arriving content is advertised under: ``arriving/<digest>``.
 

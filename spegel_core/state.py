@@ -31,14 +31,10 @@ from spegel_core.protocols import (
     StoreEvent,
     StoreEventKind,
     arriving_key,
+    tag_key,
 )
 
 log = logging.getLogger(__name__)
-
-
-def tag_key(reference: Reference) -> str:
-    """The key string a tag is advertised under: ``registry/repository:tag``."""
-    return f"{reference.registry}/{reference.repository}:{reference.tag}"
 
 
 class StateTracker:

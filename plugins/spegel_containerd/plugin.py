@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 
 from spegel_core import hookimpl
 from spegel_core.config import Duration, SettingsRegistry, SpegelConfig, SpegelSettings
+from spegel_core.protocols import MetricsSink
 
 if TYPE_CHECKING:
     from spegel_containerd.store import ContainerdStore
@@ -87,7 +88,8 @@ def spegel_configure(config: SpegelConfig) -> None:
 
 
 @hookimpl(trylast=True)
-def spegel_make_content_store(config: SpegelConfig) -> ContainerdStore | None:
+def spegel_make_content_store(config: SpegelConfig,
+                              metrics: MetricsSink) -> ContainerdStore | None:
     """A :class:`ContainerdStore` when ``--content-store containerd``, else None."""
     if not _selected(config):
         return None
@@ -97,4 +99,5 @@ def spegel_make_content_store(config: SpegelConfig) -> ContainerdStore | None:
     return ContainerdStore(settings.containerd_sock, settings.containerd_namespace,
                            settings.containerd_content_path,
                            reconnect_max_backoff=settings.containerd_reconnect_max_backoff,
-                           watch_ingests=config.core.advertise_arriving)
+                           watch_ingests=config.core.advertise_arriving,
+                           metrics=metrics)

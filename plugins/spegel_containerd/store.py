@@ -65,6 +65,7 @@ from spegel_core.protocols import (
     StoreStatus,
 )
 from spegel_core.store_events import EventHub, EventStream
+from spegel_core.store_kit import read_file_range
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,9 @@ class ContainerdStore:
         watch_ingests: follow ``<content_path>/ingest`` and offer arriving content.
         arriving_stall_timeout: how long a reader of arriving content waits for new
             bytes before it gives up, seconds.
+        metrics: where :class:`StoreConnection` events go.
 
-    :attr:`metrics` (set by the node) receives a :class:`StoreConnection` event
+    :attr:`metrics` (the hook's ``metrics`` argument) receives a :class:`StoreConnection` event
     each time the connection to containerd is made or lost.
     """
 
@@ -123,7 +125,9 @@ class ContainerdStore:
                  content_path: Path | None = None, *, reconnect_max_backoff: float = 5.0,
                  reconnect_min_backoff: float = 0.1, call_timeout: float = 10.0,
                  gc_delay: float = 1.0, client_factory: ClientFactory | None = None,
-                 watch_ingests: bool = False, arriving_stall_timeout: float = 30.0) -> None:
+                 watch_ingests: bool = False, arriving_stall_timeout: float = 30.0,
+                 metrics: MetricsSink | None = None) -> None:
+        self.metrics = metrics
         if reconnect_max_backoff <= 0 or reconnect_min_backoff <= 0:
             raise ValueError("reconnect backoffs must be positive")
         self.socket = Path(socket)
@@ -552,16 +556,6 @@ class ContainerdStore:
 
 
 async def _read_file(path: str, offset: int, count: int) -> AsyncIterator[bytes]:
-    try:
-        file = open(path, "rb")  # noqa: ASYNC230, SIM115 - small reads, closed below
-    except FileNotFoundError as exc:  # collected between stat and open
-        raise BlobUnknown(f"blob file {path} vanished") from exc
-    with file:
-        file.seek(offset)
-        remaining = count
-        while remaining > 0:
-            chunk = file.read(min(READ_CHUNK, remaining))
-            if not chunk:
-                return
-            remaining -= len(chunk)
-            yield chunk
+    # A file collected between stat and open is BlobUnknown (the core's store kit).
+    async for chunk in read_file_range(path, offset, count, missing=f"blob file {path} vanished"):
+        yield chunk

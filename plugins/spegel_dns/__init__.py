@@ -6,8 +6,8 @@ selected with ``--bootstrap-kind dns --dns-bootstrap-domain NAME``.
 
 from __future__ import annotations
 
+from spegel_core.local_addresses import LocalAddresses
 from spegel_dns.discovery import DNSDiscovery
-from spegel_dns.local import LocalAddresses
 from spegel_dns.settings import DNSSettings
 
 __all__ = ["DNSDiscovery", "DNSSettings", "LocalAddresses"]

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Sequence
 import aiodns
 import pycares
 
+from spegel_core.hostnames import check_dns_name, parse_nameserver
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.protocols import DnsQuery, MetricsSink, PeerAddress
-from spegel_dns.local import LocalAddresses
-from spegel_dns.names import check_dns_name, parse_nameserver
 from spegel_dns.resolver import Outcome, QueryAnswer, Resolver
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,9 @@ class DNSDiscovery:
     questions, only as many as the sample needs. Without SRV records (or when the
     SRV question fails), A/AAAA addresses get ``port``.
 
-    ``metrics``, when set (the node may set it after the discovery hook, which has
-    no sink), receives one :class:`~spegel_core.protocols.DnsQuery` per call:
-    its duration and ``"ok"``, ``"nxdomain"``, ``"timeout"`` or ``"error"``.
+    ``metrics`` (the discovery hook's ``metrics`` argument) receives one
+    :class:`~spegel_core.protocols.DnsQuery` per call: its duration and ``"ok"``,
+    ``"nxdomain"``, ``"timeout"`` or ``"error"``.
 
     Args:
         domain: the name whose records list the peers.

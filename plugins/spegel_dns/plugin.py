@@ -7,9 +7,10 @@ import aiodns
 from spegel_core import hookimpl
 from spegel_core.config import SettingsRegistry, SpegelConfig
 from spegel_core.errors import ConfigError, PluginError
+from spegel_core.local_addresses import LocalAddresses
+from spegel_core.protocols import MetricsSink
 from spegel_core.registries import DiscoveryRegistry
 from spegel_dns.discovery import DNSDiscovery
-from spegel_dns.local import LocalAddresses
 from spegel_dns.settings import DNSSettings
 
 __all__ = [
@@ -46,7 +47,7 @@ def spegel_configure(config: SpegelConfig) -> None:
         raise PluginError("DNS discovery needs aiodns 4 or later (pip install 'aiodns>=4')")
 
 
-def make_discovery(config: SpegelConfig) -> DNSDiscovery:
+def make_discovery(config: SpegelConfig, metrics: MetricsSink | None = None) -> DNSDiscovery:
     """A :class:`DNSDiscovery` from the settings (``spegel_configure`` has checked them).
 
     The peers' port defaults to the port of ``--router-addr`` (every node uses the
@@ -68,11 +69,13 @@ def make_discovery(config: SpegelConfig) -> DNSDiscovery:
         refresh_interval=settings.dns_refresh_interval,
         srv_name=settings.dns_srv_name,
         own=LocalAddresses.for_router(router, match_port=False),
+        metrics=metrics,
     )
 
 
 @hookimpl
-def spegel_register_discovery(config: SpegelConfig, registry: DiscoveryRegistry) -> None:
-    """Add a :class:`DNSDiscovery` when ``dns`` is one of ``--bootstrap-kind``."""
+def spegel_register_discovery(config: SpegelConfig, registry: DiscoveryRegistry,
+                              metrics: MetricsSink) -> None:
+    """Add a :class:`DNSDiscovery` (emitting ``DnsQuery`` events) when ``dns`` is selected."""
     if _selected(config):
-        registry.add(BOOTSTRAP_KIND, make_discovery(config))
+        registry.add(BOOTSTRAP_KIND, make_discovery(config, metrics))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from spegel_core.config import CommaList, Duration, SpegelSettings
-from spegel_dns.names import check_dns_name, parse_nameserver
+from spegel_core.hostnames import check_dns_name, parse_nameserver
 
 __all__ = ["DNSSettings"]
 

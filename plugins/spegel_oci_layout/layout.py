@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from spegel_core.errors import OCIError
+from spegel_core.oci.descriptors import parse_descriptor
 from spegel_core.oci.digest import is_digest, split_digest
-from spegel_core.oci.image_builder import CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION
 from spegel_core.oci.mediatypes import (
+    CONTAINERD_NAME_ANNOTATION,
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_MANIFEST_SIZE,
+    REF_NAME_ANNOTATION,
     sniff_manifest_type,
 )
 from spegel_core.oci.reference import Reference
@@ -168,15 +170,12 @@ class _Walker:
 
     def _descriptor(self, descriptor: object) -> str | None:
         """Record the media type of a descriptor; return its digest if valid."""
-        if not isinstance(descriptor, dict):
+        parsed = parse_descriptor(descriptor)
+        if parsed is None:
             return None
-        digest = descriptor.get("digest")
-        if not isinstance(digest, str) or not is_digest(digest):
-            return None
-        media_type = descriptor.get("mediaType")
-        if isinstance(media_type, str) and media_type:
-            self.media_types.setdefault(digest, media_type)
-        return digest
+        if parsed.media_type is not None:
+            self.media_types.setdefault(parsed.digest, parsed.media_type)
+        return parsed.digest
 
     def _name(self, descriptor: dict[str, Any], digest: str) -> None:
         annotations = descriptor.get("annotations")

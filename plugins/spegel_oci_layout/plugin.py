@@ -11,6 +11,7 @@ from pydantic import Field
 from spegel_core import hookimpl
 from spegel_core.config import Duration, SettingsRegistry, SpegelConfig, SpegelSettings
 from spegel_core.errors import ConfigError
+from spegel_core.protocols import MetricsSink
 from spegel_oci_layout.store import OCILayoutStore
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,11 @@ def spegel_configure(config: SpegelConfig) -> None:
 
 
 @hookimpl(trylast=True)
-def spegel_make_content_store(config: SpegelConfig) -> OCILayoutStore | None:
+def spegel_make_content_store(config: SpegelConfig,
+                              metrics: MetricsSink) -> OCILayoutStore | None:
     """An :class:`OCILayoutStore` when ``--content-store oci-layout``, else None."""
     if not _selected(config):
         return None
     settings = config.get(OCILayoutSettings)
-    return OCILayoutStore(_layout_path(config), poll_interval=settings.oci_layout_poll_interval)
+    return OCILayoutStore(_layout_path(config), poll_interval=settings.oci_layout_poll_interval,
+                          metrics=metrics)

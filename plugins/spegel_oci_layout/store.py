@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import stat as stat_module
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
-from spegel_core.errors import BlobUnknown, ManifestUnknown, RangeInvalid, RangeNotSatisfiable
+from spegel_core.errors import BlobUnknown, ManifestUnknown
 from spegel_core.oci.digest import parse_digest
 from spegel_core.oci.reference import Reference
-from spegel_core.protocols import ContentInfo, Image, StoreEvent, StoreEventKind, StoreStatus
-from spegel_core.store_events import EventHub, EventStream
+from spegel_core.protocols import (
+    ContentInfo,
+    Image,
+    MetricsSink,
+    StoreConnection,
+    StoreEvent,
+    StoreEventKind,
+    StoreStatus,
+)
+from spegel_core.store_events import EventStream
+from spegel_core.store_kit import READ_CHUNK, StoreLifecycle, read_file_range, regular_file_size
 from spegel_oci_layout.layout import (
     LayoutCorrupt,
     LayoutMissing,
@@ -34,9 +41,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["READ_CHUNK", "OCILayoutStore"]
 
-#: Size of the chunks :meth:`OCILayoutStore.read` yields.
-READ_CHUNK = 1024 * 1024
-
 
 class OCILayoutStore:
     """:class:`~spegel_core.protocols.ContentStore` over an OCI image layout.
@@ -44,21 +48,24 @@ class OCILayoutStore:
     Args:
         root: the layout directory (holding ``index.json`` and ``blobs/``).
         poll_interval: seconds between checks of the layout for changes.
+        metrics: receives :class:`StoreConnection` each time the layout directory
+            goes missing or comes back after start (the node reports the first state).
     """
 
     name = "oci-layout"
 
-    def __init__(self, root: Path, *, poll_interval: float = 1.0) -> None:
+    def __init__(self, root: Path, *, poll_interval: float = 1.0,
+                 metrics: MetricsSink | None = None) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self.root = Path(root)
         self.poll_interval = poll_interval
+        self.metrics = metrics
+        self._reporting = False
         self._state = LayoutState()
-        self._hub = EventHub()
+        self._life = StoreLifecycle()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._started = False
-        self._closed = False
         self._missing = False
         self._problem = ""
         self._bad_index_hash: str | None = None
@@ -67,20 +74,18 @@ class OCILayoutStore:
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         """Load the layout and start polling it; a second call does nothing."""
-        if self._started or self._closed:
+        if not self._life.begin():
             return
-        self._started = True
         await self.refresh()
+        self._reporting = True
         self._task = asyncio.create_task(self._poll(), name=f"oci-layout-poll {self.root}")
         log.info("OCI layout store at %s: %d images, %d blobs", self.root,
                  len(self._state.images), len(self._state.blobs))
 
     async def aclose(self) -> None:
         """Stop polling and end every subscription; safe to call twice."""
-        if self._closed:
+        if not self._life.end():
             return
-        self._closed = True
-        self._hub.close()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -110,6 +115,7 @@ class OCILayoutStore:
             except LayoutMissing as exc:
                 if not self._missing:
                     log.warning("OCI layout unavailable: %s", exc)
+                    self._report(False)
                 self._missing = True
                 self._problem = str(exc)
                 return
@@ -127,12 +133,17 @@ class OCILayoutStore:
                 return
             if self._missing:
                 log.info("OCI layout %s is back", self.root)
+                self._report(True)
             self._missing = False
             self._problem = ""
             self._bad_index_hash = None
             if state is not self._state:
                 previous, self._state = self._state, state
                 self._publish_changes(previous, state)
+
+    def _report(self, connected: bool) -> None:
+        if self._reporting and self.metrics is not None:
+            self.metrics.emit(StoreConnection(connected))
 
     def _publish_changes(self, old: LayoutState, new: LayoutState) -> None:
         for value in sorted(new.skipped - self._logged_skipped):
@@ -152,7 +163,7 @@ class OCILayoutStore:
         for digest in sorted(old.blobs - new.blobs):
             events.append(StoreEvent(StoreEventKind.CONTENT_DELETED, digest))
         for event in events:
-            self._hub.publish(event)
+            self._life.publish(event)
 
     # -- content -----------------------------------------------------------------
     async def list_images(self) -> list[Image]:
@@ -181,13 +192,10 @@ class OCILayoutStore:
     async def stat(self, digest: str) -> ContentInfo:
         """Size, media type and file of a blob; raises :class:`BlobUnknown`."""
         path = self._path(digest)
-        try:
-            info = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise BlobUnknown(f"blob {digest} is not in the OCI layout") from exc
-        if not stat_module.S_ISREG(info.st_mode):
-            raise BlobUnknown(f"blob {digest} is not a regular file")
-        return ContentInfo(digest=digest, size=info.st_size,
+        size = regular_file_size(path)
+        if size is None:
+            raise BlobUnknown(f"blob {digest} is not in the OCI layout")
+        return ContentInfo(digest=digest, size=size,
                            media_type=self._state.media_types.get(digest), path=str(path))
 
     async def read(self, digest: str, offset: int = 0,
@@ -198,43 +206,23 @@ class OCILayoutStore:
         :class:`BlobUnknown`, :class:`RangeInvalid` or :class:`RangeNotSatisfiable`.
         """
         path = self._path(digest)
-        if offset < 0 or (length is not None and length < 0):
-            raise RangeInvalid(f"invalid range: offset {offset}, length {length}")
-        try:
-            file = open(path, "rb")  # noqa: ASYNC230, SIM115 - small reads, closed below
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-            raise BlobUnknown(f"blob {digest} is not in the OCI layout") from exc
-        with file:
-            size = os.fstat(file.fileno()).st_size
-            if offset > size:
-                raise RangeNotSatisfiable(f"offset {offset} is past the end ({size})", size=size)
-            file.seek(offset)
-            remaining = size - offset if length is None else length
-            while remaining > 0:
-                chunk = file.read(min(READ_CHUNK, remaining))
-                if not chunk:
-                    return
-                remaining -= len(chunk)
-                yield chunk
+        async for chunk in read_file_range(path, offset, length,
+                                           missing=f"blob {digest} is not in the OCI layout"):
+            yield chunk
 
     # -- events and status ---------------------------------------------------------
     def subscribe(self) -> EventStream:
         """Every change seen from now on; the iterator ends when the store is closed."""
-        return self._hub.subscribe()
+        return self._life.subscribe()
 
     def status(self) -> StoreStatus:
         """Ready once started, unless the layout directory is gone."""
-        if self._closed:
-            return StoreStatus(False, "closed")
-        if not self._started:
-            return StoreStatus(False, "not started")
-        if self._missing:
-            return StoreStatus(False, self._problem)
-        return StoreStatus(True, self._problem)
+        return self._life.status(StoreStatus(not self._missing, self._problem))
 
     def __repr__(self) -> str:
-        state = ("closed" if self._closed else "missing" if self._missing
-                 else "running" if self._started else "new")
+        state = self._life.state
+        if state == "running" and self._missing:
+            state = "missing"
         return (f"<OCILayoutStore {state} root={str(self.root)!r} "
                 f"images={len(self._state.images)} blobs={len(self._state.blobs)} "
-                f"subscribers={self._hub.subscribers}>")
+                f"subscribers={self._life.hub.subscribers}>")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from html import escape
 
 from spegel_core import __version__
-from spegel_core.node import Node
+from spegel_core.view import NodeView
 from spegel_prometheus.recent import RecentRequests
 
 #: Tags listed by name; beyond that only their number is shown.
@@ -65,21 +65,21 @@ def _state(ok: bool, text: str) -> str:
     return f'<span class="{"ok" if ok else "bad"}">{escape(text)}</span>'
 
 
-def render(node: Node, recent: RecentRequests, *, metrics_addr: str) -> str:
+def render(node: NodeView, recent: RecentRequests, *, metrics_addr: str) -> str:
     """The page as a string."""
     core = node.config.core
-    store_status = node.store.status()
-    router = node.router
-    router_status = router.status() if router is not None else None
+    store_status = node.store_status()
+    router_name = node.router_name
+    router_status = node.router_status()
     node_id = router_status.node_id if router_status is not None else "(no router)"
 
     identity = _pairs([
         ("node id", f'<code id="node-id">{escape(node_id)}</code>'),
         ("mirror", f"<code>{escape(str(core.registry_addr))}</code>"),
         ("router", f"<code>{escape(router_status.address if router_status else '-')}</code>"
-                   f" ({escape(router.name if router else 'none')})"),
+                   f" ({escape(router_name or 'none')})"),
         ("metrics", f"<code>{escape(metrics_addr)}</code>"),
-        ("store", f"{escape(node.store.name)}: "
+        ("store", f"{escape(node.store_name)}: "
                   + _state(store_status.ready, "ready" if store_status.ready else "not ready")
                   + (f" <span class='muted'>{escape(store_status.detail)}</span>"
                      if store_status.detail else "")),
@@ -97,8 +97,8 @@ def render(node: Node, recent: RecentRequests, *, metrics_addr: str) -> str:
     else:
         peers = "<p>No router: this node serves its own content only.</p>"
 
-    tracker = node.tracker
-    if tracker is not None:
+    if router_name is not None:
+        tracker = node.advertised()
         by_registry = Counter(tracker.tags.values())
         image_digests = Counter(registry for registry, digest in set(tracker.images.values())
                                 if digest in tracker.digests)
@@ -144,9 +144,7 @@ def render(node: Node, recent: RecentRequests, *, metrics_addr: str) -> str:
     if not len(recent):
         requests = "<p id='requests'>No request yet.</p>"
 
-    penalties: dict[str, float] = {}
-    if node.peers is not None:  # peer-wide ("host:port"), then per key ("host:port key")
-        penalties = {**node.peers.penalties, **node.peers.content_penalties}
+    penalties = node.penalties()
     penalised = (_table(["peer (key: for that content only)", "penalised for"],
                         [(f"<code>{escape(peer)}</code>", f"{left:.1f} s more")
                          for peer, left in sorted(penalties.items())],

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spegel_core.mirror.responses import ZEROCOPY_MESSAGE
+from spegel_core.server.extension import ZEROCOPY_MESSAGE
 
 if TYPE_CHECKING:
     from spegel_prometheus.metrics import PrometheusSink

@@ -27,10 +27,10 @@ import aiohttp
 
 from spegel_core.errors import SpegelError
 from spegel_core.mirror.auth import peer_headers
-from spegel_core.node import Node
 from spegel_core.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from spegel_core.oci.reference import Reference
-from spegel_core.state import tag_key
+from spegel_core.protocols import tag_key
+from spegel_core.view import NodeView
 
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
 #: Providers asked for, and how long the lookup may take.
@@ -90,7 +90,7 @@ def host_platform() -> str:
     return f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
 
 
-def mirror_base(node: Node) -> str:
+def mirror_base(node: NodeView) -> str:
     """This node's mirror as a client reaches it (loopback when it listens everywhere)."""
     address = node.config.core.registry_addr
     host = address.host or "127.0.0.1"
@@ -98,7 +98,7 @@ def mirror_base(node: Node) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{address.port}"
 
 
-async def measure(node: Node, text: str) -> Measurement:
+async def measure(node: NodeView, text: str) -> Measurement:
     """Measure ``text`` (an image reference); never raises for what it finds."""
     try:
         reference = Reference.parse(text.strip())
@@ -106,8 +106,8 @@ async def measure(node: Node, text: str) -> Measurement:
         raise MeasureError(f"invalid image reference {text[:100]!r}: {exc}") from None
     key = tag_key(reference) if reference.digest is None else reference.digest
     result = Measurement(reference=str(reference), key=key,
-                         router=node.router.name if node.router else "none")
-    if node.router is not None:
+                         router=node.router_name or "none")
+    if node.router_name is not None:
         await _lookup(node, result)
     started = time.perf_counter()
     try:
@@ -119,11 +119,10 @@ async def measure(node: Node, text: str) -> Measurement:
     return result
 
 
-async def _lookup(node: Node, result: Measurement) -> None:
-    assert node.router is not None
+async def _lookup(node: NodeView, result: Measurement) -> None:
     started = time.perf_counter()
     try:
-        async for peer in node.router.lookup(result.key, LOOKUP_COUNT, LOOKUP_TIMEOUT):
+        async for peer in node.lookup(result.key, LOOKUP_COUNT, LOOKUP_TIMEOUT):
             if result.first_provider_seconds is None:
                 result.first_provider_seconds = time.perf_counter() - started
             result.providers.append(peer.url)
@@ -132,7 +131,7 @@ async def _lookup(node: Node, result: Measurement) -> None:
     result.lookup_seconds = time.perf_counter() - started
 
 
-async def _pull(node: Node, reference: Reference, result: Measurement) -> None:
+async def _pull(node: NodeView, reference: Reference, result: Measurement) -> None:
     base = f"{mirror_base(node)}/v2/{reference.repository}"
     ns = f"?ns={quote(reference.registry, safe='')}"
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -218,7 +217,7 @@ class MeasureGate:
     def busy(self) -> bool:
         return self._lock.locked()
 
-    async def run(self, node: Node, text: str) -> Measurement:
+    async def run(self, node: NodeView, text: str) -> Measurement:
         async with self._lock:
             return await measure(node, text)
 

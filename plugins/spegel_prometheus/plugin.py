@@ -14,11 +14,10 @@ from pydantic import Field
 
 from spegel_core import hookimpl
 from spegel_core.config import SettingsRegistry, SpegelConfig, SpegelSettings
-from spegel_core.node import Node
 from spegel_core.registries import MetricsRegistry
+from spegel_core.view import NodeView
 from spegel_prometheus.debug import render
 from spegel_prometheus.http import HttpMetricsMiddleware
-from spegel_prometheus.measure import MeasureError, MeasureGate, render_measurement
 from spegel_prometheus.metrics import PrometheusSink
 
 __all__ = ["PrometheusSettings", "sink_of", "spegel_add_routes", "spegel_add_settings",
@@ -47,22 +46,22 @@ def spegel_register_metrics(config: SpegelConfig, registry: MetricsRegistry) -> 
     registry.add(PrometheusSink())
 
 
-def sink_of(node: Node) -> PrometheusSink | None:
+def sink_of(node: NodeView) -> PrometheusSink | None:
     """The node's Prometheus sink, if this plugin registered one."""
-    return next((s for s in node.metrics.sinks if isinstance(s, PrometheusSink)), None)
+    return next((s for s in node.metrics_sinks if isinstance(s, PrometheusSink)), None)
 
 
 @hookimpl
-def spegel_add_routes(app: FastAPI, config: SpegelConfig, node: Node,
+def spegel_add_routes(app: FastAPI, config: SpegelConfig, node: NodeView,
                       metrics_app: FastAPI) -> None:
     """HTTP metrics middleware on the mirror; ``/metrics`` and ``/debug`` on the metrics app."""
     sink = sink_of(node)
     if sink is None:
         return
     app.add_middleware(HttpMetricsMiddleware, sink=sink)
-    peers = node.peers
-    if peers is not None:
-        sink.watch_penalties(lambda: len(peers.penalties))
+    if node.router_name is not None:
+        # the gauge counts peer-wide penalties; one key's penalty has a space in its name
+        sink.watch_penalties(lambda: sum(' ' not in name for name in node.penalties()))
     metrics_addr = str(config.core.metrics_addr)
 
     async def metrics() -> Response:
@@ -76,6 +75,10 @@ def spegel_add_routes(app: FastAPI, config: SpegelConfig, node: Node,
                               summary="Prometheus metrics of this node")
     if not config.get(PrometheusSettings).debug_web_enabled:
         return
+    # measure pulls through the mirror with aiohttp: imported when the pages are made,
+    # so that loading the plugin loads no HTTP client (nor its DNS resolver)
+    from spegel_prometheus.measure import MeasureError, MeasureGate, render_measurement
+
     gate = MeasureGate()
 
     async def measure(image: Annotated[str, Query(max_length=500)] = "",

@@ -2,7 +2,8 @@
 
 Registered as the built-in plugin ``static`` (module :mod:`spegel_static.plugin`);
 selected with ``--bootstrap-kind static``. Own-address filtering and name-server
-parsing are shared with :mod:`spegel_dns`.
+parsing come from the core (:mod:`spegel_core.local_addresses`,
+:mod:`spegel_core.hostnames`); aiodns is imported only when a peer is a name.
 """
 
 from __future__ import annotations

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import aiodns
-import pycares
-
-from spegel_core.protocols import PeerAddress
-from spegel_dns.local import LocalAddresses
-from spegel_dns.names import canonical_host, parse_nameserver
+from spegel_core.hostnames import canonical_host, parse_nameserver
+from spegel_core.local_addresses import LocalAddresses
+from spegel_core.protocols import DnsQuery, MetricsSink, PeerAddress
 from spegel_static.multiaddrs import StaticPeer, parse_static_peer
+
+if TYPE_CHECKING:  # imported when a name needs resolving: a list of IPs needs no aiodns
+    import aiodns
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +40,17 @@ class StaticDiscovery:
         nameservers: DNS servers for names (``IP:PORT``); empty for the system's.
         resolve_timeout: longest time the names of one call may take, in seconds.
         refresh_interval: seconds between refreshes once the router is healthy.
+        metrics: receives one :class:`~spegel_core.protocols.DnsQuery` per name
+            resolved (``"ok"``, ``"error"`` or ``"timeout"``); IP peers emit nothing.
     """
 
     name = "static"
 
     def __init__(self, peers: Iterable[StaticPeer | str], *, default_port: int = 5001,
                  own: LocalAddresses | None = None, nameservers: Sequence[str] = (),
-                 resolve_timeout: float = 2.0, refresh_interval: float = 1800.0) -> None:
+                 resolve_timeout: float = 2.0, refresh_interval: float = 1800.0,
+                 metrics: MetricsSink | None = None) -> None:
+        self.metrics = metrics
         self.peers = [peer if isinstance(peer, StaticPeer)
                       else parse_static_peer(peer, default_port=default_port) for peer in peers]
         self.own = own if own is not None else LocalAddresses()
@@ -76,6 +82,9 @@ class StaticDiscovery:
             await asyncio.shield(resolver.close())
 
     async def _resolve(self, names: list[StaticPeer]) -> dict[StaticPeer, list[PeerAddress]]:
+        import aiodns
+        import pycares
+
         try:
             resolver = aiodns.DNSResolver(nameservers=self.nameservers or None,
                                           timeout=self.resolve_timeout / 2, tries=2)
@@ -83,6 +92,7 @@ class StaticDiscovery:
             log.warning("static bootstrap: cannot create a resolver: %s; names skipped", exc)
             return {}
         self._resolvers.add(resolver)
+        started = time.perf_counter()
         try:
             tasks = [asyncio.ensure_future(self._lookup(resolver, peer)) for peer in names]
             done, pending = await asyncio.wait(tasks, timeout=self.resolve_timeout)
@@ -93,6 +103,7 @@ class StaticDiscovery:
                 if task in done:
                     results[peer] = task.result()
                 else:
+                    self._emit(started, "timeout")
                     log.warning("static bootstrap: no address for %s within %.3gs; skipped",
                                 peer.text or peer, self.resolve_timeout)
             if pending:
@@ -103,18 +114,31 @@ class StaticDiscovery:
             await asyncio.shield(resolver.close())
 
     async def _lookup(self, resolver: aiodns.DNSResolver, peer: StaticPeer) -> list[PeerAddress]:
+        import aiodns
+
+        started = time.perf_counter()
         try:
             result = await resolver.getaddrinfo(peer.host, family=_FAMILIES[peer.protocol],
                                                 type=socket.SOCK_DGRAM)
         except (aiodns.error.DNSError, RuntimeError) as exc:  # RuntimeError: closed meanwhile
             if self._closed:
                 return []
+            self._emit(started, "error")
             reason = exc.args[1] if len(exc.args) > 1 else exc
             log.warning("static bootstrap: cannot resolve %s: %s; skipped",
                         peer.text or peer, reason)
             return []
+        self._emit(started, "ok")
         return list(dict.fromkeys(PeerAddress(canonical_host(_text(node.addr[0])), peer.port)
                                   for node in result.nodes))
+
+    def _emit(self, started: float, result: str) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.emit(DnsQuery(time.perf_counter() - started, result))
+        except Exception:  # an observer never breaks bootstrapping
+            log.exception("metrics sink %r failed", self.metrics)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""

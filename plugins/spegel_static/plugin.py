@@ -9,8 +9,9 @@ from pydantic import Field
 from spegel_core import hookimpl
 from spegel_core.config import CommaList, Duration, SettingsRegistry, SpegelConfig, SpegelSettings
 from spegel_core.errors import ConfigError
+from spegel_core.local_addresses import LocalAddresses
+from spegel_core.protocols import MetricsSink
 from spegel_core.registries import DiscoveryRegistry
-from spegel_dns.local import LocalAddresses
 from spegel_static.discovery import StaticDiscovery
 from spegel_static.multiaddrs import StaticPeer, parse_static_peer
 
@@ -80,7 +81,7 @@ def spegel_configure(config: SpegelConfig) -> None:
                                  "(e.g. /ip4/10.0.0.5/udp/5001)")
 
 
-def make_discovery(config: SpegelConfig) -> StaticDiscovery:
+def make_discovery(config: SpegelConfig, metrics: MetricsSink | None = None) -> StaticDiscovery:
     """A :class:`StaticDiscovery` of ``--static-peers``.
 
     This node's own entry (the router's host and port; with a wildcard router host,
@@ -89,11 +90,13 @@ def make_discovery(config: SpegelConfig) -> StaticDiscovery:
     router = config.core.router_addr
     return StaticDiscovery(parse_peers(config), default_port=router.port,
                            own=LocalAddresses.for_router(router, match_port=True),
-                           refresh_interval=config.get(StaticSettings).static_refresh_interval)
+                           refresh_interval=config.get(StaticSettings).static_refresh_interval,
+                           metrics=metrics)
 
 
 @hookimpl
-def spegel_register_discovery(config: SpegelConfig, registry: DiscoveryRegistry) -> None:
+def spegel_register_discovery(config: SpegelConfig, registry: DiscoveryRegistry,
+                              metrics: MetricsSink) -> None:
     """Add a :class:`StaticDiscovery` when ``static`` is one of ``--bootstrap-kind``."""
     if _selected(config):
-        registry.add(BOOTSTRAP_KIND, make_discovery(config))
+        registry.add(BOOTSTRAP_KIND, make_discovery(config, metrics))

@@ -463,7 +463,7 @@ def _as_list(value: str | list[str]) -> list[str]:
 
 
 def _authorization(directory: Path) -> str:
-    from spegel_core.mirror.auth import load_credentials
+    from spegel_core.credentials import load_credentials
 
     try:
         return load_credentials(directory).header

@@ -11,8 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from spegel_core.node_process import NodeProcess
 from spegel_core.pull import MirrorClient, PullError
-from spegel_core.testing.nodes import NodeProcess
 
 DEMO_REFERENCE = "docker.io/library/demo:v1"
 

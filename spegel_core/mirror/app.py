@@ -62,7 +62,7 @@ def create_app(config: SpegelConfig, pm: PluginManager, *,
     metrics_app = FastAPI(title="spegel metrics", version=__version__, docs_url=None,
                           redoc_url=None, openapi_url=None)
     app.state.metrics_app = metrics_app
-    pm.add_routes(app, config, node, metrics_app)
+    pm.add_routes(app, config, node.view(), metrics_app)
     return app
 
 

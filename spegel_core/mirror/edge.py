@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spegel_core.compat import filter_patterns
 from spegel_core.config import SpegelConfig
+from spegel_core.credentials import load_credentials
 from spegel_core.filters import RegistryFilter
-from spegel_core.mirror.auth import BasicAuthMiddleware, load_credentials
+from spegel_core.mirror.auth import BasicAuthMiddleware
 from spegel_core.mirror.errors import oci_error_response
 from spegel_core.oci.reference import DEFAULT_REGISTRY
 from spegel_core.protocols import MetricsSink, MirrorRequest, Source

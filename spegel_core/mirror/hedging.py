@@ -9,18 +9,45 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from spegel_core.errors import PeerError
 from spegel_core.protocols import Peer
 
-if TYPE_CHECKING:
-    from spegel_core.mirror.peers import PeerFetcher
-
 T = TypeVar("T")
 
 
-async def hedged(fetcher: PeerFetcher, key: str, attempt: Callable[[Peer], Awaitable[T]],
+class HedgeSettings(Protocol):
+    """The two settings hedging reads (``PeerSettings`` has them)."""
+
+    @property
+    def resolve_retries(self) -> int:
+        """At most this many providers are asked."""
+
+    @property
+    def hedge_after(self) -> float:
+        """Seconds before a slow provider gets company."""
+
+
+class Providers(Protocol):
+    """What hedging needs of the peer path (:class:`~spegel_core.mirror.peers.PeerFetcher`
+    is one): providers of a key, and the penalty list."""
+
+    @property
+    def settings(self) -> HedgeSettings:
+        """The retry and hedge settings."""
+
+    def providers(self, key: str) -> AsyncIterator[Peer]:
+        """Providers of ``key``, best first."""
+
+    def penalised(self, peer: Peer, key: str | None = None) -> bool:
+        """Whether ``peer`` is penalised for every key, or for ``key``."""
+
+    def penalise(self, peer: Peer, error: PeerError, key: str) -> None:
+        """Penalise ``peer`` for ``error`` met while fetching ``key``."""
+
+
+async def hedged(fetcher: Providers, key: str, attempt: Callable[[Peer], Awaitable[T]],
                  discard: Callable[[T], object] | None = None,
                  peers: AsyncIterator[Peer] | None = None) -> tuple[T, Peer] | None:
     """Try the providers of ``key`` in turn; when one is slow, ask the next as well.

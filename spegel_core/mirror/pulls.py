@@ -35,8 +35,8 @@ from spegel_core.protocols import (
     MetricsSink,
     MirrorRequest,
     Source,
+    tag_key,
 )
-from spegel_core.state import tag_key
 
 #: Where the bytes came from (local, peer): for people and tests, not for clients.
 SOURCE_HEADER = "X-Spegel-Source"

@@ -16,10 +16,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from spegel_core.errors import BlobUnknown
+from spegel_core.server.extension import ZEROCOPY_EXTENSION, ZEROCOPY_MESSAGE
 from spegel_core.server.splice import SpliceReport, Stop
 
-ZEROCOPY_EXTENSION = "spegel.zerocopy"
-ZEROCOPY_MESSAGE = "http.response.zerocopy"
+__all__ = ["FALLBACK_CHUNK", "ZEROCOPY_EXTENSION", "ZEROCOPY_MESSAGE", "ClientGone",
+           "FileRangeResponse", "Relay", "RelayResponse", "SpliceSink", "StoreStreamResponse"]
 FALLBACK_CHUNK = 1024 * 1024
 
 

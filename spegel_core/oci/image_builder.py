@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from spegel_core.oci.blob_writer import BlobWriter
-from spegel_core.oci.mediatypes import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
+from spegel_core.oci.mediatypes import (
+    CONTAINERD_NAME_ANNOTATION,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REF_NAME_ANNOTATION,
+)
 
 __all__ = [
     "CONTAINERD_NAME_ANNOTATION",
@@ -37,8 +43,6 @@ __all__ = [
     "remove_image",
 ]
 
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
-CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 
 CREATED = "2023-11-14T22:13:20Z"

@@ -17,6 +17,11 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = frozenset({OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST,
                             DOCKER_MANIFEST_V1})
 
+#: The annotation of an index entry that names its tag (OCI image layout).
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+#: The annotation containerd writes (and ``ctr images import`` reads) with the full reference.
+CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
+
 # Manifests are small; anything larger is refused as a manifest (the spec suggests 4 MiB).
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 

@@ -61,7 +61,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from spegel_core.mirror.responses import ZEROCOPY_EXTENSION, ZEROCOPY_MESSAGE
+from spegel_core.server.extension import ZEROCOPY_EXTENSION, ZEROCOPY_MESSAGE
 from spegel_core.server.splice import SpliceReport, Stop, fd_ready, splice_sockets
 
 log = logging.getLogger(__name__)

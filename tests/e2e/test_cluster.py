@@ -98,7 +98,9 @@ def test_marked_requests_and_misses(cluster: tuple[list[NodeProcess], BuiltImage
         times.append(time.perf_counter() - started)
         assert status == 404
     times.sort()
-    assert times[len(times) // 2] < 1.0  # "not here" in milliseconds (figures: nox -s bench)
+    # "Not here" in milliseconds (figures: nox -s bench); a slow path would wait for the
+    # 3 s peer timeout, so the bound stays under it with room for a loaded machine.
+    assert times[len(times) // 2] < 2.5
 
 
 def test_killed_provider_gives_a_fast_404(cluster: tuple[list[NodeProcess], BuiltImage]) -> None:
@@ -111,4 +113,4 @@ def test_killed_provider_gives_a_fast_404(cluster: tuple[list[NodeProcess], Buil
     status, _ = _head(f"{b.url}/v2/library/demo/blobs/{other}")
     elapsed = time.perf_counter() - started
     assert status == 404
-    assert elapsed < 1.0, f"took {elapsed:.3f}s"
+    assert elapsed < 2.5, f"took {elapsed:.3f}s"  # under the 3 s peer timeout

@@ -32,6 +32,18 @@ def head_status(url: str) -> int:
         return int(exc.code)
 
 
+def dropped_by_reason(node: NodeProcess) -> dict[str, float]:
+    """``spegel_dht_dropped_datagrams_total`` of ``node``, by reason label."""
+    with urllib.request.urlopen(f"{node.metrics_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith('spegel_dht_dropped_datagrams_total{reason="'):
+            reason = line.split('"')[1]
+            found[reason] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
 def router_peers(node: NodeProcess) -> int:
     with urllib.request.urlopen(f"{node.url}/readyz", timeout=5) as response:
         return int(json.loads(response.read())["router"]["peers"])
@@ -66,7 +78,16 @@ def test_only_nodes_with_the_key_form_the_cluster(spegel_node: StartNode,
     while head_status(url.format(member.url)) != 200:
         assert time.monotonic() < deadline, "the member never found the holder's content"
         time.sleep(0.1)
-    time.sleep(1.0)  # several bootstrap rounds of the outsiders
+    # "Nothing happened" against the signal that would have fired: the holder has
+    # refused at least two bootstrap rounds from each outsider (a bad MAC from the
+    # stranger, no trailer from the keyless node) before we look at what they found.
+    deadline = time.monotonic() + 15
+    while True:
+        counts = sorted(dropped_by_reason(holder).values())
+        if len(counts) >= 2 and counts[-2] >= 2:  # two reasons, each seen twice or more
+            break
+        assert time.monotonic() < deadline, f"outsiders never refused: {dropped_by_reason(holder)}"
+        time.sleep(0.1)
     assert head_status(url.format(stranger.url)) == 404
     assert head_status(url.format(keyless.url)) == 404
     assert (router_peers(holder), router_peers(member)) == (1, 1)

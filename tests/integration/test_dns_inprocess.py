@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -121,9 +120,8 @@ async def test_server_down_at_start_then_up() -> None:
     sink = RecordingSink()
     source = DNSDiscovery(NAME, port=5001, nameservers=[f"127.0.0.1:{port}"], timeout=0.5,
                           metrics=sink)
-    started = time.monotonic()
-    assert await source.bootstrap_peers() == []
-    assert time.monotonic() - started < 1.0
+    # Bounded by the 0.5 s timeout (a refused port may answer sooner); never a hang.
+    assert await asyncio.wait_for(source.bootstrap_peers(), 5.0) == []
     async with InProcessDns(port=port) as server:
         server.set_addresses(NAME, ["127.0.0.2", "127.0.0.3"])
         assert set(await source.bootstrap_peers()) == {PeerAddress("127.0.0.2", 5001),
@@ -137,10 +135,10 @@ async def test_silent_server_times_out_within_the_budget(dns: InProcessDns) -> N
     dns.mute = True
     sink = RecordingSink()
     source = discovery(dns, timeout=0.3, metrics=sink)
-    started = time.monotonic()
-    assert await source.bootstrap_peers() == []
-    assert 0.25 < time.monotonic() - started < 0.8
-    assert sink.of_type(DnsQuery)[0].result == "timeout"
+    assert await asyncio.wait_for(source.bootstrap_peers(), 5.0) == []
+    [event] = sink.of_type(DnsQuery)
+    # It waited for the budget (not less), and gave up (not the resolver's own retries).
+    assert event.result == "timeout" and 0.25 < event.duration_s < 5.0
     dns.mute = False
     assert len(await source.bootstrap_peers()) == 5
 
@@ -208,10 +206,8 @@ async def test_srv_missing_falls_back_to_addresses(dns: InProcessDns,
 
 async def test_repeated_calls_are_cheap_and_fresh(dns: InProcessDns) -> None:
     source = discovery(dns)
-    started = time.monotonic()
-    for _ in range(50):
+    for _ in range(50):  # cost per call: nox -s scale -- joincost --dns (docs/scale.md)
         assert len(await source.bootstrap_peers()) == 5
-    assert time.monotonic() - started < 5
     assert dns.count(qtype="A") == 50, "every call asks again (no stale cache)"
     assert source.calls == 50
 
@@ -220,11 +216,10 @@ async def test_aclose_cancels_a_call_in_flight(dns: InProcessDns) -> None:
     dns.mute = True
     source = discovery(dns, timeout=5.0)
     call = asyncio.ensure_future(source.bootstrap_peers())
-    await asyncio.sleep(0.05)
-    started = time.monotonic()
+    await _until(lambda: dns.count() >= 1)  # the question is out: the call is in flight
     await source.aclose()
-    assert await asyncio.wait_for(call, 2) == []
-    assert time.monotonic() - started < 1
+    # Left alone, the call would wait for its 5 s timeout.
+    assert await asyncio.wait_for(call, 2.5) == []
     assert await source.bootstrap_peers() == []
 
 
@@ -255,3 +250,11 @@ async def test_resolver_that_cannot_be_made_is_a_failure(dns: InProcessDns,
     sink = RecordingSink()
     assert await discovery(dns, metrics=sink).bootstrap_peers() == []
     assert sink.of_type(DnsQuery)[0].result == "error"
+
+
+async def _until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)

@@ -25,9 +25,9 @@ from spegel_core.protocols import (
     ResolveDuration,
     Source,
     StoreConnection,
+    tag_key,
 )
 from spegel_core.registries import MetricsRegistry
-from spegel_core.state import tag_key
 from spegel_core.testing.fakes import MemoryContentStore, MemoryNetwork, MemoryRouter, RecordingSink
 from spegel_core.testing.nodes import NodeProcess
 from spegel_prometheus import PrometheusSink
@@ -77,7 +77,7 @@ async def test_a_recording_sink_and_prometheus_see_the_same_fetch(
     config = make_config(content_store="memory", router="memory",
                          mirror_resolve_timeout="200ms")
     app = create_app(config, spegel_pm, store=MemoryContentStore())
-    prometheus = sink_of(app.state.node)
+    prometheus = sink_of(app.state.node.view())
     assert prometheus is not None
     layer = image.layer_digests[0]
     async with app.router.lifespan_context(app), httpx.AsyncClient(

@@ -16,8 +16,7 @@ from spegel_core.config import SpegelConfig
 from spegel_core.errors import PeerError
 from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.oci.reference import Reference
-from spegel_core.protocols import MirrorRequest, Peer, ResolveDuration, Source
-from spegel_core.state import tag_key
+from spegel_core.protocols import MirrorRequest, Peer, ResolveDuration, Source, tag_key
 from spegel_core.testing.fakes import MemoryContentStore, MemoryNetwork, MemoryRouter, RecordingSink
 from spegel_core.testing.nodes import NodeProcess
 

@@ -26,9 +26,11 @@ class TestKademliaRouter(RouterConformance):
                                     discovery=discovery)
             await router.start()
             routers.append((router, Peer(ip, 5000 + index)))
-        for _ in range(100):  # bootstrap runs in the background
-            if all(r.status().peers >= len(ips) - 1 for r, _ in routers):
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not all(r.status().peers >= len(ips) - 1 for r, _ in routers):
+            # bootstrap runs in the background
+            assert loop.time() < deadline, [r.status().peers for r, _ in routers]
             await asyncio.sleep(0.02)
         yield routers
         for router, _ in routers:

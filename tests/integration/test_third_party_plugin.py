@@ -88,3 +88,44 @@ def test_cli_lists_and_reports(site: Path) -> None:
         [sys.executable, "-m", "spegel_core.cli.main", "--disable-plugin", "spegel_broken",
          "plugins", "--json"], capture_output=True, text=True, env=env, timeout=60)
     assert disabled.returncode == 0, disabled.stderr
+
+
+CLASHING = textwrap.dedent('''
+    from spegel_core import hookimpl
+    from spegel_core.testing.fakes import StaticListDiscovery
+
+    @hookimpl
+    def spegel_register_discovery(config, registry):
+        if "dns" in config.core.bootstrap_kind:
+            registry.add("dns", StaticListDiscovery(name="dns"))
+''')
+
+
+def test_a_built_in_bootstrap_kind_taken_again_is_one_line_and_exit_2(
+        site: Path, tmp_path: Path) -> None:
+    _install(site, "spegel_clash", CLASHING)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    args = [sys.executable, "-m", "spegel_core.cli.main", "registry",
+            "--content-store", "oci-layout", "--oci-layout-path", str(tmp_path),
+            "--bootstrap-kind", "dns", "--dns-bootstrap-domain", "spegel.example",
+            "--registry-addr", "127.0.0.1:0", "--router-addr", "127.0.0.1:0"]
+    clash = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert clash.returncode == 2, clash.stderr
+    assert "Traceback" not in clash.stderr
+    lines = [line for line in clash.stderr.splitlines() if line.startswith("spegel: error")]
+    assert len(lines) == 1, clash.stderr
+    assert lines[0].startswith("spegel: error: bootstrap kind 'dns' is registered twice, by ")
+    assert "spegel_dns.discovery.DNSDiscovery" in lines[0]
+    assert "StaticListDiscovery" in lines[0] and "--disable-plugin" in lines[0]
+
+
+def test_disabling_the_built_in_hands_its_kind_to_the_plugin(site: Path, tmp_path: Path) -> None:
+    from spegel_core.config import load_config
+
+    _install(site, "spegel_clash", CLASHING)
+    pm = create_plugin_manager(disabled=["dns"])
+    config = load_config(pm.settings_registry(), {
+        "content_store": "oci-layout", "oci_layout_path": str(tmp_path),
+        "bootstrap_kind": "dns", "router": "none"})
+    [source] = pm.discoveries(config)
+    assert type(source).__name__ == "StaticListDiscovery" and source.name == "dns"

@@ -13,8 +13,8 @@ from spegel_core.cli.configuration import parse_mirror_target
 from spegel_core.cli.main import build_parser, main
 from spegel_core.cli.options import settings_values
 from spegel_core.config import CoreSettings, SettingsRegistry, load_config
+from spegel_core.credentials import Credentials
 from spegel_core.errors import ConfigError
-from spegel_core.mirror.auth import Credentials
 from spegel_core.plugin_manager import create_plugin_manager
 
 

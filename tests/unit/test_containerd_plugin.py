@@ -326,8 +326,8 @@ async def test_store_reports_each_connection_change_to_its_metrics_sink(
     sink = Sink()
     store = ContainerdStore(tmp_path / "s.sock", reconnect_min_backoff=0.01,
                             reconnect_max_backoff=0.05,
-                            client_factory=factory)  # type: ignore[arg-type]
-    store.metrics = sink  # what the node does for a store with a ``metrics`` attribute
+                            client_factory=factory,  # type: ignore[arg-type]
+                            metrics=sink)  # the hook's ``metrics`` argument
     async with store:
         assert sink.of_type(StoreConnection) == [StoreConnection(True)]
         broken.set()

@@ -8,11 +8,12 @@ import pytest
 
 from spegel_core.config import Address, SpegelConfig, load_config
 from spegel_core.errors import ConfigError
+from spegel_core.hostnames import canonical_host, check_dns_name, parse_nameserver
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.plugin_manager import PluginManager, create_plugin_manager
 from spegel_core.protocols import Discovery, PeerAddress
+from spegel_core.testing.fakes import RecordingSink
 from spegel_dns import DNSDiscovery, DNSSettings
-from spegel_dns.local import LocalAddresses
-from spegel_dns.names import canonical_host, check_dns_name, parse_nameserver
 
 
 @pytest.fixture
@@ -127,14 +128,15 @@ def test_register_discovery(manager: PluginManager) -> None:
                        dns_nameservers="127.0.0.1:5353", router_addr="127.0.0.2:7001",
                        dns_refresh_interval="10m", dns_srv_name="_r._udp.spegel.test")
     manager.configure(config)
-    [discovery] = manager.discoveries(config)
+    sink = RecordingSink()
+    [discovery] = manager.discoveries(config, sink)
     assert isinstance(discovery, DNSDiscovery) and isinstance(discovery, Discovery)
     assert discovery.name == "dns" and discovery.refresh_interval == 600
     assert discovery.port == 7001  # the router's port by default
     assert discovery.udp_pool == 16
     assert discovery.nameservers == ["127.0.0.1:5353"]
-    assert discovery.srv_name == "_r._udp.spegel.test" and discovery.metrics is None
-    assert discovery.own._given == ["127.0.0.2"] and discovery.own.port is None
+    assert discovery.srv_name == "_r._udp.spegel.test" and discovery.metrics is sink
+    assert discovery.own.given == ("127.0.0.2",) and discovery.own.port is None
     config = config_of(manager, bootstrap_kind="dns", dns_bootstrap_domain="spegel.test",
                        dns_port="6001", dns_udp_pool="0")
     [discovery] = manager.discoveries(config)
@@ -173,4 +175,4 @@ async def test_local_addresses() -> None:
         PeerAddress("127.0.0.2", 5002)]
     assert "127.0.0.2" in repr(pinned)
     wildcard = LocalAddresses.for_router(Address("", 5001), match_port=False)
-    assert wildcard.include_hostname and wildcard._given == []
+    assert wildcard.include_hostname and wildcard.given == ()

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from spegel_core.config import SpegelConfig
+from spegel_core.credentials import Credentials, load_credentials, parse_basic
 from spegel_core.filters import RegistryFilter, filter_text, filtered_digests, image_digests
-from spegel_core.mirror.auth import Credentials, load_credentials, parse_basic
 from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.oci.reference import Reference
 from spegel_core.protocols import Image

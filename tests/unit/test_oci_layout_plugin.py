@@ -10,6 +10,7 @@ import pytest
 from spegel_core.config import SpegelConfig, load_config
 from spegel_core.errors import ConfigError
 from spegel_core.plugin_manager import PluginManager, create_plugin_manager
+from spegel_core.testing.fakes import RecordingSink
 from spegel_oci_layout.plugin import OCILayoutSettings
 from spegel_oci_layout.store import OCILayoutStore
 
@@ -50,7 +51,8 @@ def test_make_store(manager: PluginManager, tmp_path: Path) -> None:
 def test_other_store_names_return_none(manager: PluginManager) -> None:
     config = config_of(manager, content_store="no-such-store")
     manager.configure(config)  # nothing to check for another store
-    assert manager.pluggy.hook.spegel_make_content_store(config=config) is None
+    hook = manager.pluggy.hook.spegel_make_content_store
+    assert hook(config=config, metrics=RecordingSink()) is None
 
 
 def test_missing_path(manager: PluginManager) -> None:

@@ -121,7 +121,7 @@ def app_and_sink(spegel_pm: PluginManager, make_config: Callable[..., SpegelConf
                  ) -> tuple[FastAPI, PrometheusSink]:
     app = create_app(make_config(content_store="memory"), spegel_pm,
                      store=MemoryContentStore())
-    sink = sink_of(app.state.node)
+    sink = sink_of(app.state.node.view())
     assert sink is not None
     return app, sink
 

@@ -15,10 +15,10 @@ from fastapi.responses import PlainTextResponse
 from spegel_core import hookimpl
 from spegel_core.config import Address, SpegelConfig
 from spegel_core.mirror.app import create_app, metrics_app_of
-from spegel_core.node import Node
 from spegel_core.plugin_manager import PluginManager
 from spegel_core.server.side import SideListener
 from spegel_core.testing.fakes import MemoryContentStore
+from spegel_core.view import NodeView
 
 
 def _free_port() -> int:
@@ -77,19 +77,20 @@ def test_metrics_app_only_when_a_plugin_adds_a_route(
     spegel_pm.block("prometheus")
     spegel_pm.unregister("prometheus")
     assert metrics_app_of(create_app(config, spegel_pm, store=MemoryContentStore())) is None
-    seen: list[Node] = []
+    seen: list[NodeView] = []
 
     class Page:
         @hookimpl
-        def spegel_add_routes(self, node: Node, metrics_app: FastAPI) -> None:
+        def spegel_add_routes(self, node: NodeView, metrics_app: FastAPI) -> None:
             seen.append(node)
 
             @metrics_app.get("/page")
             async def page() -> PlainTextResponse:
-                return PlainTextResponse(node.store.name)
+                return PlainTextResponse(node.store_name)
 
     register_plugin(Page(), "page")
     app = create_app(config, spegel_pm, store=MemoryContentStore())
     metrics_app = metrics_app_of(app)
-    assert metrics_app is not None and seen == [app.state.node]
+    assert metrics_app is not None and len(seen) == 1
+    assert isinstance(seen[0], NodeView) and seen[0].config is app.state.node.config
     assert "/page" not in {getattr(route, "path", "") for route in app.routes}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from spegel_core.config import SpegelConfig
+from spegel_core.oci.digest import compute_digest
 from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.protocols import AdvertisedKeys, Peer, StoreEvent, StoreEventKind
 from spegel_core.state import StateTracker
@@ -93,7 +94,11 @@ async def test_events_add_and_withdraw_after_checking(make_config: Callable[...,
     # A delete event for content that is still there withdraws nothing.
     store.publish(StoreEvent(StoreEventKind.CONTENT_DELETED, image.layer_digests[0]))
     store.publish(StoreEvent(StoreEventKind.IMAGE_DELETED, "docker.io/library/demo:v1"))
-    await asyncio.sleep(0.05)
+    # Events are handled in order: once a later one took effect, the deletes were handled.
+    probe = b"probe"
+    store.blobs[compute_digest(probe)] = probe
+    store.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, compute_digest(probe)))
+    await _until(lambda: compute_digest(probe) in router.advertised)
     assert image.layer_digests[0] in router.advertised
     assert "docker.io/library/demo:v1" in router.advertised
     store.remove_image("docker.io/library/demo:v1")
@@ -132,8 +137,8 @@ async def test_a_store_that_cannot_list_does_not_kill_the_tracker(
     router = MemoryRouter(MemoryNetwork(), Peer("127.0.0.2", 5000))
     tracker = StateTracker(make_config(), store, router, RecordingSink())
     task = asyncio.create_task(tracker.run())
-    await asyncio.sleep(0.05)
-    assert not task.done()
+    await _until(lambda: calls >= 1)  # the first listing failed...
+    assert not task.done()  # ...and the tracker carries on (it advertises below)
     store.add_built_image(image)
     store.publish(StoreEvent(StoreEventKind.RESYNC))
     await _until(lambda: "docker.io/library/demo:v1" in router.advertised)

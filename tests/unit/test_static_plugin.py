@@ -9,9 +9,9 @@ import pytest
 
 from spegel_core.config import SpegelConfig, load_config
 from spegel_core.errors import ConfigError
+from spegel_core.local_addresses import LocalAddresses
 from spegel_core.plugin_manager import PluginManager, create_plugin_manager
 from spegel_core.protocols import Discovery, PeerAddress
-from spegel_dns.local import LocalAddresses
 from spegel_static import StaticDiscovery, StaticSettings
 from spegel_static.plugin import make_discovery
 
