@@ -79,7 +79,7 @@ class RangeInvalid(OCIError):
 
 
 class RangeNotSatisfiable(OCIError):
-    """A range that starts past the end of the content; ``size`` is the content's size."""
+    """A range that does not overlap the content (416); ``size`` is the content's size."""
 
     status = 416
     code = "RANGE_INVALID"

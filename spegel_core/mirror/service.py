@@ -133,7 +133,7 @@ class MirrorService:
         return manifest
 
     async def local_blob(self, digest: str) -> ContentInfo:
-        """What the local store knows of blob ``digest`` (size, media type).
+        """What the local store knows of blob ``digest`` (size, media type, file).
 
         :raises BlobUnknown: the store does not hold it.
         """
