@@ -1,5 +1,6 @@
-"""Flags of the Go original (Spegel v0.7.x) that its chart writes and that have no
-equivalent here, accepted so that its command lines run (docs/migrating.md).
+"""Flags of the Go original (Spegel v0.7.x) that have no equivalent here.
+
+Its chart writes them, so they are accepted and its command lines run (docs/migrating.md).
 
 - ``--resolve-latest-tag=false`` does what the original does: it adds the filter
   ``:latest$`` (``latest`` tags are neither resolved nor advertised).

@@ -53,6 +53,10 @@ class Address:
 
     @classmethod
     def parse(cls, value: object) -> Address:
+        """Parse ``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT``; an :class:`Address` is returned as is.
+
+        :raises ValueError: not of that form, a port outside 0-65535 or a malformed host.
+        """
         if isinstance(value, Address):
             return value
         text = str(value).strip()
@@ -71,6 +75,7 @@ class Address:
 
     @property
     def bind_host(self) -> str:
+        """The host to bind: ``0.0.0.0`` (every IPv4 interface) when the host is empty."""
         return self.host or "0.0.0.0"
 
     def __str__(self) -> str:
@@ -245,10 +250,12 @@ class CoreSettings(SpegelSettings):
 
 
 def flag_name(field_name: str) -> str:
+    """The command-line flag of a settings field: ``x_y`` -> ``--x-y``."""
     return "--" + field_name.replace("_", "-")
 
 
 def env_name(field_name: str) -> str:
+    """The environment variable of a settings field: ``x_y`` -> ``SPEGEL_X_Y``."""
     return "SPEGEL_" + field_name.upper()
 
 
@@ -287,9 +294,11 @@ class SettingsRegistry:
 
     @property
     def models(self) -> list[type[SpegelSettings]]:
+        """The declared models, the core's first, in the order they were added."""
         return list(self._models)
 
     def fields(self) -> Iterable[tuple[type[SpegelSettings], str, Any]]:
+        """Every ``(model, field name, pydantic FieldInfo)`` of the declared models."""
         for model in self._models:
             for name, info in model.model_fields.items():
                 yield model, name, info
@@ -303,6 +312,10 @@ class SpegelConfig:
     sections: Mapping[type[BaseModel], BaseModel] = field(default_factory=dict)
 
     def get(self, model: type[T]) -> T:
+        """The validated instance of a settings model (``config.get(MySettings)``).
+
+        :raises PluginError: ``model`` was never added to the settings registry.
+        """
         if model is CoreSettings:
             return self.core  # type: ignore[return-value]
         try:

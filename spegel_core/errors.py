@@ -38,16 +38,22 @@ class OCIError(SpegelError):
 
 
 class NameInvalid(OCIError):
+    """A repository name, registry host or ``ns`` parameter that is not valid."""
+
     status = 400
     code = "NAME_INVALID"
 
 
 class NameUnknown(OCIError):
+    """A repository (or registry) the mirror does not serve."""
+
     status = 404
     code = "NAME_UNKNOWN"
 
 
 class DigestInvalid(OCIError):
+    """A digest that is malformed or uses an unsupported algorithm."""
+
     status = 400
     code = "DIGEST_INVALID"
 
@@ -66,11 +72,15 @@ class TagInvalid(OCIError):
 
 
 class RangeInvalid(OCIError):
+    """A ``Range`` header the mirror cannot parse or serve, or a negative offset or length."""
+
     status = 400
     code = "RANGE_INVALID"
 
 
 class RangeNotSatisfiable(OCIError):
+    """A range that does not overlap the content (416); ``size`` is the content's size."""
+
     status = 416
     code = "RANGE_INVALID"
 
@@ -80,6 +90,8 @@ class RangeNotSatisfiable(OCIError):
 
 
 class Unsupported(OCIError):
+    """A method the mirror does not allow (it is read-only: no pushes or deletes)."""
+
     status = 405
     code = "UNSUPPORTED"
 
@@ -103,10 +115,14 @@ class NotFound(OCIError):
 
 
 class BlobUnknown(NotFound):
+    """A blob that is not here (see :class:`NotFound`)."""
+
     code = "BLOB_UNKNOWN"
 
 
 class ManifestUnknown(NotFound):
+    """A manifest that is not here (see :class:`NotFound`)."""
+
     code = "MANIFEST_UNKNOWN"
 
 
@@ -176,8 +192,10 @@ class PeerNotFound(PeerContentError):
 
 
 class PeerDigestMismatch(PeerContentError):
-    """The bytes (or the digest the peer claims) do not match the digest asked for,
-    or the answer is not a manifest when a manifest was asked for."""
+    """The bytes (or the digest the peer claims) do not match the digest asked for.
+
+    Also raised when the answer is not a manifest and a manifest was asked for.
+    """
 
     kind = "digest"
 

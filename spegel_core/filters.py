@@ -47,6 +47,7 @@ class RegistryFilter:
         return any(pattern.search(text) for pattern in self.patterns)
 
     def matches_reference(self, reference: Reference) -> bool:
+        """:meth:`matches` for a parsed reference."""
         return self.matches(reference.registry, reference.repository, reference.tag)
 
     def __repr__(self) -> str:
@@ -54,9 +55,11 @@ class RegistryFilter:
 
 
 async def image_digests(store: ContentStore, digest: str) -> set[str]:
-    """Every digest an image references that the store holds: the index, its
-    manifests, their configs and layers. Only indexes and manifests are read (from the
-    store itself); configs and layers are only looked up."""
+    """Every digest an image references that the store holds.
+
+    That is the index, its manifests, their configs and layers. Only indexes and
+    manifests are read (from the store itself); configs and layers are only looked up.
+    """
     found: set[str] = set()
     pending: list[tuple[str, bool]] = [(digest, True)]  # (digest, is a manifest to read)
     while pending and len(found) < MAX_MANIFESTS_PER_IMAGE * 64:

@@ -87,14 +87,17 @@ class InotifyUnavailable(OSError):
 
 @dataclass(frozen=True, slots=True)
 class InotifyEvent:
-    """One event: ``mask`` bits and the ``name`` of the entry in the watched directory
-    ("" for events about the directory itself)."""
+    """One event: ``mask`` bits and the ``name`` of the entry in the watched directory.
+
+    ``name`` is "" for events about the directory itself.
+    """
 
     mask: int
     name: str
 
     @property
     def is_dir(self) -> bool:
+        """Whether the entry is a directory (``IN_ISDIR``)."""
         return bool(self.mask & IN_ISDIR)
 
 
@@ -104,9 +107,8 @@ Callback = Callable[[InotifyEvent], None]
 class Inotify:
     """An inotify descriptor read by the running event loop.
 
-    Args:
-        overflow: called when the kernel's queue overflowed (events were lost);
-            the owner should rescan what it watches.
+    :param overflow: called when the kernel's queue overflowed (events were lost);
+        the owner should rescan what it watches.
     """
 
     def __init__(self, overflow: Callable[[], None] | None = None) -> None:
@@ -181,6 +183,7 @@ class Inotify:
 
     @property
     def watches(self) -> int:
+        """How many paths are watched."""
         return len(self._callbacks)
 
     def close(self) -> None:

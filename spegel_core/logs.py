@@ -20,6 +20,7 @@ class AbortedResponseFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Reject records whose exception is a :class:`~spegel_core.errors.PeerError`."""
         error = record.exc_info[1] if record.exc_info else None
         while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
             error = error.exceptions[0]
@@ -27,7 +28,10 @@ class AbortedResponseFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC), ``level``, ``logger``, ``msg`` and ``exc``."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -41,6 +45,15 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Send every log record to stderr, as text or one JSON object a line.
+
+    Replaces the root logger's handlers, routes uvicorn's loggers through it, drops
+    the tracebacks of deliberately aborted responses, and keeps uvicorn's access log
+    at WARNING or above.
+
+    :param level: the root level (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``).
+    :param fmt: ``"text"`` or ``"json"``.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Node:
-    """Everything one spegel instance runs. Built synchronously (so bad settings
-    fail before the server starts), opened in the app's lifespan."""
+    """Everything one spegel instance runs.
+
+    Built synchronously (so bad settings fail before the server starts), opened in
+    the app's lifespan.
+    """
 
     config: SpegelConfig
     pm: PluginManager
@@ -90,6 +93,7 @@ class Node:
         return _NodeState(self)
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` as a named background task of the node, cancelled when it closes."""
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         task.set_name(name)
         self.background.add(task)

@@ -40,6 +40,7 @@ class NodeProcess:
 
     @property
     def url(self) -> str:
+        """The base URL of the node's mirror (``--registry-addr``)."""
         return f"http://{self.ip}:{self.port}"
 
     @property

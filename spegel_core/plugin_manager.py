@@ -43,12 +43,19 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class PluginInfo:
+    """One registered plugin as ``spegel plugins`` lists it.
+
+    ``source`` is ``"builtin"`` or the name of the distribution that installed the
+    plugin; ``hooks`` are the names of the hooks it implements, sorted.
+    """
+
     name: str
     source: str  # "builtin" or the distribution name
     version: str
     hooks: list[str]
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (``spegel plugins --json``)."""
         return {"name": self.name, "source": self.source, "version": self.version,
                 "hooks": self.hooks}
 
@@ -63,6 +70,15 @@ class PluginManager:
     # -- registration ------------------------------------------------------------
     def register(self, plugin: object, name: str, *, source: str = "builtin",
                  version: str = "") -> None:
+        """Register ``plugin`` under ``name``, unless that name is blocked.
+
+        :param plugin: a module or object with ``@hookimpl`` functions.
+        :param name: the plugin's name, as ``--disable-plugin`` and ``spegel plugins`` use it.
+        :param source: ``"builtin"`` or the distribution that provides it.
+        :param version: the distribution's version (built-ins report spegel's).
+        :raises PluginError: the name is taken or a hook implementation does not match
+            its spec.
+        """
         if self.pluggy.is_blocked(name):
             log.debug("plugin %s is disabled", name)
             return
@@ -73,15 +89,24 @@ class PluginManager:
         self._origins[name] = (source, version)
 
     def unregister(self, name: str) -> None:
+        """Remove the plugin registered as ``name``; a no-op if there is none."""
         plugin = self.pluggy.get_plugin(name)
         if plugin is not None:
             self.pluggy.unregister(plugin, name=name)
         self._origins.pop(name, None)
 
     def block(self, name: str) -> None:
+        """Block ``name`` so that registering it later is a no-op (``--disable-plugin``)."""
         self.pluggy.set_blocked(name)
 
     def load_entrypoints(self) -> None:
+        """Register the third-party plugins of the ``spegel`` entry-point group.
+
+        Blocked names and names already registered are skipped.
+
+        :raises PluginError: ``Error importing plugin "<name>": ...`` when an entry
+            point fails to import.
+        """
         for ep in importlib.metadata.entry_points(group=PROJECT_NAME):
             if self.pluggy.is_blocked(ep.name) or self.pluggy.has_plugin(ep.name):
                 continue
@@ -96,6 +121,11 @@ class PluginManager:
                           version=dist.version if dist else "")
 
     def check_pending(self) -> None:
+        """Check that every registered hook implementation matches a hook spec.
+
+        :raises PluginError: naming the plugin that implements a hook with no spec
+            (a misspelt or unknown ``spegel_*`` name).
+        """
         try:
             self.pluggy.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -104,15 +134,21 @@ class PluginManager:
 
     # -- hooks -----------------------------------------------------------------
     def settings_registry(self) -> SettingsRegistry:
+        """Collect every plugin's settings models (and the core's Go-compatible flags).
+
+        Calls :func:`~spegel_core.hookspecs.spegel_add_settings` on all plugins.
+        """
         registry = SettingsRegistry()
         registry.add(GoCompatSettings, owner="core")  # the Go original's flags
         self.pluggy.hook.spegel_add_settings(registry=registry)
         return registry
 
     def configure(self, config: SpegelConfig) -> None:
+        """Call :func:`~spegel_core.hookspecs.spegel_configure` on all plugins."""
         self.pluggy.hook.spegel_configure(config=config)
 
     def unconfigure(self, config: SpegelConfig) -> None:
+        """Call :func:`~spegel_core.hookspecs.spegel_unconfigure` on all plugins."""
         self.pluggy.hook.spegel_unconfigure(config=config)
 
     def make_content_store(self, config: SpegelConfig,
@@ -153,6 +189,14 @@ class PluginManager:
 
     def make_router(self, config: SpegelConfig, discovery: list[Discovery],
                     metrics: MetricsSink) -> Router | None:
+        """The router ``--router`` names, or None for ``--router none``.
+
+        :param discovery: the bootstrap sources from :meth:`discoveries`.
+        :param metrics: where the router emits its events.
+        :raises ConfigError: no installed plugin provides that router.
+        :raises PluginError: the plugin returned something that is not a
+            :class:`~spegel_core.protocols.Router`.
+        """
         if config.core.router == "none":
             return None
         router = self.pluggy.hook.spegel_make_router(
@@ -169,17 +213,25 @@ class PluginManager:
         return router
 
     def metrics_sinks(self, config: SpegelConfig) -> list[MetricsSink]:
+        """The metrics sinks every plugin registers through ``spegel_register_metrics``."""
         registry = MetricsRegistry()
         self.pluggy.hook.spegel_register_metrics(config=config, registry=registry)
         return registry.sinks
 
     def add_routes(self, app: FastAPI, config: SpegelConfig, node: NodeView,
                    metrics_app: FastAPI) -> None:
+        """Let every plugin add HTTP routes (``spegel_add_routes``).
+
+        :param app: the mirror's application.
+        :param node: the read-only view of the node handed to plugins.
+        :param metrics_app: the application served on the metrics address.
+        """
         self.pluggy.hook.spegel_add_routes(app=app, config=config, node=node,
                                            metrics_app=metrics_app)
 
     # -- introspection -----------------------------------------------------------
     def plugin_infos(self) -> list[PluginInfo]:
+        """Every registered plugin with its source, version and hooks, in registration order."""
         infos = []
         for name, plugin in self.pluggy.list_name_plugin():
             if plugin is None or name is None:

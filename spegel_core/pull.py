@@ -19,11 +19,17 @@ ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
 
 
 class PullError(Exception):
-    pass
+    """A pull failed: an HTTP status other than 200, or content that does not verify."""
 
 
 @dataclass
 class PullResult:
+    """What a pull fetched: the top digest, every verified digest, the bytes received.
+
+    ``sources`` holds, by digest, where the mirror says it served it from (its
+    ``X-Spegel-Source`` header; ``"local"`` without one).
+    """
+
     reference: str
     digest: str
     verified: list[str] = field(default_factory=list)
@@ -42,12 +48,17 @@ class MirrorClient:
         self._conn: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
+        """Close the connection; the next request opens a new one."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     def request(self, method: str, path: str,
                 headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+        """Send one request and return the response (whose body the caller must read).
+
+        A broken kept-alive connection is reopened and the request sent once more.
+        """
         for attempt in range(2):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -61,6 +72,13 @@ class MirrorClient:
         raise AssertionError("unreachable")
 
     def pull(self, reference: str, progress: Progress | None = None) -> PullResult:
+        """Pull ``reference`` as containerd does: HEAD the tag, then manifests, then blobs.
+
+        Every manifest and blob is verified against its digest.
+
+        :param progress: called with (bytes so far, bytes expected) of the blobs.
+        :raises PullError: a status other than 200, a digest or size mismatch.
+        """
         ref = Reference.parse(reference)
         base = f"/v2/{ref.repository}"
         ns = f"?ns={quote(ref.registry, safe='')}"

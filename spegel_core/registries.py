@@ -70,6 +70,10 @@ class MetricsRegistry:
         self.sinks: list[MetricsSink] = []
 
     def add(self, sink: MetricsSink) -> None:
+        """Add a sink; its ``emit(event)`` receives every metric event of the node.
+
+        :raises TypeError: ``sink`` has no callable ``emit``.
+        """
         if not callable(getattr(sink, "emit", None)):
             raise TypeError(f"metrics sink {sink!r} has no emit(event) method")
         self.sinks.append(sink)
@@ -83,6 +87,7 @@ class MetricsHub:
         self._failed: set[int] = set()
 
     def emit(self, event: MetricEvent) -> None:
+        """Hand ``event`` to every sink; a sink's exception is logged once and dropped."""
         for sink in self.sinks:
             try:
                 sink.emit(event)

@@ -63,6 +63,7 @@ class StateTracker:
         self._lock = asyncio.Lock()
 
     def allowed(self, reference: Reference) -> bool:
+        """Whether the tag of ``reference`` is advertised (``--resolve-tags`` and not filtered)."""
         if not self.resolve_tags or reference.tag is None:
             return False
         return not self.filter.matches_reference(reference)
@@ -117,6 +118,7 @@ class StateTracker:
                 for image in images if self.allowed(image.reference)}
 
     async def handle(self, event: StoreEvent) -> None:
+        """Apply one store event to what is advertised; errors are logged, never raised."""
         try:
             if event.kind is StoreEventKind.RESYNC:
                 await self.sync()

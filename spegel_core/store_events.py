@@ -103,6 +103,7 @@ class EventHub:
 
     @property
     def subscribers(self) -> int:
+        """How many streams are subscribed."""
         return len(self._streams)
 
     def __repr__(self) -> str:

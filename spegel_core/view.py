@@ -67,13 +67,17 @@ class NodeView(Protocol):
         """The tags, images and digests the node announces (empty without a router)."""
 
     def penalties(self) -> Mapping[str, float]:
-        """Penalised peers: a readable name (``host:port`` for a penalty on every key;
-        ``host:port <key>``, with a space, when the penalty is for one key only) -> the
-        seconds left."""
+        """Penalised peers, by a readable name, with the seconds left.
+
+        The name is ``host:port`` for a penalty on every key and ``host:port <key>``,
+        with a space, when the penalty is for one key only.
+        """
 
     def lookup(self, key: str, count: int, timeout: float) -> AsyncIterator[Peer]:
-        """Ask the router who provides ``key`` (nothing without a router); changes no
-        state of the node."""
+        """Ask the router who provides ``key`` (nothing without a router).
+
+        Changes no state of the node.
+        """
 
     @property
     def metrics_sinks(self) -> Sequence[MetricsSink]:

@@ -98,7 +98,7 @@ def check_socket(socket: Path) -> bool:
 
 
 def _probe(socket: Path, namespace: str, timeout: float) -> tuple[str, int]:
-    """containerd's version and how many images ``namespace`` has (blocking gRPC)."""
+    """The version of containerd and how many images ``namespace`` has (blocking gRPC)."""
     metadata = (("containerd-namespace", namespace),)
     with grpc.insecure_channel(f"unix://{socket}") as channel:
         version_call = channel.unary_unary(
@@ -118,8 +118,7 @@ def startup_checks(socket: Path, namespace: str, content_path: Path | None, *,
                    timeout: float = 3.0) -> None:
     """Check the settings against the running containerd; see the module docstring.
 
-    Raises:
-        ConfigError: a problem that retrying cannot fix.
+    :raises ConfigError: a problem that retrying cannot fix.
     """
     if not check_socket(socket):
         log.error("no containerd socket at %s (%s): waiting for containerd; the node stays "

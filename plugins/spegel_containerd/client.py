@@ -77,11 +77,10 @@ def _options(max_backoff: float) -> list[tuple[str, int]]:
 class ContainerdClient:
     """One ``grpc.aio`` channel to a containerd socket, scoped to one namespace.
 
-    Args:
-        socket: path of containerd's gRPC socket.
-        namespace: the containerd namespace (``k8s.io`` for Kubernetes).
-        timeout: deadline of unary calls and of the first answer of streams, seconds.
-        max_backoff: cap of gRPC's own reconnect backoff, seconds.
+    :param socket: path of containerd's gRPC socket.
+    :param namespace: the containerd namespace (``k8s.io`` for Kubernetes).
+    :param timeout: deadline of unary calls and of the first answer of streams, seconds.
+    :param max_backoff: cap of gRPC's own reconnect backoff, seconds.
     """
 
     def __init__(self, socket: Path, namespace: str, *, timeout: float = 10.0,

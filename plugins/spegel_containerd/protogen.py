@@ -43,11 +43,8 @@ def generated_files(directory: Path = PB_DIR) -> list[Path]:
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc (from grpcio-tools) on every ``.proto`` file; write modules into ``out_dir``.
 
-    Returns:
-        The files written, sorted.
-
-    Raises:
-        RuntimeError: protoc failed (its messages are in the error).
+    :returns: the files written, sorted.
+    :raises RuntimeError: protoc failed (its messages are in the error).
     """
     from grpc_tools import protoc  # the test extra; not needed at run time
 

@@ -43,21 +43,20 @@ class DNSDiscovery:
     :class:`~spegel_core.protocols.DnsQuery` per call: its duration and ``"ok"``,
     ``"nxdomain"``, ``"timeout"`` or ``"error"``.
 
-    Args:
-        domain: the name whose records list the peers.
-        port: the router port of A/AAAA peers.
-        nameservers: servers to ask (``IP``, ``IP:PORT``, ``[IPV6]:PORT``); empty
-            for the system's.
-        sample_size: how many peers to return at most.
-        udp_pool: sample from a plain UDP answer (truncated or not) when it lists at
-            least this many peers; only with fewer is the whole answer fetched (over
-            TCP when it does not fit a datagram). 0: always the whole answer.
-        timeout: longest time one call may take, in seconds.
-        refresh_interval: seconds between refreshes once the router is healthy.
-        srv_name: an SRV name whose targets and ports are the peers.
-        own: this node's addresses, dropped from answers.
-        metrics: where :class:`DnsQuery` events go.
-        rng: source of randomness for sampling (tests pass a seeded one).
+    :param domain: the name whose records list the peers.
+    :param port: the router port of A/AAAA peers.
+    :param nameservers: servers to ask (``IP``, ``IP:PORT``, ``[IPV6]:PORT``); empty
+        for the system's.
+    :param sample_size: how many peers to return at most.
+    :param udp_pool: sample from a plain UDP answer (truncated or not) when it lists at
+        least this many peers; only with fewer is the whole answer fetched (over
+        TCP when it does not fit a datagram). 0: always the whole answer.
+    :param timeout: longest time one call may take, in seconds.
+    :param refresh_interval: seconds between refreshes once the router is healthy.
+    :param srv_name: an SRV name whose targets and ports are the peers.
+    :param own: this node's addresses, dropped from answers.
+    :param metrics: where :class:`DnsQuery` events go.
+    :param rng: source of randomness for sampling (tests pass a seeded one).
     """
 
     name = "dns"
@@ -114,8 +113,9 @@ class DNSDiscovery:
         return peers
 
     async def _udp_round(self) -> tuple[list[PeerAddress], Outcome] | None:
-        """A sample from one UDP answer per question, truncated or not; None if that is
-        not enough (then :meth:`_full_round` asks again and reports any failure).
+        """A sample from one UDP answer per question, truncated or not; None if too few.
+
+        With None, :meth:`_full_round` asks again and reports any failure.
 
         With thousands of nodes the whole answer does not fit a datagram: the client
         would fetch and parse thousands of records over TCP (~20 ms for 2000 with
@@ -144,8 +144,10 @@ class DNSDiscovery:
         return self._sample(candidates), Outcome.OK
 
     async def _full_round(self) -> tuple[list[PeerAddress], Outcome]:
-        """Every record (c-ares asks again over TCP for a truncated answer); failures
-        are logged here."""
+        """Every record (c-ares asks again over TCP for a truncated answer).
+
+        Failures are logged here.
+        """
         resolver = self._new_resolver(udp_only=False)
         if resolver is None:
             return [], Outcome.ERROR

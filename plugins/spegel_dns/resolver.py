@@ -107,12 +107,11 @@ _DNSResolver = _LoopDNSResolver if LOOP_DRIVEN else aiodns.DNSResolver
 class Resolver:
     """A fresh aiodns resolver for one round of questions; close it with :meth:`aclose`.
 
-    Args:
-        nameservers: ``"IP:PORT"`` / ``"[IPV6]:PORT"`` strings; empty for the
-            system's (``/etc/resolv.conf``).
-        timeout: seconds c-ares waits for one try before retrying.
-        tries: attempts per question and server.
-        udp_only: one UDP answer per question, truncated or not (never TCP).
+    :param nameservers: ``"IP:PORT"`` / ``"[IPV6]:PORT"`` strings; empty for the
+        system's (``/etc/resolv.conf``).
+    :param timeout: seconds c-ares waits for one try before retrying.
+    :param tries: attempts per question and server.
+    :param udp_only: one UDP answer per question, truncated or not (never TCP).
     """
 
     def __init__(self, nameservers: Sequence[str] = (), *, timeout: float = 1.0,

@@ -101,9 +101,8 @@ def scan_blobs(root: Path) -> frozenset[str]:
 def load_layout(root: Path, previous: LayoutState | None = None) -> LayoutState:
     """Read the layout at ``root``; returns ``previous`` itself when nothing changed.
 
-    Raises:
-        LayoutMissing: ``root`` is not a directory.
-        LayoutCorrupt: ``index.json`` is not valid JSON or not an index.
+    :raises LayoutMissing: ``root`` is not a directory.
+    :raises LayoutCorrupt: ``index.json`` is not valid JSON or not an index.
     """
     if not root.is_dir():
         raise LayoutMissing(f"{root} does not exist or is not a directory")

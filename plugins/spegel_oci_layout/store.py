@@ -45,11 +45,10 @@ __all__ = ["READ_CHUNK", "OCILayoutStore"]
 class OCILayoutStore:
     """:class:`~spegel_core.protocols.ContentStore` over an OCI image layout.
 
-    Args:
-        root: the layout directory (holding ``index.json`` and ``blobs/``).
-        poll_interval: seconds between checks of the layout for changes.
-        metrics: receives :class:`StoreConnection` each time the layout directory
-            goes missing or comes back after start (the node reports the first state).
+    :param root: the layout directory (holding ``index.json`` and ``blobs/``).
+    :param poll_interval: seconds between checks of the layout for changes.
+    :param metrics: receives :class:`StoreConnection` each time the layout directory
+        goes missing or comes back after start (the node reports the first state).
     """
 
     name = "oci-layout"

@@ -48,6 +48,7 @@ class HttpMetricsMiddleware:
         self._known: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, recording its duration, status and response bytes by handler."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -78,15 +78,18 @@ class Measurement:
 
     @property
     def bytes(self) -> int:
+        """The body bytes of every fetch together."""
         return sum(fetch.size for fetch in self.fetches)
 
     def as_dict(self) -> dict[str, Any]:
+        """The measurement as the page's JSON answer (with ``bytes``)."""
         data = asdict(self)
         data["bytes"] = self.bytes
         return data
 
 
 def host_platform() -> str:
+    """This machine's platform as OCI names it (``linux/amd64``, ``linux/arm64``, ...)."""
     return f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
 
 
@@ -215,9 +218,11 @@ class MeasureGate:
 
     @property
     def busy(self) -> bool:
+        """Whether a measurement is running."""
         return self._lock.locked()
 
     async def run(self, node: NodeView, text: str) -> Measurement:
+        """Measure ``text`` once the measurement before it (if any) has finished."""
         async with self._lock:
             return await measure(node, text)
 

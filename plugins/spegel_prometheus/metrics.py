@@ -199,6 +199,7 @@ class PrometheusSink:
         }
 
     def emit(self, event: MetricEvent) -> None:
+        """Update the metric that ``event``'s type maps to; other events are ignored."""
         handler = self._handlers.get(type(event))
         if handler is not None:
             handler(event)

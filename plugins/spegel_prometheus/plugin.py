@@ -1,7 +1,9 @@
-"""The plugin hooks: a Prometheus sink per node, HTTP metrics on the mirror, and
-``/metrics`` and (``--debug-web-enabled``, the default) ``/debug`` and
-``/debug/measure`` on the metrics address; ``/debug/web/`` is the same page at the
-Go original's path."""
+"""The plugin hooks: a Prometheus sink per node, and its pages on the metrics address.
+
+The metrics address serves ``/metrics`` and (``--debug-web-enabled``, the default)
+``/debug`` and ``/debug/measure``; ``/debug/web/`` is the same page at the Go
+original's path.
+"""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ class RecentRequests:
         self.bytes: Counter[str] = Counter()
 
     def add(self, request: MirrorRequest) -> None:
+        """Remember ``request`` and count it as a hit, a miss or local."""
         self._ring.append(Seen(time.time(), request))
         if request.source is Source.PEER:
             self.hits += 1
@@ -49,6 +50,7 @@ class RecentRequests:
         return self.hits / asked if asked else None
 
     def newest_first(self) -> Iterator[Seen]:
+        """The remembered requests, newest first."""
         return reversed(self._ring)
 
     def __len__(self) -> int:

@@ -33,15 +33,14 @@ class StaticDiscovery:
     skipped, never raised. Every address of a name is returned; this node's own
     address is dropped.
 
-    Args:
-        peers: parsed :class:`StaticPeer` objects or multiaddr strings.
-        default_port: port of peers written without ``/udp/PORT``.
-        own: this node's addresses.
-        nameservers: DNS servers for names (``IP:PORT``); empty for the system's.
-        resolve_timeout: longest time the names of one call may take, in seconds.
-        refresh_interval: seconds between refreshes once the router is healthy.
-        metrics: receives one :class:`~spegel_core.protocols.DnsQuery` per name
-            resolved (``"ok"``, ``"error"`` or ``"timeout"``); IP peers emit nothing.
+    :param peers: parsed :class:`StaticPeer` objects or multiaddr strings.
+    :param default_port: port of peers written without ``/udp/PORT``.
+    :param own: this node's addresses.
+    :param nameservers: DNS servers for names (``IP:PORT``); empty for the system's.
+    :param resolve_timeout: longest time the names of one call may take, in seconds.
+    :param refresh_interval: seconds between refreshes once the router is healthy.
+    :param metrics: receives one :class:`~spegel_core.protocols.DnsQuery` per name
+        resolved (``"ok"``, ``"error"`` or ``"timeout"``); IP peers emit nothing.
     """
 
     name = "static"

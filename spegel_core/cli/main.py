@@ -24,6 +24,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors as one line naming the flag, exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        """Print the usage error on one line and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -36,6 +37,10 @@ def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
+    """The ``spegel`` command line, with every plugin's settings as flags of ``registry``.
+
+    :returns: the parser and the settings registry its ``registry`` command reads.
+    """
     registry = pm.settings_registry()
     parser = OneLineParser(
         prog="spegel", description="Cluster-local peer-to-peer OCI registry mirror."
@@ -73,6 +78,12 @@ def build_parser(pm: PluginManager) -> tuple[argparse.ArgumentParser, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``spegel`` command.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``).
+    :returns: the exit status: 0, 2 for a configuration or plugin error (one line
+        on stderr), 130 on Ctrl-C.
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         pm = create_plugin_manager(disabled=disabled_plugins(args_list))
@@ -129,6 +140,7 @@ def version_info() -> dict[str, str]:
 
 
 def cmd_version(*, as_json: bool) -> int:
+    """``spegel version``: print the version, as text or JSON."""
     info = version_info()
     if as_json:
         print(json.dumps(info))
@@ -138,6 +150,7 @@ def cmd_version(*, as_json: bool) -> int:
 
 
 def cmd_plugins(pm: PluginManager, *, as_json: bool) -> int:
+    """``spegel plugins``: list the registered plugins and their hooks, as a table or JSON."""
     infos = pm.plugin_infos()
     if as_json:
         print(json.dumps([info.as_dict() for info in infos], indent=2))
@@ -150,6 +163,11 @@ def cmd_plugins(pm: PluginManager, *, as_json: bool) -> int:
 
 
 def cmd_registry(pm: PluginManager, config: object) -> int:
+    """``spegel registry``: run the mirror until it is stopped.
+
+    :param config: the validated :class:`~spegel_core.config.SpegelConfig`.
+    :returns: the server's exit status.
+    """
     from spegel_core.config import SpegelConfig
     from spegel_core.logs import configure_logging
     from spegel_core.mirror.app import create_app, metrics_app_of

@@ -48,6 +48,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, registry: SettingsRe
 
 
 def settings_values(namespace: argparse.Namespace, registry: SettingsRegistry) -> dict[str, Any]:
+    """The values of the parsed ``namespace`` that are settings fields of ``registry``.
+
+    Flags not given are absent (their default is ``argparse.SUPPRESS``), so the
+    environment and the model's defaults apply to them.
+    """
     fields = {name for _, name, _ in registry.fields()}
     return {key: value for key, value in vars(namespace).items() if key in fields}
 

@@ -46,12 +46,11 @@ STALL = 30.0
 class ArrivingResponse(Response):
     """``count`` bytes of arriving content from ``offset``, sent as they land.
 
-    Args:
-        content: the opened arriving content (closed when the response ends).
-        offset: first byte.
-        count: bytes to send (``Content-Length``).
-        on_sent: called once at the end with the bytes sent.
-        stall_timeout: how long to wait for new bytes before cutting the stream.
+    :param content: the opened arriving content (closed when the response ends).
+    :param offset: first byte.
+    :param count: bytes to send (``Content-Length``).
+    :param on_sent: called once at the end with the bytes sent.
+    :param stall_timeout: how long to wait for new bytes before cutting the stream.
     """
 
     def __init__(self, content: ArrivingContent, offset: int, count: int, *,
@@ -67,6 +66,11 @@ class ArrivingResponse(Response):
         self.headers["content-length"] = str(count)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the content as it lands, zero-copy when the server allows.
+
+        A download that aborts or stalls cuts the body short (never a complete 200);
+        ``on_sent`` gets the bytes sent and the content is closed either way.
+        """
         position = self.offset
         extension = ZEROCOPY_EXTENSION in scope.get("extensions", {})
         try:

@@ -37,6 +37,7 @@ class BasicAuthMiddleware:
         self.credentials = credentials
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass requests under ``/v2`` with valid credentials on; answer others there with 401."""
         path: str = scope.get("path", "")
         if scope["type"] != "http" or not (path == PROTECTED_PREFIX
                                            or path.startswith(PROTECTED_PREFIX + "/")):

@@ -12,16 +12,19 @@ from spegel_core.node import Node
 
 
 def get_node(request: Request) -> Node:
+    """The :class:`~spegel_core.node.Node` the app was created for."""
     node: Node = request.app.state.node
     return node
 
 
 def get_service(request: Request) -> MirrorService:
+    """The app's :class:`~spegel_core.mirror.service.MirrorService`."""
     service: MirrorService = request.app.state.service
     return service
 
 
 def get_pulls(request: Request) -> PullService:
+    """The app's :class:`~spegel_core.mirror.pulls.PullService`."""
     pulls: PullService = request.app.state.pulls
     return pulls
 

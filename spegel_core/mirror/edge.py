@@ -57,6 +57,7 @@ class RegistryEdgeMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer filtered references with 404; add ``OCI-Namespace`` to other pull answers."""
         match = _PATH.fullmatch(scope.get("path", "")) if scope["type"] == "http" else None
         registry = _registry(scope) if match else None
         if match is None or registry is None:

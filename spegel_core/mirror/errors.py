@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 def oci_error_response(status: int, code: str, message: str,
                        headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON response with an OCI error body: ``{"errors": [{"code", "message", "detail"}]}``."""
     body = {"errors": [{"code": code, "message": message, "detail": None}]}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -63,6 +64,12 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception the app can raise to an OCI error body.
+
+    Domain errors get their own status and code, Starlette's 404/405 and validation
+    errors become ``UNSUPPORTED`` and ``INVALID_REQUEST``, a peer failure mid-stream
+    a 502 logged on one line, anything else a logged 500 ``UNKNOWN``.
+    """
     app.add_exception_handler(OCIError, _oci_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

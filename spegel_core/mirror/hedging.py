@@ -30,8 +30,10 @@ class HedgeSettings(Protocol):
 
 
 class Providers(Protocol):
-    """What hedging needs of the peer path (:class:`~spegel_core.mirror.peers.PeerFetcher`
-    is one): providers of a key, and the penalty list."""
+    """What hedging needs of the peer path: providers of a key, and the penalty list.
+
+    :class:`~spegel_core.mirror.peers.PeerFetcher` is one.
+    """
 
     @property
     def settings(self) -> HedgeSettings:

@@ -33,10 +33,9 @@ class Outcome:
 class MeteredResponse(Response):
     """``inner``, sent unchanged; ``on_done(outcome)`` once it has finished or failed.
 
-    Args:
-        inner: the response to send.
-        started: ``time.perf_counter()`` when the request arrived.
-        on_done: called exactly once, after the last message (or the failure).
+    :param inner: the response to send.
+    :param started: ``time.perf_counter()`` when the request arrived.
+    :param on_done: called exactly once, after the last message (or the failure).
     """
 
     def __init__(self, inner: Response, started: float,
@@ -50,6 +49,7 @@ class MeteredResponse(Response):
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send ``inner``, counting the body bytes that left, then call ``on_done``."""
         status = self.inner.status_code
         sent = 0
         complete = False

@@ -31,12 +31,9 @@ from spegel_core.mirror.ranges import parse_range
 def transport_error(exc: BaseException, *, streaming: bool = False) -> PeerError:
     """The typed error for an exception of aiohttp or the socket layer.
 
-    Args:
-        exc: what aiohttp (or the OS) raised.
-        streaming: the body was under way, so any transport failure is a broken stream.
-
-    Returns:
-        :class:`~spegel_core.errors.PeerStreamBroken` while streaming or when the
+    :param exc: what aiohttp (or the OS) raised.
+    :param streaming: the body was under way, so any transport failure is a broken stream.
+    :returns: :class:`~spegel_core.errors.PeerStreamBroken` while streaming or when the
         body broke off; :class:`~spegel_core.errors.PeerTimeout`,
         :class:`~spegel_core.errors.PeerBadHeaders` (an answer that is not HTTP) or
         :class:`~spegel_core.errors.PeerConnectError` otherwise.
@@ -65,6 +62,10 @@ def status_error(status: int, what: str) -> PeerError:
 
 
 def check_digest_header(response: aiohttp.ClientResponse, digest: str) -> None:
+    """Check the peer's ``Docker-Content-Digest``, when it sends one, against ``digest``.
+
+    :raises PeerDigestMismatch: the peer claims another digest.
+    """
     claimed = response.headers.get("Docker-Content-Digest")
     if claimed is not None and claimed.strip() != digest:
         raise PeerDigestMismatch(f"peer sent blob {claimed[:80]!r} for digest {digest}")

@@ -33,10 +33,9 @@ MAX_CONTENT_PENALTIES = 65536
 class PenaltyList:
     """Penalties by peer and by (peer, key), each expiring after ``duration`` seconds.
 
-    Args:
-        duration: how long a penalty lasts (``--mirror-peer-penalty``).
-        clock: a monotonic clock (injectable for tests).
-        max_contents: (peer, key) penalties kept at most; the oldest go first.
+    :param duration: how long a penalty lasts (``--mirror-peer-penalty``).
+    :param clock: a monotonic clock (injectable for tests).
+    :param max_contents: (peer, key) penalties kept at most; the oldest go first.
     """
 
     def __init__(self, duration: float, clock: Callable[[], float] = time.monotonic,

@@ -13,14 +13,18 @@ MAX_RANGE_HEADER = 200
 
 @dataclass(frozen=True, slots=True)
 class ByteRange:
+    """One byte range of a content, ``start`` to ``end`` inclusive."""
+
     start: int
     end: int  # inclusive
 
     @property
     def length(self) -> int:
+        """The number of bytes in the range."""
         return self.end - self.start + 1
 
     def content_range(self, size: int) -> str:
+        """The ``Content-Range`` header value for content of ``size`` bytes."""
         return f"bytes {self.start}-{self.end}/{size}"
 
 

@@ -51,6 +51,12 @@ class FileRangeResponse(Response):
         self.headers["content-length"] = str(count)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the headers, then the bytes: one zero-copy message, or ``pread`` chunks.
+
+        The file descriptor is closed when the response ends, however it ends.
+
+        :raises BlobUnknown: the file was truncated while being served (fallback path).
+        """
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
@@ -90,6 +96,10 @@ class StoreStreamResponse(Response):
         self.headers["content-length"] = str(count)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the headers, then exactly ``count`` bytes from the iterator.
+
+        :raises BlobUnknown: the iterator ended early (the body is cut, never completed).
+        """
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
         if scope.get("method") == "HEAD":
@@ -126,9 +136,15 @@ class SpliceSink:
         self.source_timeout = source_timeout
 
     async def write(self, data: bytes) -> None:
+        """Send ``data`` to the client as part of the body."""
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def splice(self, fd: int, count: int) -> tuple[int, str]:
+        """Ask the server to move ``count`` bytes from socket ``fd`` to the client.
+
+        :returns: the bytes moved and why the source stopped (``"done"`` when all moved).
+        :raises ClientGone: the client went away, or the server did not report.
+        """
         report = SpliceReport()
         await self._send({"type": ZEROCOPY_MESSAGE, "socket": fd, "count": count,
                           "more_body": True, "source_timeout": self.source_timeout,
@@ -156,6 +172,11 @@ class RelayResponse(Response):
         self.headers["content-length"] = str(count)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the headers, run the relay, then end the body.
+
+        A client that went away ends the response quietly; an exception of the relay
+        propagates, so the server cuts the body short.
+        """
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
         try:

@@ -55,6 +55,7 @@ def _registry(ns: str | None) -> str:
 @router.get("/v2/", summary="API version check", operation_id="v2_root")
 @router.head("/v2/", summary="API version check", operation_id="v2_root_head")
 async def v2_root() -> JSONResponse:
+    """Answer the API version check with ``Docker-Distribution-API-Version: registry/2.0``."""
     return JSONResponse({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
 
 
@@ -80,6 +81,10 @@ async def get_manifest(
     request: Request, name: str, reference: str, pulls: PullDep,
     ns: NsQuery = None, mirrored: MirroredHeader = None,
 ) -> Response:
+    """Serve a manifest from the local store, else from a peer that has it.
+
+    A request from a peer (the mirrored header set) is answered from local content only.
+    """
     pull = _pull(request, ns, name, mirrored)
     tag, digest = parse_manifest_reference(reference)
     return await pulls.manifest(pull, tag, digest)
@@ -93,6 +98,10 @@ async def get_blob(
     request: Request, name: str, digest: str, pulls: PullDep,
     ns: NsQuery = None, range: RangeHeader = None, mirrored: MirroredHeader = None,
 ) -> Response:
+    """Serve a blob, or one byte range of it, from the local store, else from a peer.
+
+    A request from a peer (the mirrored header set) is answered from local content only.
+    """
     pull = _pull(request, ns, name, mirrored)
     return await pulls.blob(pull, parse_digest(digest), range)
 
@@ -107,6 +116,7 @@ def _pull(request: Request, ns: str | None, name: str, mirrored: str | None) -> 
 
 
 async def push_unsupported(rest: str) -> Response:
+    """Refuse pushes and deletes with 405 ``UNSUPPORTED``: the mirror is pull-only."""
     raise Unsupported("this mirror is pull-only")
 
 
@@ -121,6 +131,7 @@ for _method in ("POST", "PUT", "PATCH", "DELETE"):
 
 @router.api_route("/v2/{rest:path}", methods=["GET", "HEAD"], include_in_schema=False)
 async def unknown_endpoint(rest: str) -> Response:
+    """Answer paths under ``/v2/`` that no route serves with the spec's error codes."""
     # A blob or manifest path whose reference did not route (empty, or with a "/").
     if "/blobs/" in f"/{rest}":
         raise BlobUnknown("no such blob")

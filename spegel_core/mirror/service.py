@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    """A manifest's verified bytes with its digest and media type."""
+
     digest: str
     media_type: str
     data: bytes
@@ -33,12 +35,17 @@ class ManifestCache:
         self._size = 0
 
     def get(self, digest: str) -> Manifest | None:
+        """The cached manifest of ``digest`` (now the most recently used), or None."""
         entry = self._entries.get(digest)
         if entry is not None:
             self._entries.move_to_end(digest)
         return entry
 
     def put(self, manifest: Manifest) -> None:
+        """Cache ``manifest``, evicting the least recently used until ``max_bytes`` holds.
+
+        A manifest larger than ``max_bytes`` is not cached.
+        """
         if manifest.digest in self._entries or len(manifest.data) > self.max_bytes:
             return
         self._entries[manifest.digest] = manifest
@@ -48,6 +55,7 @@ class ManifestCache:
             self._size -= len(old.data)
 
     def discard(self, digest: str) -> None:
+        """Forget the manifest of ``digest``, if cached."""
         entry = self._entries.pop(digest, None)
         if entry is not None:
             self._size -= len(entry.data)
@@ -63,18 +71,28 @@ class MirrorService:
         self._filters = [re.compile(p) for p in config.core.registry_filters]
 
     def check_registry(self, registry: str) -> None:
+        """Refuse a registry outside ``--mirrored-registries`` (none set: all are mirrored).
+
+        :raises NameUnknown: the registry is not mirrored by this node.
+        """
         mirrored = self.config.core.mirrored_registries
         if mirrored and registry not in mirrored:
             raise NameUnknown(f"registry {registry} is not mirrored by this node")
 
     def filtered(self, reference: Reference) -> bool:
+        """Whether ``--registry-filters`` exclude ``reference`` (neither served nor advertised)."""
         text = str(reference)
         return any(pattern.search(text) for pattern in self._filters)
 
     def tag_resolvable(self, reference: Reference) -> bool:
+        """Whether the tag of ``reference`` is resolved here (``--resolve-tags``, not filtered)."""
         return self.config.core.resolve_tags and not self.filtered(reference)
 
     async def resolve_tag(self, reference: Reference) -> str:
+        """The digest the local store holds for the tag of ``reference``.
+
+        :raises ManifestUnknown: the tag is not resolvable here, or the store lacks it.
+        """
         if not self.tag_resolvable(reference):
             raise ManifestUnknown(f"tag {reference} is not resolved by this mirror")
         try:
@@ -83,6 +101,13 @@ class MirrorService:
             raise ManifestUnknown(f"manifest {reference} not found") from None
 
     async def local_manifest(self, digest: str) -> Manifest:
+        """The manifest ``digest`` from the local store, verified against its digest.
+
+        Verified manifests are cached.
+
+        :raises ManifestUnknown: missing, too large, not a manifest, or corrupt
+            (its bytes do not match the digest; logged as an error).
+        """
         cached = self.manifests.get(digest)
         if cached is not None:
             return cached
@@ -108,6 +133,10 @@ class MirrorService:
         return manifest
 
     async def local_blob(self, digest: str) -> ContentInfo:
+        """What the local store knows of blob ``digest`` (size, media type, file).
+
+        :raises BlobUnknown: the store does not hold it.
+        """
         try:
             return await self.store.stat(digest)
         except NotFound:

@@ -29,6 +29,7 @@ def parse_digest(value: str) -> str:
 
 
 def is_digest(value: str) -> bool:
+    """Whether ``value`` is a valid digest (see :func:`parse_digest`)."""
     try:
         parse_digest(value)
     except DigestInvalid:
@@ -43,9 +44,11 @@ def split_digest(digest: str) -> tuple[str, str]:
 
 
 def hasher_for(digest: str) -> hashlib._Hash:
+    """A fresh hashlib object of the algorithm of ``digest``."""
     algorithm, _ = split_digest(digest)
     return hashlib.new(algorithm)
 
 
 def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
+    """The digest of ``data`` (``sha256:<hex>`` by default)."""
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"

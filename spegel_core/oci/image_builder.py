@@ -139,18 +139,15 @@ def build_image(
     the ``org.opencontainers.image.ref.name`` and ``io.containerd.image.name``
     annotations; entries of other references are kept.
 
-    Args:
-        layout_dir: the layout directory; created if missing.
-        reference: full reference recorded in ``index.json``.
-        platforms: ``(os, architecture)`` pairs, one manifest each.
-        layer_sizes: size of the data file in each layer (of each platform).
-        seed: selects the pseudo-random content; same seed, same digests.
-        raw_layers: write layers as plain random bytes (``...layer.v1.tar``
-            media type, not real tar) without tar or gzip; fast for large
-            benchmark blobs. Bytes are streamed to disk, never held whole.
-
-    Returns:
-        The digests and sizes of everything written.
+    :param layout_dir: the layout directory; created if missing.
+    :param reference: full reference recorded in ``index.json``.
+    :param platforms: ``(os, architecture)`` pairs, one manifest each.
+    :param layer_sizes: size of the data file in each layer (of each platform).
+    :param seed: selects the pseudo-random content; same seed, same digests.
+    :param raw_layers: write layers as plain random bytes (``...layer.v1.tar``
+        media type, not real tar) without tar or gzip; fast for large
+        benchmark blobs. Bytes are streamed to disk, never held whole.
+    :returns: the digests and sizes of everything written.
     """
     if not platforms:
         raise ValueError("at least one platform is needed")
@@ -207,8 +204,7 @@ def build_image(
 def remove_image(layout_dir: Path, reference: str) -> bool:
     """Drop ``reference`` from the layout's ``index.json``; blobs stay.
 
-    Returns:
-        Whether an entry was removed.
+    :returns: whether an entry was removed.
     """
     if not (Path(layout_dir) / "index.json").exists():
         return False

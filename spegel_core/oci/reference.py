@@ -33,6 +33,10 @@ def parse_name(name: str) -> str:
 
 
 def parse_tag(tag: str) -> str:
+    """Validate a tag (``v1.2``, ``latest``).
+
+    :raises TagInvalid: not a valid tag (answered as an unknown manifest).
+    """
     if not TAG_RE.fullmatch(tag):
         raise TagInvalid(f"invalid tag {tag[:80]!r}")
     return tag

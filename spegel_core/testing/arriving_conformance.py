@@ -43,11 +43,14 @@ WITHIN = 10.0
 class ArrivingWriter(Protocol):
     """What the suite drives: content that arrives in a store."""
 
-    async def append(self, data: bytes) -> None: ...
+    async def append(self, data: bytes) -> None:
+        """Write the next bytes of the content."""
 
-    async def commit(self) -> None: ...
+    async def commit(self) -> None:
+        """Complete the content: it becomes ordinary content of the store."""
 
-    async def abort(self) -> None: ...
+    async def abort(self) -> None:
+        """Give the download up: readers are cut short."""
 
 
 async def follow(content: ArrivingContent, timeout: float = WITHIN) -> bytes:  # noqa: ASYNC109
@@ -80,12 +83,15 @@ class ArrivingStoreConformance:
     """
 
     async def begin(self, store: ContentStore, data: bytes) -> ArrivingWriter:
+        """Make ``data`` start arriving in ``store``; the returned writer adds the bytes."""
         raise NotImplementedError
 
     async def test_is_an_arriving_store(self, arriving_store: ContentStore) -> None:
+        """The store satisfies the ``ArrivingStore`` protocol."""
         assert isinstance(arriving_store, ArrivingStore)
 
     async def test_unknown_digest_is_not_arriving(self, arriving_store: ContentStore) -> None:
+        """Opening a digest that is not arriving raises :class:`BlobUnknown`."""
         assert isinstance(arriving_store, ArrivingStore)
         with pytest.raises(BlobUnknown):
             await arriving_store.open_arriving("sha256:" + "0" * 64)
@@ -93,6 +99,7 @@ class ArrivingStoreConformance:
     async def test_arriving_content_is_announced_and_listed(
         self, arriving_store: ContentStore
     ) -> None:
+        """Content that starts arriving emits ``CONTENT_ARRIVING`` and is listed."""
         assert isinstance(arriving_store, ArrivingStore)
         data, digest = _payload()
         events = arriving_store.subscribe()
@@ -104,6 +111,7 @@ class ArrivingStoreConformance:
     async def test_a_reader_follows_the_content_through_its_commit(
         self, arriving_store: ContentStore
     ) -> None:
+        """A reader gets every byte as it lands and through the commit."""
         assert isinstance(arriving_store, ArrivingStore)
         data, digest = _payload()
         events = arriving_store.subscribe()
@@ -133,6 +141,7 @@ class ArrivingStoreConformance:
             await late.aclose()
 
     async def test_an_abort_cuts_readers_short(self, arriving_store: ContentStore) -> None:
+        """An abort raises :class:`ArrivingAborted` in readers and emits ``ARRIVING_ENDED``."""
         assert isinstance(arriving_store, ArrivingStore)
         data, digest = _payload()
         events = arriving_store.subscribe()
@@ -154,6 +163,7 @@ class ArrivingStoreConformance:
     async def test_a_reader_gives_up_when_nothing_arrives(
         self, arriving_store: ContentStore
     ) -> None:
+        """A reader's wait raises :class:`ArrivingAborted` when no byte lands in time."""
         assert isinstance(arriving_store, ArrivingStore)
         data, digest = _payload()
         events = arriving_store.subscribe()

@@ -105,6 +105,7 @@ class ContentStoreConformance:
 
     @pytest.fixture
     def conformance_image(self, tmp_path: Path) -> BuiltImage:
+        """The image the store under test must hold: two platforms, a 4 KiB and a 1.5 MiB layer."""
         return build_image(tmp_path / "conformance", "docker.io/library/conformance:v1",
                            layer_sizes=(4096, 1536 * 1024), seed=42)
 
@@ -124,25 +125,30 @@ class ContentStoreConformance:
 
     # -- identity and status --------------------------------------------------------
     async def test_is_a_content_store(self, conformance_store: ContentStore) -> None:
+        """The store satisfies the protocol and has a name."""
         assert isinstance(conformance_store, ContentStore)
         assert isinstance(conformance_store.name, str) and conformance_store.name
 
     async def test_status_ready(self, conformance_store: ContentStore) -> None:
+        """A started store holding content reports ready."""
         assert conformance_store.status().ready
 
     async def test_aclose_twice(self, conformance_store: ContentStore) -> None:
+        """Closing twice does not fail."""
         await conformance_store.aclose()
         await conformance_store.aclose()
 
     # -- tags -------------------------------------------------------------------------
     async def test_list_images(self, conformance_store: ContentStore,
                                conformance_image: BuiltImage) -> None:
+        """The conformance image is listed under its reference, pointing to its index."""
         images = {str(image.reference): image.digest
                   for image in await conformance_store.list_images()}
         assert images.get(conformance_image.reference) == conformance_image.index_digest
 
     async def test_resolve_tag(self, conformance_store: ContentStore,
                                conformance_image: BuiltImage) -> None:
+        """The tag resolves to the image's index digest."""
         reference = Reference.parse(conformance_image.reference)
         assert await conformance_store.resolve(reference) == conformance_image.index_digest
 
@@ -153,12 +159,14 @@ class ContentStoreConformance:
     ])
     async def test_resolve_unknown_tag(self, conformance_store: ContentStore,
                                        unknown: str) -> None:
+        """An unknown tag, repository or registry raises :class:`NotFound`."""
         with pytest.raises(NotFound):
             await conformance_store.resolve(Reference.parse(unknown))
 
     # -- blobs ------------------------------------------------------------------------
     async def test_stat_every_blob(self, conformance_store: ContentStore,
                                    conformance_image: BuiltImage) -> None:
+        """``stat`` reports each blob's digest, size, media type and file (if any)."""
         for digest, size in conformance_image.blobs.items():
             info = await conformance_store.stat(digest)
             assert info.digest == digest
@@ -170,6 +178,7 @@ class ContentStoreConformance:
                 assert await asyncio.to_thread(os.path.getsize, info.path) == size
 
     async def test_stat_absent_digest(self, conformance_store: ContentStore) -> None:
+        """A well-formed digest the store lacks: ``stat`` and ``read`` raise :class:`NotFound`."""
         with pytest.raises(NotFound):
             await conformance_store.stat(ABSENT_DIGEST)
         with pytest.raises(NotFound):
@@ -177,6 +186,7 @@ class ContentStoreConformance:
 
     @pytest.mark.parametrize("digest", MALFORMED_DIGESTS)
     async def test_malformed_digest(self, conformance_store: ContentStore, digest: str) -> None:
+        """Malformed digests (path traversal among them) raise :class:`DigestInvalid`."""
         with pytest.raises(DigestInvalid):
             await conformance_store.stat(digest)
         with pytest.raises(DigestInvalid):
@@ -184,6 +194,7 @@ class ContentStoreConformance:
 
     async def test_read_whole_blobs(self, conformance_store: ContentStore,
                                     conformance_image: BuiltImage) -> None:
+        """Each blob reads back whole, with its size and digest."""
         for digest, size in conformance_image.blobs.items():
             data = await read_all(conformance_store, digest)
             assert len(data) == size
@@ -191,6 +202,7 @@ class ContentStoreConformance:
 
     async def test_read_ranges(self, conformance_store: ContentStore,
                                conformance_image: BuiltImage) -> None:
+        """Ranges at the edges, across chunk boundaries, to the end and empty read correctly."""
         digest = max(conformance_image.blobs, key=conformance_image.blobs.__getitem__)
         expected = conformance_image.blob_path(digest).read_bytes()
         size = len(expected)
@@ -206,11 +218,13 @@ class ContentStoreConformance:
 
     async def test_list_digests(self, conformance_store: ContentStore,
                                 conformance_image: BuiltImage) -> None:
+        """Every blob of the image is among the listed digests."""
         assert set(conformance_image.blobs) <= set(await conformance_store.list_digests())
 
     # -- events -----------------------------------------------------------------------
     async def test_events_image_created_and_deleted(self, conformance_store: ContentStore,
                                                      tmp_path: Path) -> None:
+        """Tagging and untagging an image emit ``IMAGE_CREATED`` and ``IMAGE_DELETED``."""
         if not self.supports_events:
             pytest.skip("store does not support events")
         events = conformance_store.subscribe()
@@ -233,6 +247,7 @@ class ContentStoreConformance:
 
     async def test_every_subscriber_gets_events(self, conformance_store: ContentStore,
                                                 tmp_path: Path) -> None:
+        """Two subscribers both get the same event."""
         if not self.supports_events:
             pytest.skip("store does not support events")
         first, second = conformance_store.subscribe(), conformance_store.subscribe()
@@ -246,6 +261,7 @@ class ContentStoreConformance:
                 and e.key == self.extra_reference)
 
     async def test_subscription_ends_on_close(self, conformance_store: ContentStore) -> None:
+        """Closing the store ends its event streams."""
         events = conformance_store.subscribe()
         await conformance_store.aclose()
 

@@ -88,6 +88,7 @@ class ContainerdDaemon:
 
     @property
     def root(self) -> Path:
+        """The daemon's ``root`` directory (its persistent state, content included)."""
         return self.directory / "root"
 
     @property
@@ -97,14 +98,17 @@ class ContainerdDaemon:
 
     @property
     def config_path(self) -> Path:
+        """The daemon's ``config.toml``."""
         return self.directory / "config.toml"
 
     @property
     def log_path(self) -> Path:
+        """Where the daemon's output goes."""
         return self.directory / "containerd.log"
 
     @property
     def running(self) -> bool:
+        """Whether the daemon process is running."""
         return self.process is not None and self.process.poll() is None
 
     def write_config(self) -> Path:
@@ -160,6 +164,7 @@ class ContainerdDaemon:
         return self.start()
 
     def log(self) -> str:
+        """The last 4000 characters of the daemon's output ("" before it ever ran)."""
         try:
             return self.log_path.read_text(errors="replace")[-4000:]
         except FileNotFoundError:

@@ -107,6 +107,7 @@ class HostilePeer:
             writer.close()
 
     async def aclose(self) -> None:
+        """Stop accepting, release connections held open, and close the server; idempotent."""
         self._closing.set()
         if self._server is not None:
             self._server.close()
@@ -178,7 +179,9 @@ class SeedDiscovery:
         self.addresses = [PeerAddress(host, port) for host, port in addresses]
 
     async def bootstrap_peers(self) -> list[PeerAddress]:
+        """The fixed addresses (a new list each call)."""
         return list(self.addresses)
 
     async def aclose(self) -> None:
+        """Nothing to release."""
         pass

@@ -18,8 +18,10 @@ _counter = itertools.count()
 
 
 def free_loopback_ip(port: int = 5000) -> str:
-    """A 127.0.x.y address whose ``port`` (TCP and UDP ``port + 1``) and metrics port
-    (TCP :data:`METRICS_PORT`) are free right now.
+    """A 127.x.y.z address whose node ports are free right now.
+
+    Those are ``port`` (TCP), ``port + 1`` (UDP) and the metrics port (TCP
+    :data:`METRICS_PORT`).
 
     Each call returns a different address, so tests can run nodes on the same
     ports as a real cluster without colliding.

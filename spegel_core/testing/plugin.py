@@ -35,11 +35,16 @@ from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
 
 @pytest.fixture
 def spegel_pm() -> PluginManager:
+    """A fresh plugin manager with the built-in plugins only (no entry points)."""
     return create_plugin_manager(load_entrypoints=False)
 
 
 @pytest.fixture
 def register_plugin(spegel_pm: PluginManager) -> Iterator[Callable[[object, str], None]]:
+    """Register a plugin on ``spegel_pm`` for this test: ``register_plugin(plugin, name)``.
+
+    Every plugin registered this way is unregistered at teardown.
+    """
     names: list[str] = []
 
     def register(plugin: object, name: str) -> None:
@@ -53,23 +58,30 @@ def register_plugin(spegel_pm: PluginManager) -> Iterator[Callable[[object, str]
 
 @dataclass
 class HookCall:
+    """One recorded hook call: the hook's name and its keyword arguments."""
+
     name: str
     kwargs: dict[str, Any]
 
 
 @dataclass
 class HookRecorder:
+    """The hook calls made on ``spegel_pm`` during a test, in order."""
+
     calls: list[HookCall] = field(default_factory=list)
 
     def names(self) -> list[str]:
+        """The names of the hooks called, in order (repeated for repeated calls)."""
         return [call.name for call in self.calls]
 
     def get(self, name: str) -> list[HookCall]:
+        """The calls of the hook ``name``."""
         return [call for call in self.calls if call.name == name]
 
 
 @pytest.fixture
 def hook_recorder(spegel_pm: PluginManager) -> Iterator[HookRecorder]:
+    """Record every hook call made on ``spegel_pm`` until the end of the test."""
     recorder = HookRecorder()
 
     def before(hook_name: str, hook_impls: Any, kwargs: Mapping[str, Any]) -> None:
@@ -85,6 +97,10 @@ def hook_recorder(spegel_pm: PluginManager) -> Iterator[HookRecorder]:
 
 @pytest.fixture
 def make_config(spegel_pm: PluginManager) -> Callable[..., SpegelConfig]:
+    """Build a validated config from settings values: ``make_config(mirror_timeout=2)``.
+
+    The router defaults to ``none`` so that in-process tests bind no router port.
+    """
     def make(**values: Any) -> SpegelConfig:
         # In-process tests run without a router unless they ask for one: a default
         # Kademlia router would bind the router port of every interface.
@@ -96,6 +112,11 @@ def make_config(spegel_pm: PluginManager) -> Callable[..., SpegelConfig]:
 
 @pytest.fixture
 def mirror_client(spegel_pm: PluginManager) -> Callable[..., Any]:
+    """An async context manager giving an ``httpx`` client of an in-process mirror.
+
+    ``async with mirror_client(config, store) as client:`` creates the app, runs its
+    lifespan and talks to it through ASGI (no socket).
+    """
     import httpx
 
     from spegel_core.mirror.app import create_app
@@ -114,6 +135,11 @@ def mirror_client(spegel_pm: PluginManager) -> Callable[..., Any]:
 
 @pytest.fixture
 def spegel_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Start a real ``spegel registry`` process on a free loopback address.
+
+    ``spegel_node(*flags, ip=None, port=5000, env=None, wait=True)`` returns the
+    :class:`NodeProcess`, ready unless ``wait=False``; every node is stopped at teardown.
+    """
     started: list[NodeProcess] = []
 
     def start(*args: str, ip: str | None = None, port: int = 5000,
@@ -133,6 +159,7 @@ def spegel_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 
 @pytest.fixture
 def containerd_daemon() -> Iterator[ContainerdDaemon]:
+    """A private containerd daemon for the test; fails (never skips) without containerd."""
     if not containerd_available():
         # Not a skip: a test that cannot run is not a passing test (CI installs containerd).
         pytest.fail("containerd and ctr are required (apt-get install containerd; run as root)")

@@ -29,6 +29,7 @@ Routers = list[tuple[Router, Peer]]
 
 
 async def collect(router: Router, key: str, count: int = 3, within: float = 1.0) -> list[Peer]:
+    """Every peer ``router.lookup`` yields for ``key`` within ``within`` seconds."""
     found = []
     lookup: AsyncIterator[Peer] = router.lookup(key, count, within)
     async for peer in lookup:
@@ -37,6 +38,10 @@ async def collect(router: Router, key: str, count: int = 3, within: float = 1.0)
 
 
 async def eventually_found(router: Router, key: str, expected: Peer, settle: float) -> list[Peer]:
+    """Look ``key`` up until ``expected`` is among the providers or ``settle`` seconds pass.
+
+    :returns: the providers of the last lookup (the caller asserts on them).
+    """
     deadline = time.monotonic() + settle
     while True:
         found = await collect(router, key)
@@ -48,12 +53,16 @@ async def eventually_found(router: Router, key: str, expected: Peer, settle: flo
 
 
 class RouterConformance:
+    """Tests every :class:`~spegel_core.protocols.Router` must pass (see the module docstring)."""
+
     settle: float = 3.0
 
     def key(self) -> str:
+        """A fresh tag key, so that tests never see each other's advertisements."""
         return f"docker.io/library/conformance:{uuid.uuid4().hex[:12]}"
 
     async def test_status(self, conformance_routers: Routers) -> None:
+        """Each router reports a status with a node id and a peer count, and has a name."""
         for router, _ in conformance_routers:
             status = router.status()
             assert isinstance(status, RouterStatus)
@@ -61,6 +70,7 @@ class RouterConformance:
             assert isinstance(router.name, str) and router.name
 
     async def test_advertised_key_is_found_by_others(self, conformance_routers: Routers) -> None:
+        """A key one router advertises is found by every other router."""
         (a, peer_a), *others = conformance_routers
         key = self.key()
         await a.advertise([key])
@@ -69,6 +79,7 @@ class RouterConformance:
             assert any((p.host, p.port) == (peer_a.host, peer_a.port) for p in found), found
 
     async def test_digest_keys_work_too(self, conformance_routers: Routers) -> None:
+        """A digest key is found, with exactly the advertising router as provider."""
         (a, peer_a), (b, _), *_ = conformance_routers
         key = "sha256:" + uuid.uuid4().hex * 2
         await a.advertise([key])
@@ -76,6 +87,7 @@ class RouterConformance:
         assert [(p.host, p.port) for p in found] == [(peer_a.host, peer_a.port)]
 
     async def test_lookup_never_yields_the_asking_node(self, conformance_routers: Routers) -> None:
+        """A router's lookup never yields itself, even for a key it advertises."""
         (a, peer_a), *_ = conformance_routers
         key = self.key()
         await a.advertise([key])
@@ -83,6 +95,7 @@ class RouterConformance:
         assert all((p.host, p.port) != (peer_a.host, peer_a.port) for p in found), found
 
     async def test_several_providers_and_count(self, conformance_routers: Routers) -> None:
+        """Every provider of a key is found, and ``count`` limits how many are yielded."""
         key = self.key()
         *providers, (asker, _) = conformance_routers
         for router, _ in providers:
@@ -98,12 +111,14 @@ class RouterConformance:
         assert len(await collect(asker, key, count=1)) == 1
 
     async def test_unknown_key_ends_within_the_timeout(self, conformance_routers: Routers) -> None:
+        """A lookup of an unknown key yields nothing and ends near its timeout."""
         (a, _), *_ = conformance_routers
         started = time.monotonic()
         assert await collect(a, self.key(), within=0.3) == []
         assert time.monotonic() - started < 0.3 + 0.5
 
     async def test_withdrawn_key_disappears(self, conformance_routers: Routers) -> None:
+        """A withdrawn key is no longer found by others."""
         (a, peer_a), (b, _), *_ = conformance_routers
         key = self.key()
         await a.advertise([key])
@@ -116,6 +131,7 @@ class RouterConformance:
 
     @pytest.mark.parametrize("times", [2])
     async def test_aclose_is_idempotent(self, conformance_routers: Routers, times: int) -> None:
+        """Closing a router twice does not fail."""
         router, _ = conformance_routers[-1]
         for _ in range(times):
             await router.aclose()

@@ -55,12 +55,11 @@ class TokenBucket:
 class ThrottledProxy:
     """A TCP proxy to ``target_host:target_port`` on ``host:port`` (0: a free port).
 
-    Args:
-        target_host: where the registry listens.
-        target_port: its port.
-        rate: bytes per second from the registry to all clients together.
-        host: loopback address to listen on.
-        port: port to listen on (0 picks a free one).
+    :param target_host: where the registry listens.
+    :param target_port: its port.
+    :param rate: bytes per second from the registry to all clients together.
+    :param host: loopback address to listen on.
+    :param port: port to listen on (0 picks a free one).
 
     :attr:`bytes_down` counts bytes forwarded from the registry to clients,
     :attr:`bytes_up` the other way, :attr:`connections` connections accepted.
@@ -88,6 +87,7 @@ class ThrottledProxy:
 
     @property
     def address(self) -> str:
+        """``host:port`` the proxy listens on."""
         return f"{self.host}:{self.port}"
 
     def reset(self) -> None:

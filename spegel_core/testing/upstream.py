@@ -27,9 +27,15 @@ class UpstreamRegistry:
 
     @property
     def address(self) -> str:
+        """``host:port`` the registry listens on."""
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> UpstreamRegistry:
+        """Start the registry (storage under ``root``) and wait until ``/v2/`` answers.
+
+        :raises RuntimeError: docker-registry is missing, the address is taken, or it exited.
+        :raises TimeoutError: it did not answer within ``timeout`` seconds.
+        """
         binary = shutil.which(REGISTRY_BINARY)
         if binary is None:
             raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
@@ -64,6 +70,7 @@ class UpstreamRegistry:
         raise TimeoutError(f"docker-registry not answering on {self.address}: {self.log()}")
 
     def log(self) -> str:
+        """The last 3000 characters of the registry's output."""
         path = self.root / "registry.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
@@ -99,6 +106,10 @@ class UpstreamRegistry:
             conn.close()
 
     def put_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> None:
+        """Upload a manifest under ``reference`` (a tag or its digest).
+
+        :raises RuntimeError: the registry did not answer 201.
+        """
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
             conn.request("PUT", f"/v2/{repository}/manifests/{reference}", body=data,
@@ -111,6 +122,7 @@ class UpstreamRegistry:
             conn.close()
 
     def stop(self) -> None:
+        """Terminate the registry (kill after 10 s) and wait for it; idempotent."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
