@@ -11,8 +11,15 @@ from typing import Any
 
 from spegel_core.config import SpegelConfig
 from spegel_core.mirror.peers import PeerFetcher
+from spegel_core.mirror.singleflight import SingleFlight
 from spegel_core.plugin_manager import PluginManager
-from spegel_core.protocols import ContentStore, Discovery, Router, StoreConnection
+from spegel_core.protocols import (
+    ContentStore,
+    Discovery,
+    Router,
+    SingleFlightRouter,
+    StoreConnection,
+)
 from spegel_core.registries import MetricsHub
 from spegel_core.state import StateTracker
 
@@ -34,6 +41,8 @@ class Node:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     peers: PeerFetcher | None = None
     tracker: StateTracker | None = None
+    #: Single flight (``--single-flight`` and a router with the optional part).
+    flight: SingleFlight | None = None
 
     @classmethod
     def build(cls, config: SpegelConfig, pm: PluginManager,
@@ -54,6 +63,10 @@ class Node:
         if router is not None:
             node.peers = PeerFetcher.from_config(config, router, metrics)
             node.tracker = StateTracker(config, store, router, metrics)
+            if config.core.single_flight and isinstance(router, SingleFlightRouter):
+                node.flight = SingleFlight(router, store, node.peers, metrics,
+                                           wait=config.core.single_flight_wait,
+                                           fanout=config.core.peer_fanout)
         return node
 
     async def open(self, stack: AsyncExitStack) -> None:
@@ -74,6 +87,8 @@ class Node:
         stack.push_async_callback(self._cancel_background)
         if self.tracker is not None:
             self.spawn(self.tracker.run(), "state-tracker")
+        if self.flight is not None:
+            self.spawn(self.flight.run(), "single-flight")
         self.started = True
         log.info("node started: store=%s router=%s", self.store.name,
                  self.router.name if self.router else "none")

@@ -181,6 +181,16 @@ class Fleet:
                 raise RuntimeError("spegel configuration failed")
         return self
 
+    def add_image(self, repository: str, layer_sizes: Sequence[int], seed: int) -> str:
+        """Build and push another image (``library/<repository>:v1``); its reference."""
+        assert self.registry is not None and self.proxy is not None, "fleet not started"
+        reference = f"{self.proxy.address}/library/{repository}:v1"
+        image = build_image(self.workdir / f"layout-{repository}", reference,
+                            layer_sizes=layer_sizes, seed=seed,
+                            platforms=(("linux", "amd64"),))
+        self.registry.push_layout(image.layout_dir, reference, f"library/{repository}:v1")
+        return reference
+
     def stop(self) -> None:
         for member in self.nodes:
             member.node.stop()
