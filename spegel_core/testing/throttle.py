@@ -61,13 +61,15 @@ class ThrottledProxy:
         rate: bytes per second from the registry to all clients together.
         host: loopback address to listen on.
         port: port to listen on (0 picks a free one).
+        source: local address to connect to the target from (a client's own node
+            address, as a node's containerd has in a cluster); None: the kernel's choice.
 
     :attr:`bytes_down` counts bytes forwarded from the registry to clients,
     :attr:`bytes_up` the other way, :attr:`connections` connections accepted.
     """
 
     def __init__(self, target_host: str, target_port: int, rate: float, *,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, source: str | None = None) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.target_host = target_host
@@ -75,6 +77,7 @@ class ThrottledProxy:
         self.rate = rate
         self.host = host
         self.port = port
+        self.source = source
         self.bytes_down = 0
         self.bytes_up = 0
         self.connections = 0
@@ -138,7 +141,8 @@ class ThrottledProxy:
         self.connections += 1
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
-                self.target_host, self.target_port)
+                self.target_host, self.target_port,
+                local_addr=(self.source, 0) if self.source else None)
         except OSError:
             client_writer.close()
             self._tasks.discard(task)
