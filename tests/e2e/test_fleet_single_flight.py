@@ -114,13 +114,21 @@ def test_the_fetchers_pull_killed_mid_layer_every_other_node_completes(tmp_path:
 def test_a_fetcher_that_never_fetches_leaves_the_others_to_go_upstream(tmp_path: Path) -> None:
     with _fleet(tmp_path, 3, 4 * MIB, 16e6, ("--single-flight-wait", "2s")) as fleet:
         first, *others = fleet.nodes
-        for hosts in first.hosts.glob("*/hosts.toml"):  # an upstream that refuses it
-            hosts.write_text(hosts_toml("http://127.0.0.1:9", [first.node.url]))
-        pull_first = first.start_pull(fleet.reference)
-        assert pull_first.wait(timeout=60) != 0, "the refused pull succeeded"
-        assert first.metric(CLAIMS, 'role="go"') >= 1
-        started = time.monotonic()
-        pulls = [(member, member.start_pull(fleet.reference)) for member in others]
+        layer = fleet.layers[0].encode()
+        assert fleet.registry is not None
+        refusing = ThrottledProxy(fleet.registry.host, fleet.registry.port, rate=1e12,
+                                  refuse=b"/blobs/" + layer).start()
+        try:
+            for hosts in first.hosts.glob("*/hosts.toml"):  # its upstream refuses the layer
+                hosts.write_text(hosts_toml(f"http://{refusing.address}", [first.node.url]))
+            pull_first = first.start_pull(fleet.reference)
+            until(lambda: first.metric(CLAIMS, 'role="go"') >= 1, 30, "first was never told go")
+            started = time.monotonic()
+            pulls = [(member, member.start_pull(fleet.reference)) for member in others]
+            assert pull_first.wait(timeout=60) != 0, "the refused pull succeeded"
+            assert refusing.refused >= 1
+        finally:
+            refusing.stop()
         for member, pull in pulls:
             _finish(member, pull)
             assert "complete" in member.check(fleet.reference)
@@ -128,6 +136,7 @@ def test_a_fetcher_that_never_fetches_leaves_the_others_to_go_upstream(tmp_path:
         waited = sum(m.metric("spegel_single_flight_wait_seconds_count", 'outcome="timeout"')
                      for m in others)
         print(f"the others finished in {took:.2f}s after {waited:.0f} waits ended in 404")
+        assert waited >= 1, "nobody waited on the fetcher that never fetched"
         assert sum(m.metric(CLAIMS, 'role="go"') + m.metric(CLAIMS, 'role="wait"')
                    for m in others) >= len(others)
 
