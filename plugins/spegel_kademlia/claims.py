@@ -187,6 +187,11 @@ class Claimant:
         own = Peer("", self.mirror_port, self.node_id)
         answer = self.book.claim(kid, own, fanout=fanout, ttl=min(MAX_TTL, ttl),
                                  now=self._clock())
-        # Members that are this node have no host in the book: the node asks itself,
-        # and only the "go" / parent / fetcher identity matters to it.
-        return answer
+        # Members that are this node have no host in the book (others name it by the
+        # address they reach it at); to itself it is its bound address, if any.
+        def named(peer: Peer) -> Peer:
+            return peer if peer.host else Peer(self.host, peer.port, peer.node_id)
+
+        parent = None if answer.parent is None else named(answer.parent)
+        return ClaimAnswer(go=answer.go, fetcher=named(answer.fetcher), parent=parent,
+                           depth=answer.depth, ttl=answer.ttl)

@@ -25,10 +25,12 @@ async def _routers(count: int, cluster_key: bytes | None = None) -> Routers:
                                 discovery=discovery, cluster_key=cluster_key)
         await router.start()
         routers.append((router, Peer(ip, 5000 + index)))
-    for _ in range(200):  # bootstrap runs in the background
+    for _ in range(500):  # bootstrap runs in the background
         if all(r.status().peers >= count - 1 for r, _ in routers):
             break
         await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the routers did not all find each other within 10 s")
     return routers
 
 
