@@ -33,6 +33,8 @@ __all__ = ["Claimant", "answer_claim", "local_address_towards"]
 MAX_TTL = 60.0
 #: Rendezvous nodes tried in turn (closest first) before a claim gives up.
 ATTEMPTS = 3
+#: Digests whose rendezvous is remembered at most (the oldest is forgotten first).
+MAX_REMEMBERED = 4096
 
 
 @functools.lru_cache(maxsize=1024)
@@ -132,7 +134,7 @@ class Claimant:
             candidates = await self._rendezvous(kid)
         for contact in candidates[:ATTEMPTS]:
             if contact is None:
-                self._where[digest] = None
+                self._remember(digest, None)
                 return self._local(kid, fanout, ttl)
             left = deadline - self._clock()
             if left <= 0:
@@ -146,7 +148,7 @@ class Claimant:
                 continue
             if not isinstance(reply.body, ClaimReply):
                 continue
-            self._where[digest] = contact
+            self._remember(digest, contact)
             answer = reply.body
             return ClaimAnswer(go=answer.go, fetcher=_peer(answer.fetcher),
                                parent=None if answer.parent is None else _peer(answer.parent),
@@ -167,6 +169,12 @@ class Claimant:
 
     def forget(self, digest: str) -> None:
         self._where.pop(digest, None)
+
+    def _remember(self, digest: str, contact: Contact | None) -> None:
+        self._where.pop(digest, None)
+        while len(self._where) >= MAX_REMEMBERED:
+            del self._where[next(iter(self._where))]
+        self._where[digest] = contact
 
     async def _rendezvous(self, kid: bytes) -> list[Contact | None]:
         """The closest nodes to ``kid``, this node (None) among them where it belongs."""
