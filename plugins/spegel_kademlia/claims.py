@@ -33,6 +33,8 @@ __all__ = ["Claimant", "answer_claim", "local_address_towards"]
 MAX_TTL = 60.0
 #: Rendezvous nodes tried in turn (closest first) before a claim gives up.
 ATTEMPTS = 3
+#: Contacts the rendezvous lookup converges on (the closest and a few fallbacks).
+CLOSEST = 4
 #: Digests whose rendezvous is remembered at most (the oldest is forgotten first).
 MAX_REMEMBERED = 4096
 
@@ -95,14 +97,15 @@ class Claimant:
         mirror_port: where this node's mirror listens.
         host: the address this node's socket is bound to ("" when unspecified).
         book: this node's own book (used when it is the rendezvous itself).
-        closest: an async FIND_NODE lookup of a key id (closest contacts first).
+        closest: an async FIND_NODE lookup of a key id: the contacts that answered,
+            closest first; [] when this node knows nobody, None when nobody answered.
         request: send one request body to a contact and await its answer.
         send: send one datagram with no answer (releases).
         clock: monotonic seconds.
     """
 
     def __init__(self, *, node_id: bytes, mirror_port: int, host: str, book: ClaimBook,
-                 closest: Callable[[bytes], Awaitable[list[Contact]]],
+                 closest: Callable[[bytes], Awaitable[list[Contact] | None]],
                  request: Callable[[Contact, Body, float], Awaitable[Message]],
                  send: Callable[[Contact, Body], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -177,8 +180,12 @@ class Claimant:
         self._where[digest] = contact
 
     async def _rendezvous(self, kid: bytes) -> list[Contact | None]:
-        """The closest nodes to ``kid``, this node (None) among them where it belongs."""
+        """The closest nodes to ``kid``, this node (None) among them where it belongs;
+        nothing when the lookup reached nobody (a node alone is its own rendezvous, but
+        a node whose contacts do not answer is not: that would be a second flight)."""
         contacts = await self._closest(kid)
+        if contacts is None:
+            return []
         own = distance(self.node_id, kid)
         ordered: list[Contact | None] = []
         placed = False
