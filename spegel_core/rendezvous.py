@@ -119,6 +119,11 @@ class ClaimBook:
         self.joined += 1
         return self._answer(flight, member, ttl)
 
+    def holds(self, key: bytes, now: float) -> bool:
+        """Whether a live flight of ``key`` is kept here."""
+        flight = self.flights.get(key)
+        return flight is not None and flight.live(now)
+
     def release(self, key: bytes, requester: Peer) -> None:
         """``requester`` leaves the flight of ``key`` (the fetcher leaving ends it)."""
         flight = self.flights.get(key)

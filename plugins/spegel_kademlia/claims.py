@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from spegel_core.protocols import ClaimAnswer, Peer
 from spegel_core.rendezvous import ClaimBook
 from spegel_kademlia.ids import Contact, distance, key_id
-from spegel_kademlia.messages import Body, Claim, ClaimReply, Message, ProviderInfo
+from spegel_kademlia.messages import Body, Claim, ClaimReply, Message, Nodes, ProviderInfo
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,10 @@ __all__ = ["Claimant", "answer_claim", "local_address_towards"]
 
 #: Longest claim TTL a rendezvous grants (a claimant asking more gets this).
 MAX_TTL = 60.0
-#: Rendezvous nodes tried in turn (closest first) before a claim gives up.
-ATTEMPTS = 3
-#: Contacts the rendezvous lookup converges on (the closest and a few fallbacks).
+#: Closer contacts a node returns instead of answering a claim (and a claimant starts with).
 CLOSEST = 4
+#: Most nodes one claim visits before it gives up.
+MAX_HOPS = 8
 #: Digests whose rendezvous is remembered at most (the oldest is forgotten first).
 MAX_REMEMBERED = 4096
 
@@ -60,13 +60,15 @@ def _peer(info: ProviderInfo) -> Peer:
     return Peer(info.host, info.port, info.node_id)
 
 
-def answer_claim(message: Message, book: ClaimBook, own: Peer, *,
-                 now: float) -> ClaimReply | None:
-    """The rendezvous' reply to a CLAIM (None for a release, which gets none).
+def answer_claim(message: Message, book: ClaimBook, own: Peer, *, now: float,
+                 closer: Sequence[Contact] = ()) -> ClaimReply | Nodes | None:
+    """The reply to a CLAIM (None for a release, which gets none).
 
-    ``own`` is this node as others reach it: a flight member that is this node has
-    an empty host in ``book`` (see :class:`Claimant`); it is filled in here with the
-    address this node uses towards the claimant.
+    ``closer`` are the contacts this node knows closer to the key than itself: unless
+    it holds the key's flight already, it sends the claim on to them (NODES) rather
+    than answer it. ``own`` is this node as others reach it: a flight member that is
+    this node has an empty host in ``book`` (see :class:`Claimant`); it is filled in
+    with the address this node uses towards the claimant.
     """
     body = message.body
     if not isinstance(body, Claim):
@@ -75,6 +77,8 @@ def answer_claim(message: Message, book: ClaimBook, own: Peer, *,
     if body.ttl_ms == 0:
         book.release(body.key, requester)
         return None
+    if closer and not book.holds(body.key, now):
+        return Nodes(tuple(closer))
     ttl = min(MAX_TTL, body.ttl_ms / 1000)
     answer = book.claim(body.key, requester, fanout=body.fanout, ttl=ttl, now=now)
     here = local_address_towards(message.source_host) if not own.host else own.host
@@ -90,22 +94,29 @@ def answer_claim(message: Message, book: ClaimBook, own: Peer, *,
 
 
 class Claimant:
-    """Claims digests at their rendezvous for this node.
+    """Claims digests at their rendezvous for this node, routing each claim there.
+
+    A claim goes to the closest contact this node knows; a node that knows a contact
+    closer to the key than itself, and holds no flight of it, answers with those
+    contacts (NODES) and the claim hops on, one query per hop, until a node that knows
+    none closer answers it. That costs a few datagrams where a FIND_NODE lookup costs
+    dozens, which matters when a whole fleet claims in the same second. A node that
+    knows no contact closer than itself is its own rendezvous. Renewals go straight to
+    the node that answered.
 
     Args:
         node_id: this node's id.
         mirror_port: where this node's mirror listens.
         host: the address this node's socket is bound to ("" when unspecified).
         book: this node's own book (used when it is the rendezvous itself).
-        closest: an async FIND_NODE lookup of a key id: the contacts that answered,
-            closest first; [] when this node knows nobody, None when nobody answered.
+        closest: the contacts of the routing table closest to a key id, closest first.
         request: send one request body to a contact and await its answer.
         send: send one datagram with no answer (releases).
         clock: monotonic seconds.
     """
 
     def __init__(self, *, node_id: bytes, mirror_port: int, host: str, book: ClaimBook,
-                 closest: Callable[[bytes], Awaitable[list[Contact] | None]],
+                 closest: Callable[[bytes], Sequence[Contact]],
                  request: Callable[[Contact, Body, float], Awaitable[Message]],
                  send: Callable[[Contact, Body], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -119,6 +130,8 @@ class Claimant:
         self._clock = clock
         #: Where each digest's claim went last (renewals go to the same node).
         self._where: dict[str, Contact | None] = {}
+        #: Hops of the claims routed so far (for status and tests).
+        self.hops = 0
 
     @property
     def own(self) -> Peer:
@@ -126,38 +139,68 @@ class Claimant:
 
     async def claim(self, digest: str, fanout: int, ttl: float,
                     timeout: float) -> ClaimAnswer | None:  # noqa: ASYNC109
-        """Claim ``digest``: at this node when it is the closest, else at the closest
-        contacts in turn. None when no rendezvous answered within ``timeout``."""
+        """Claim ``digest`` at its rendezvous; None when none answered within ``timeout``."""
         deadline = self._clock() + timeout
         kid = key_id(digest)
-        candidates: Sequence[Contact | None]
-        if digest in self._where:
-            candidates = [self._where[digest]]
-        else:
-            candidates = await self._rendezvous(kid)
-        for contact in candidates[:ATTEMPTS]:
-            if contact is None:
-                self._remember(digest, None)
+        body = Claim(kid, max(1, min(255, fanout)), max(1, int(ttl * 1000)))
+        if digest in self._where:  # a renewal: straight to the node that answered
+            known = self._where[digest]
+            if known is None:
                 return self._local(kid, fanout, ttl)
-            left = deadline - self._clock()
-            if left <= 0:
-                break
-            body = Claim(kid, max(1, min(255, fanout)), max(1, int(ttl * 1000)))
-            try:
-                reply = await self._request(contact, body, left)
-            except Exception as exc:
-                log.debug("claim of %s at %s failed: %s", digest, contact.host, exc)
-                self._where.pop(digest, None)
+            reply = await self._ask(known, body, deadline)
+            if isinstance(reply, ClaimReply):
+                return self._answer(digest, known, reply)
+            self._where.pop(digest, None)  # gone or moved: route afresh
+        own = distance(self.node_id, kid)
+        candidates = [c for c in self._closest(kid) if distance(c.node_id, kid) < own]
+        if not candidates:
+            self._remember(digest, None)
+            return self._local(kid, fanout, ttl)
+        asked: set[bytes] = {self.node_id}
+        hops = 0
+        while candidates and hops < MAX_HOPS and self._clock() < deadline:
+            contact = candidates.pop(0)
+            if contact.node_id in asked:
                 continue
-            if not isinstance(reply.body, ClaimReply):
-                continue
-            self._remember(digest, contact)
-            answer = reply.body
-            return ClaimAnswer(go=answer.go, fetcher=_peer(answer.fetcher),
-                               parent=None if answer.parent is None else _peer(answer.parent),
-                               depth=answer.depth, ttl=answer.ttl_ms / 1000)
-        self._where.pop(digest, None)
+            asked.add(contact.node_id)
+            hops += 1
+            reply = await self._ask(contact, body, deadline)
+            if isinstance(reply, ClaimReply):
+                self.hops += hops
+                return self._answer(digest, contact, reply)
+            if reply is None:
+                continue  # no answer: the next closest known
+            here = distance(contact.node_id, kid)
+            shown = sorted((c for c in reply if distance(c.node_id, kid) < here),
+                           key=lambda c: distance(c.node_id, kid))
+            if shown and own <= distance(shown[0].node_id, kid):
+                self._remember(digest, None)  # sent back here: this node is the closest
+                return self._local(kid, fanout, ttl)
+            candidates = [c for c in shown if c.node_id not in asked] + candidates
         return None
+
+    async def _ask(self, contact: Contact, body: Claim,
+                   deadline: float) -> ClaimReply | list[Contact] | None:
+        """One hop: the claim's answer, the closer contacts it was sent on to, or None."""
+        left = deadline - self._clock()
+        if left <= 0:
+            return None
+        try:
+            reply = await self._request(contact, body, left)
+        except Exception as exc:
+            log.debug("claim at %s failed: %s", contact.host, exc)
+            return None
+        if isinstance(reply.body, ClaimReply):
+            return reply.body
+        if isinstance(reply.body, Nodes):
+            return list(reply.body.contacts)
+        return None
+
+    def _answer(self, digest: str, contact: Contact, reply: ClaimReply) -> ClaimAnswer:
+        self._remember(digest, contact)
+        return ClaimAnswer(go=reply.go, fetcher=_peer(reply.fetcher),
+                           parent=None if reply.parent is None else _peer(reply.parent),
+                           depth=reply.depth, ttl=reply.ttl_ms / 1000)
 
     def release(self, digest: str) -> None:
         """Leave the flight of ``digest`` (a datagram with no answer, or the own book)."""
@@ -178,25 +221,6 @@ class Claimant:
         while len(self._where) >= MAX_REMEMBERED:
             del self._where[next(iter(self._where))]
         self._where[digest] = contact
-
-    async def _rendezvous(self, kid: bytes) -> list[Contact | None]:
-        """The closest nodes to ``kid``, this node (None) among them where it belongs;
-        nothing when the lookup reached nobody (a node alone is its own rendezvous, but
-        a node whose contacts do not answer is not: that would be a second flight)."""
-        contacts = await self._closest(kid)
-        if contacts is None:
-            return []
-        own = distance(self.node_id, kid)
-        ordered: list[Contact | None] = []
-        placed = False
-        for contact in contacts:
-            if not placed and own < distance(contact.node_id, kid):
-                ordered.append(None)
-                placed = True
-            ordered.append(contact)
-        if not placed:
-            ordered.append(None)
-        return ordered
 
     def _local(self, kid: bytes, fanout: int, ttl: float) -> ClaimAnswer:
         own = Peer("", self.mirror_port, self.node_id)

@@ -39,7 +39,7 @@ from spegel_kademlia.bootstrap import BootstrapSchedule, bootstrap_addresses, re
 from spegel_kademlia.claims import CLOSEST, Claimant, answer_claim
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.handlers import answer
-from spegel_kademlia.ids import Contact, key_id, random_id, random_id_in_bucket
+from spegel_kademlia.ids import Contact, distance, key_id, random_id, random_id_in_bucket
 from spegel_kademlia.lookup import Lookup
 from spegel_kademlia.messages import (
     AddProvider,
@@ -292,20 +292,8 @@ class KademliaRouter:
     def _own_host(host: str) -> str:
         return "" if host in ("", "0.0.0.0", "::") else host
 
-    async def _closest_for_claim(self, kid: bytes) -> list[Contact] | None:
-        """The few contacts closest to ``kid``: a FIND_NODE lookup that converges on
-        :data:`~spegel_kademlia.claims.CLOSEST` contacts, not ``k`` (a whole fleet claims
-        at once: a third of the datagrams of a full lookup)."""
-        if not len(self.table):
-            return []
-        s = self.settings
-        lookup = Lookup(kid, self.table.closest(kid), k=CLOSEST, alpha=s.kademlia_alpha,
-                        own_id=self.node_id)
-        deadline = asyncio.get_running_loop().time() + max(1.0, 10 * s.kademlia_rpc_timeout)
-        async with aclosing(self._drive(lookup, FindNode(kid), deadline)) as steps:
-            async for _ in steps:
-                pass
-        return lookup.result or None  # contacts, none of which answered: no rendezvous
+    def _closest_for_claim(self, kid: bytes) -> list[Contact]:
+        return self.table.closest(kid, CLOSEST)
 
     async def _claim_request(self, contact: Contact, body: Body,
                              timeout: float) -> Message:  # noqa: ASYNC109
@@ -349,7 +337,11 @@ class KademliaRouter:
             return
         if isinstance(message.body, Claim):
             own = Peer(self._claimant.host, self.mirror_port, self.node_id)
-            claimed = answer_claim(message, self.claim_book, own, now=time.monotonic())
+            kid, mine = message.body.key, distance(self.node_id, message.body.key)
+            closer = [c for c in self.table.closest(kid, CLOSEST)
+                      if distance(c.node_id, kid) < mine]
+            claimed = answer_claim(message, self.claim_book, own, now=time.monotonic(),
+                                   closer=closer)
             if claimed is not None:
                 self._rpc.send((message.source_host, message.source_port), claimed,
                                message.request_id)

@@ -11,6 +11,7 @@ RouterConformance` (three or more started routers that reach each other, each wi
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from spegel_core.protocols import ClaimAnswer, Peer, SingleFlightRouter
@@ -79,11 +80,12 @@ class SingleFlightConformance:
         digest = self.digest()
         await self.claim(a, digest)
         await a.release(digest)
-        for _ in range(50):  # a release may be a datagram on its way
+        for _ in range(100):  # a release may be a datagram on its way (polled, bounded)
             answer = await self.claim(b, digest)
             if answer.go:
                 break
             await b.release(digest)
+            await asyncio.sleep(0.01)
         assert answer.go
 
     async def test_digests_fly_apart(self, conformance_routers: Routers) -> None:

@@ -81,3 +81,17 @@ def test_ttl_is_capped() -> None:
     reply = answer_claim(claim_from(A, "127.0.0.2", ttl_ms=10**9), ClaimBook(),
                          Peer("127.0.0.5", 5000, R), now=0)
     assert reply is not None and reply.ttl_ms == 60_000
+
+
+def test_a_node_that_knows_closer_nodes_sends_the_claim_on_unless_it_holds_the_flight() -> None:
+    from spegel_kademlia.ids import Contact
+    from spegel_kademlia.messages import Nodes
+
+    book = ClaimBook()
+    own = Peer("127.0.0.5", 5000, R)
+    closer = [Contact(b"c" * 32, "127.0.0.7", 5001)]
+    reply = answer_claim(claim_from(A, "127.0.0.2"), book, own, now=0, closer=closer)
+    assert reply == Nodes(tuple(closer)) and not book.flights
+    book.claim(b"k" * 32, Peer("127.0.0.3", 5000, B), fanout=2, ttl=5, now=0)
+    held = answer_claim(claim_from(A, "127.0.0.2"), book, own, now=0, closer=closer)
+    assert isinstance(held, ClaimReply) and not held.go  # a renewal never moves a flight
