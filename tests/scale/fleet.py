@@ -29,11 +29,15 @@ FANOUT = 4
 DIGEST = "sha256:" + "f1ee7" * 12 + "0000"
 #: The claims' TTL: long enough that no claim expires during the phase.
 TTL = 60.0
+#: How long a claim may take here. The mirror gives a claim 1 s (then it answers 404);
+#: here hundreds of nodes share a core, so a claim is given longer and its round trip
+#: is what the figures report.
+CLAIM_TIMEOUT = 5.0
 
 
 async def claim_all(routers: Mapping[int, SingleFlightRouter], *, t0: float, spread: float,
                     fanout: int, digest: str, rng: random.Random,
-                    timeout: float = 2.0) -> dict[str, Any]:  # noqa: ASYNC109
+                    timeout: float = CLAIM_TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109
     """Every router claims ``digest`` at ``t0 + uniform(0, spread)``; the answers."""
 
     async def one(index: int, router: SingleFlightRouter) -> dict[str, Any]:
