@@ -293,7 +293,8 @@ class KademliaRouter:
         return "" if host in ("", "0.0.0.0", "::") else host
 
     def _closest_for_claim(self, kid: bytes) -> list[Contact]:
-        return self.table.closest(kid, CLOSEST)
+        # Twice what a redirect carries: the first hop has fallbacks when one is slow.
+        return self.table.closest(kid, 2 * CLOSEST)
 
     async def _claim_request(self, contact: Contact, body: Body,
                              timeout: float) -> Message:  # noqa: ASYNC109
