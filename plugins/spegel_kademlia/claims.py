@@ -185,8 +185,8 @@ class Claimant:
         left = deadline - self._clock()
         if left <= 0:
             return None
-        try:
-            reply = await self._request(contact, body, left)
+        try:  # half the time left at most: a dead hop leaves time for the next one
+            reply = await self._request(contact, body, min(left, max(0.5, left / 2)))
         except Exception as exc:
             log.debug("claim at %s failed: %s", contact.host, exc)
             return None

@@ -298,9 +298,12 @@ class KademliaRouter:
 
     async def _claim_request(self, contact: Contact, body: Body,
                              timeout: float) -> Message:  # noqa: ASYNC109
-        attempt = min(timeout, self.settings.kademlia_rpc_timeout)
-        retries = max(0, min(self.settings.kademlia_rpc_retries, int(timeout / attempt) - 1))
-        return await self._request(contact, body, retries=retries)
+        # A rendezvous that a whole fleet claims at once answers late rather than never:
+        # wait for it (re-sending at the usual pace) and never count it as failed here.
+        attempt = max(self.settings.kademlia_rpc_timeout, min(0.5, timeout / 4))
+        retries = max(0, int(timeout / attempt) - 1)
+        return await self._rpc.request(contact.address, body, attempt_timeout=attempt,
+                                       retries=retries, node_id=contact.node_id)
 
     def _claim_send(self, contact: Contact, body: Body) -> None:
         self._rpc.send(contact.address, body, secrets.randbits(64))
