@@ -95,6 +95,19 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def fleet(session: nox.Session) -> None:
+    """Every node pulls one new image at once, ``--single-flight`` on and off (issue 16).
+
+    ``nox -s fleet -- --nodes 6 --layer-mib 32 --upstream-mbps 16 [--plot docs/fleet.png]``
+    (real containerd per node; the upstream is throttled, in MB/s).
+    """
+    session.install("-e", ".[test]")
+    if "--plot" in session.posargs:
+        session.install("matplotlib")
+    session.run("python", "-m", "tests.bench.fleet", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def soak(session: nox.Session) -> None:
     """Memory over a bounded 10-minute run of mixed requests (``-- --minutes N``)."""
     session.install("-e", ".[test]")

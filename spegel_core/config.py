@@ -194,6 +194,21 @@ class CoreSettings(SpegelSettings):
         description="Advertise content while the store is still downloading it (containerd's "
         "ingests) and serve it to peers as it lands; false: only committed content.",
     )
+    single_flight: bool = Field(
+        default=True,
+        description="On a miss, claim the digest at its rendezvous in the DHT: the first "
+        "claimant fetches upstream, the others stream from it (a tree, docs/fleet.md); "
+        "false: every node that misses goes upstream.",
+    )
+    single_flight_wait: Duration = Field(
+        default=5.0, gt=0, le=30.0,
+        description="How long a claimant that was told to wait holds a request for its "
+        "parent's first bytes before answering 404 (containerd then goes upstream).",
+    )
+    peer_fanout: int = Field(
+        default=4, ge=1, le=255,
+        description="Most nodes one provider feeds during a single flight.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (DEBUG, INFO, WARN or WARNING, ERROR)."
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from spegel_core.config import SpegelConfig
 from spegel_core.mirror.peers import PeerFetcher
+from spegel_core.mirror.singleflight import SingleFlight
 from spegel_core.plugin_manager import PluginManager
 from spegel_core.protocols import (
     ContentStore,
@@ -19,6 +20,7 @@ from spegel_core.protocols import (
     Peer,
     Router,
     RouterStatus,
+    SingleFlightRouter,
     StoreConnection,
     StoreStatus,
 )
@@ -47,6 +49,8 @@ class Node:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     peers: PeerFetcher | None = None
     tracker: StateTracker | None = None
+    #: Single flight (``--single-flight`` and a router with the optional part).
+    flight: SingleFlight | None = None
 
     @classmethod
     def build(cls, config: SpegelConfig, pm: PluginManager,
@@ -64,6 +68,10 @@ class Node:
         if router is not None:
             node.peers = PeerFetcher.from_config(config, router, metrics)
             node.tracker = StateTracker(config, store, router, metrics)
+            if config.core.single_flight and isinstance(router, SingleFlightRouter):
+                node.flight = SingleFlight(router, store, node.peers, metrics,
+                                           wait=config.core.single_flight_wait,
+                                           fanout=config.core.peer_fanout)
         return node
 
     async def open(self, stack: AsyncExitStack) -> None:
@@ -84,6 +92,8 @@ class Node:
         stack.push_async_callback(self._cancel_background)
         if self.tracker is not None:
             self.spawn(self.tracker.run(), "state-tracker")
+        if self.flight is not None:
+            self.spawn(self.flight.run(), "single-flight")
         self.started = True
         log.info("node started: store=%s router=%s", self.store.name,
                  self.router.name if self.router else "none")
@@ -158,6 +168,10 @@ class _NodeState:
 
     def penalties(self) -> Mapping[str, float]:
         return penalty_table(self._node.peers)
+
+    def single_flight(self) -> Mapping[str, Any] | None:
+        flight = self._node.flight
+        return flight.snapshot() if flight is not None else None
 
     def lookup(self, key: str, count: int, timeout: float) -> AsyncIterator[Peer]:
         router = self._node.router

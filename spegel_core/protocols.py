@@ -251,6 +251,55 @@ class Router(Protocol):
 
 
 # ---------------------------------------------------------------------------
+# Routing, optional part: single flight (one upstream fetch per digest)
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClaimAnswer:
+    """The rendezvous' answer to a claim of a digest.
+
+    Attributes:
+        go: this node fetches from upstream (its mirror answers 404 at once).
+        fetcher: the node told go (this node when ``go``).
+        parent: whom to stream from when not ``go``: a member of the flight's tree
+            with room for one more child (None when ``go``).
+        depth: this node's depth in the tree (0 for the fetcher).
+        ttl: seconds the claim lasts unless claimed again (renewed).
+    """
+
+    go: bool
+    fetcher: Peer
+    parent: Peer | None
+    depth: int
+    ttl: float
+
+
+@runtime_checkable
+class SingleFlightRouter(Protocol):
+    """The optional part of :class:`Router` that coordinates one upstream fetch.
+
+    On a miss the mirror claims the digest at its rendezvous (for a DHT: the node
+    closest to the digest's key, possibly this node). The first live claimant is
+    told go; later ones get a parent to stream from, at most ``fanout`` children per
+    parent. All of it is soft state: claiming again renews (and returns the same
+    answer while the flight lives); a claim not renewed within ``ttl`` is gone.
+    """
+
+    async def claim(self, digest: str, fanout: int, ttl: float,
+                    timeout: float) -> ClaimAnswer | None:  # noqa: ASYNC109
+        """Claim (or renew a claim of) ``digest`` for this node.
+
+        Returns None when no rendezvous answered within ``timeout`` seconds: the
+        caller then behaves as without single flight.
+        """
+
+    async def release(self, digest: str) -> None:
+        """Leave the flight of ``digest`` (best effort; the fetcher leaving ends it)."""
+
+    def flights(self) -> list[dict[str, object]]:
+        """The flights this node holds as a rendezvous (for the debug page)."""
+
+
+# ---------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------
 class Source(enum.Enum):
@@ -347,9 +396,35 @@ class PeerPenalised:
     scope: str
 
 
+@dataclass(frozen=True, slots=True)
+class FlightClaim:
+    """A claim of a digest was answered.
+
+    ``role`` is ``go`` (this node fetches upstream), ``wait`` (it streams from a
+    parent), ``self`` (the fetcher's own containerd asked this node: 404 at once) or
+    ``unreachable`` (no rendezvous answered: 404, as without single flight).
+    ``depth`` is this node's depth in the tree.
+    """
+
+    role: str
+    depth: int = 0
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FlightWait:
+    """A waiting request ended: ``outcome`` ``bytes`` (its parent's bytes came; an
+    upstream fetch avoided) or ``timeout`` / ``failed`` (404: containerd goes upstream).
+    ``seconds`` is the wait before the first byte (or the 404)."""
+
+    outcome: str
+    seconds: float
+
+
 MetricEvent = (
     MirrorRequest | ResolveDuration | BytesServed | AdvertisedKeys | PeerCount | DhtMessage
     | DroppedDatagram | DnsQuery | StoreConnection | PeerPenalised | ArrivingServed
+    | FlightClaim | FlightWait
 )
 
 

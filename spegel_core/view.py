@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from spegel_core.config import SpegelConfig
@@ -71,6 +71,13 @@ class NodeView(Protocol):
 
         The name is ``host:port`` for a penalty on every key and ``host:port <key>``,
         with a space, when the penalty is for one key only.
+        """
+
+    def single_flight(self) -> Mapping[str, Any] | None:
+        """A snapshot of single flight (``docs/fleet.md``), or None when it is off.
+
+        Keys: ``claims`` of this node, ``rendezvous`` (the flights it holds),
+        ``counts``, ``wait_s`` and ``fanout``.
         """
 
     def lookup(self, key: str, count: int, timeout: float) -> AsyncIterator[Peer]:

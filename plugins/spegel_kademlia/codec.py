@@ -23,6 +23,9 @@ Wire format, integers big-endian::
     GET_PROVIDERS       key id 32, wanted 1
     PROVIDERS           count 1, count x entry (port = mirror port),
                         count 1, count x entry (closer contacts, port = UDP port)
+    CLAIM               key id 32, fanout 1, ttl ms 4 (0: release)
+    CLAIM_ANSWER        go 1 (0 or 1), depth 1, ttl ms 4, count 1 (1), fetcher entry,
+                        count 1 (0 or 1), count x parent entry (ports = mirror ports)
     entry               node id 32, family 1 (4 or 6), address 4 or 16, port 2
 
 A provider's address is never read from a payload that announces it: ADD_PROVIDER has
@@ -62,6 +65,8 @@ from spegel_kademlia.messages import (
     AddProvider,
     AddProviderAck,
     Body,
+    Claim,
+    ClaimReply,
     FindNode,
     GetProviders,
     Message,
@@ -345,6 +350,17 @@ def _encode_body(body: Body) -> bytes:
             return key + bytes((wanted,))
         case Providers(providers, contacts):
             return _pack_entries(providers) + _pack_entries(contacts)
+        case Claim(key, fanout, ttl_ms):
+            _check_id(key, "key")
+            if not 1 <= fanout <= _MAX_COUNT or not 0 <= ttl_ms < 1 << 32:
+                raise EncodeError(f"claim fanout {fanout} or ttl {ttl_ms} out of range")
+            return key + struct.pack("!BI", fanout, ttl_ms)
+        case ClaimReply(go, depth, ttl_ms, fetcher, parent):
+            if not 0 <= depth <= _MAX_COUNT or not 0 <= ttl_ms < 1 << 32:
+                raise EncodeError(f"claim depth {depth} or ttl {ttl_ms} out of range")
+            parents = () if parent is None else (parent,)
+            return (struct.pack("!BBI", int(go), depth, ttl_ms)
+                    + _pack_entries((fetcher,)) + _pack_entries(parents))
     raise EncodeError(f"unknown body {type(body).__name__}")
 
 
@@ -363,6 +379,11 @@ def _body_size(body: Body) -> int:
             return 1
         case GetProviders():
             return ID_BYTES + 1
+        case Claim():
+            return ID_BYTES + 5
+        case ClaimReply(_, _, _, fetcher, parent):
+            return (8 + _entry_size(fetcher.host)
+                    + (0 if parent is None else _entry_size(parent.host)))
     return 0
 
 
@@ -516,6 +537,28 @@ def _decode_providers(reader: _Reader) -> Body:
     return Providers(providers, contacts)
 
 
+def _decode_claim(reader: _Reader) -> Body:
+    key = reader.take(ID_BYTES)
+    fanout = reader.u8()
+    if fanout == 0:
+        raise DecodeError("value", "fanout 0")
+    return Claim(key, fanout, reader.u32())
+
+
+def _decode_claim_answer(reader: _Reader) -> Body:
+    go = reader.u8()
+    if go > 1:
+        raise DecodeError("value", f"go {go}")
+    depth = reader.u8()
+    ttl_ms = reader.u32()
+    fetchers = reader.entries()
+    parents = reader.entries()
+    if len(fetchers) != 1 or len(parents) > 1 or bool(go) == bool(parents):
+        raise DecodeError("value", f"{len(fetchers)} fetchers, {len(parents)} parents, go={go}")
+    parent = ProviderInfo(*parents[0]) if parents else None
+    return ClaimReply(bool(go), depth, ttl_ms, ProviderInfo(*fetchers[0]), parent)
+
+
 _DECODERS: dict[MessageType, Callable[[_Reader], Body]] = {
     MessageType.PING: _decode_ping,
     MessageType.PONG: _decode_pong,
@@ -525,4 +568,6 @@ _DECODERS: dict[MessageType, Callable[[_Reader], Body]] = {
     MessageType.ADD_PROVIDER_ACK: _decode_ack,
     MessageType.GET_PROVIDERS: _decode_get_providers,
     MessageType.PROVIDERS: _decode_providers,
+    MessageType.CLAIM: _decode_claim,
+    MessageType.CLAIM_ANSWER: _decode_claim_answer,
 }

@@ -23,6 +23,8 @@ class MessageType(enum.IntEnum):
     ADD_PROVIDER_ACK = 6
     GET_PROVIDERS = 7
     PROVIDERS = 8
+    CLAIM = 9
+    CLAIM_ANSWER = 10
 
     @property
     def label(self) -> str:
@@ -102,7 +104,35 @@ class Providers:
     contacts: tuple[Contact, ...] = ()
 
 
-Body = Ping | Pong | FindNode | Nodes | AddProvider | AddProviderAck | GetProviders | Providers
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Claim ``key`` (single flight; :mod:`spegel_kademlia.claims`), or leave its flight.
+
+    ``ttl_ms`` 0 releases the claim (no reply). ``fanout`` is the most children a
+    parent may feed. The claimant is the sender, at the datagram's source address.
+    """
+
+    key: bytes
+    fanout: int
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimReply:
+    """Answer to :class:`Claim`: ``go`` or join under ``parent``; ``fetcher`` is the root.
+
+    ``parent`` is None when ``go``. Ports are mirror ports.
+    """
+
+    go: bool
+    depth: int
+    ttl_ms: int
+    fetcher: ProviderInfo
+    parent: ProviderInfo | None = None
+
+
+Body = (Ping | Pong | FindNode | Nodes | AddProvider | AddProviderAck | GetProviders | Providers
+        | Claim | ClaimReply)
 
 _TYPES: dict[type[Any], MessageType] = {
     Ping: MessageType.PING,
@@ -113,10 +143,13 @@ _TYPES: dict[type[Any], MessageType] = {
     AddProviderAck: MessageType.ADD_PROVIDER_ACK,
     GetProviders: MessageType.GET_PROVIDERS,
     Providers: MessageType.PROVIDERS,
+    Claim: MessageType.CLAIM,
+    ClaimReply: MessageType.CLAIM_ANSWER,
 }
 #: Types that answer a request (matched by request id).
 RESPONSE_TYPES = frozenset(
-    {MessageType.PONG, MessageType.NODES, MessageType.ADD_PROVIDER_ACK, MessageType.PROVIDERS}
+    {MessageType.PONG, MessageType.NODES, MessageType.ADD_PROVIDER_ACK, MessageType.PROVIDERS,
+     MessageType.CLAIM_ANSWER}
 )
 
 

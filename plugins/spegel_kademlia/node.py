@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from spegel_core.errors import ConfigError
 from spegel_core.protocols import (
+    ClaimAnswer,
     Discovery,
     MetricEvent,
     MetricsSink,
@@ -33,15 +34,18 @@ from spegel_core.protocols import (
     PeerCount,
     RouterStatus,
 )
+from spegel_core.rendezvous import ClaimBook
 from spegel_kademlia.bootstrap import BootstrapSchedule, bootstrap_addresses, resolve
+from spegel_kademlia.claims import CLOSEST, Claimant, answer_claim
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.handlers import answer
-from spegel_kademlia.ids import Contact, key_id, random_id, random_id_in_bucket
+from spegel_kademlia.ids import Contact, distance, key_id, random_id, random_id_in_bucket
 from spegel_kademlia.lookup import Lookup
 from spegel_kademlia.messages import (
     AddProvider,
     AddProviderAck,
     Body,
+    Claim,
     FindNode,
     GetProviders,
     Message,
@@ -146,6 +150,13 @@ class KademliaRouter:
         self._seeds_were_new = False
         self._provided = 0
         self._provide_failures = 0
+        #: Single flight (:mod:`spegel_kademlia.claims`): the flights this node holds as
+        #: a rendezvous, and the claims it makes.
+        self.claim_book = ClaimBook()
+        self._claimant = Claimant(
+            node_id=self.node_id, mirror_port=mirror_port, host=self._own_host(host),
+            book=self.claim_book, closest=self._closest_for_claim,
+            request=self._claim_request, send=self._claim_send)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -260,6 +271,43 @@ class KademliaRouter:
                         if len(seen) > count:
                             return
 
+    # -- SingleFlightRouter API (spegel_core.protocols) -----------------------------------
+    async def claim(self, digest: str, fanout: int, ttl: float,
+                    timeout: float) -> ClaimAnswer | None:  # noqa: ASYNC109
+        """Claim ``digest`` at its rendezvous (:mod:`spegel_kademlia.claims`)."""
+        if self._state != "running":
+            return None
+        return await self._claimant.claim(digest, fanout, ttl, timeout)
+
+    async def release(self, digest: str) -> None:
+        """Leave the flight of ``digest`` (best effort)."""
+        if self._state == "running":
+            self._claimant.release(digest)
+
+    def flights(self) -> list[dict[str, object]]:
+        """The flights this node holds as a rendezvous."""
+        return self.claim_book.snapshot(time.monotonic())
+
+    @staticmethod
+    def _own_host(host: str) -> str:
+        return "" if host in ("", "0.0.0.0", "::") else host
+
+    def _closest_for_claim(self, kid: bytes) -> list[Contact]:
+        # Twice what a redirect carries: the first hop has fallbacks when one is slow.
+        return self.table.closest(kid, 2 * CLOSEST)
+
+    async def _claim_request(self, contact: Contact, body: Body,
+                             timeout: float) -> Message:  # noqa: ASYNC109
+        # A rendezvous that a whole fleet claims at once answers late rather than never:
+        # wait for it (re-sending at the usual pace) and never count it as failed here.
+        attempt = max(self.settings.kademlia_rpc_timeout, min(0.5, timeout / 4))
+        retries = max(0, int(timeout / attempt) - 1)
+        return await self._rpc.request(contact.address, body, attempt_timeout=attempt,
+                                       retries=retries, node_id=contact.node_id)
+
+    def _claim_send(self, contact: Contact, body: Body) -> None:
+        self._rpc.send(contact.address, body, secrets.randbits(64))
+
     def status(self) -> RouterStatus:
         """Node id, address, routing table size, advertised keys and health."""
         peers = len(self.table)
@@ -290,6 +338,17 @@ class KademliaRouter:
     def _on_message(self, message: Message) -> None:
         self._saw(Contact(message.sender, message.source_host, message.source_port))
         if message.is_response:
+            return
+        if isinstance(message.body, Claim):
+            own = Peer(self._claimant.host, self.mirror_port, self.node_id)
+            kid, mine = message.body.key, distance(self.node_id, message.body.key)
+            closer = [c for c in self.table.closest(kid, CLOSEST)
+                      if distance(c.node_id, kid) < mine]
+            claimed = answer_claim(message, self.claim_book, own, now=time.monotonic(),
+                                   closer=closer)
+            if claimed is not None:
+                self._rpc.send((message.source_host, message.source_port), claimed,
+                               message.request_id)
             return
         reply = answer(message, self.table, self.providers, k=self.settings.kademlia_k,
                        rng=self._rng)

@@ -151,6 +151,7 @@ def render(node: NodeView, recent: RecentRequests, *, metrics_addr: str) -> str:
                         numeric={1}, id_="penalties")
                  if penalties else "<p id='penalties'>No peer is penalised.</p>")
 
+    flights = _flights(node)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>spegel {escape(node_id[:12])}</title>
@@ -164,6 +165,7 @@ Is it working for an image? <a href="/debug/measure">Measure it</a>.</p>
 <h2>Node</h2>{identity}
 <h2>Peers</h2>{peers}
 <h2>Penalised peers</h2>{penalised}
+<h2>Single flight</h2>{flights}
 <h2>Advertised keys</h2>{keys}
 <h2>Mirror traffic</h2>{traffic}
 <p class="muted">Hit ratio counts only requests this node could not answer from its own
@@ -171,3 +173,25 @@ store: a hit is content a peer served, a miss a 404 after asking peers.</p>
 <h2>Last requests</h2>{requests}
 </body></html>
 """
+
+
+def _flights(node: NodeView) -> str:
+    """This node's claims (digest, role, depth, parent) and the flights it holds as a
+    rendezvous (fetcher, members, depth, most children)."""
+    snap = node.single_flight()
+    if snap is None:
+        return "<p id='flights'>Single flight is off.</p>"
+    claims = _table(["digest", "role", "depth", "streams from", "age", "renewals"],
+                    [(f"<code>{escape(str(c['digest'])[:19])}</code>", escape(str(c["role"])),
+                      str(c["depth"]), escape(str(c["parent"]) or "upstream"),
+                      f"{c['age_s']} s", str(c["renewals"])) for c in snap["claims"]],
+                    numeric={2, 4, 5}, id_="flights")
+    held = _table(["key", "fetcher", "members", "depth", "most children", "expires in"],
+                  [(f"<code>{escape(str(f['key'])[:16])}</code>", escape(str(f["fetcher"])),
+                    str(f["members"]), str(f["depth"]), str(f["max_children"]),
+                    f"{f['expires_in']} s") for f in snap["rendezvous"]],
+                  numeric={2, 3, 4, 5}, id_="rendezvous")
+    counts = ", ".join(f"{k} {v}" for k, v in snap["counts"].items())
+    return (f"<p class='muted'>wait {snap['wait_s']} s, fan-out {snap['fanout']}; {counts}"
+            f"</p><h3>Claims of this node</h3>{claims}<h3>Flights held here (rendezvous)</h3>"
+            f"{held}")

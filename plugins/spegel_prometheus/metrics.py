@@ -25,6 +25,8 @@ from spegel_core.protocols import (
     DhtMessage,
     DnsQuery,
     DroppedDatagram,
+    FlightClaim,
+    FlightWait,
     MetricEvent,
     MirrorRequest,
     PeerCount,
@@ -76,6 +78,10 @@ EXPORTED = (
     "process_start_time_seconds",
     "process_open_fds",
     "process_max_fds",
+    "spegel_single_flight_claims_total",
+    "spegel_single_flight_depth",
+    "spegel_single_flight_wait_seconds",
+    "spegel_single_flight_upstream_avoided_total",
 )
 
 _created_disabled = False
@@ -184,7 +190,26 @@ class PrometheusSink:
         self.arriving_bytes = Counter(
             "spegel_arriving_bytes_served", "Bytes of content still arriving on this node "
             "(being downloaded by its containerd) served to peers.", registry=r)
+        self.flight_claims = Counter(
+            "spegel_single_flight_claims", "Claims of digests at their rendezvous, by the "
+            "answer: go (this node fetched upstream), wait (streamed from a parent), self (the "
+            "fetcher's own containerd asked: 404 at once), unreachable (no rendezvous).",
+            ["role"], registry=r)
+        self.flight_depth = Histogram(
+            "spegel_single_flight_depth", "Depth of this node in a flight's tree when claimed "
+            "(0: the fetcher).", buckets=(0, 1, 2, 3, 4, 5, 6, 8, 10), registry=r)
+        self.flight_wait = Histogram(
+            "spegel_single_flight_wait_seconds", "Wait of a held request before its parent's "
+            "first byte (outcome bytes: an upstream fetch avoided) or its 404 (timeout).",
+            ["outcome"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            registry=r)
+        self.flight_avoided = Counter(
+            "spegel_single_flight_upstream_avoided", "Fetches this node's containerd did not "
+            "make upstream because its parent in a flight's tree streamed the bytes.",
+            registry=r)
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            FlightClaim: self._flight_claim,
+            FlightWait: self._flight_wait,
             ArrivingServed: lambda e: self.arriving_bytes.inc(e.bytes),
             MirrorRequest: self._mirror_request,
             ResolveDuration: self._resolve,
@@ -197,6 +222,16 @@ class PrometheusSink:
             StoreConnection: lambda e: self.store_connected.set(1 if e.connected else 0),
             PeerPenalised: lambda e: self.penalties.labels(e.kind, e.scope).inc(),
         }
+
+    def _flight_claim(self, event: FlightClaim) -> None:
+        self.flight_claims.labels(event.role).inc()
+        if event.role in ("go", "wait"):
+            self.flight_depth.observe(event.depth)
+
+    def _flight_wait(self, event: FlightWait) -> None:
+        self.flight_wait.labels(event.outcome).observe(event.seconds)
+        if event.outcome == "bytes":
+            self.flight_avoided.inc()
 
     def emit(self, event: MetricEvent) -> None:
         """Update the metric that ``event``'s type maps to; other events are ignored."""

@@ -26,6 +26,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Size of each of the two sample layers in MiB (default 16).")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="Keep layouts and logs here (default: a temporary directory).")
+    parser.add_argument("--fleet", action="store_true",
+                        help="The fleet moment instead: every node (each with its own "
+                        "containerd) pulls one new image at once from a throttled upstream, "
+                        "--single-flight on and off (needs containerd, docker-registry, skopeo).")
+    parser.add_argument("--upstream-mbps", type=float, default=16.0,
+                        help="With --fleet: the upstream's rate in MB/s (default 16).")
 
 
 @dataclass
@@ -95,6 +101,11 @@ class ProgressBar:
 
 def run_demo(args: argparse.Namespace) -> int:
     from spegel_core.oci.image_builder import build_image
+
+    if args.fleet:
+        from spegel_core.cli.demo_fleet import run_fleet_demo
+
+        return run_fleet_demo(args)
 
     if args.nodes < 1 or args.nodes > 50:
         raise SystemExit("spegel demo: --nodes must be between 1 and 50")

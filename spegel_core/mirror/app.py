@@ -50,7 +50,8 @@ def create_app(config: SpegelConfig, pm: PluginManager, *,
     app.state.node = node
     app.state.service = service
     app.state.pulls = PullService(service, node.store, node.peers, node.metrics,
-                                  arriving=node.config.core.advertise_arriving)
+                                  arriving=node.config.core.advertise_arriving,
+                                  flight=node.flight)
     app.state.connection_limits = ConnectionLimits(
         max_client_connections=config.core.mirror_max_client_connections,
         header_timeout=config.core.mirror_header_timeout)

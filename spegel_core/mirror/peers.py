@@ -79,6 +79,9 @@ from spegel_core.protocols import (
 log = logging.getLogger(__name__)
 
 MIRRORED_HEADER = "X-Spegel-Mirrored"
+#: A peer request may wait this many seconds for content the peer is about to receive
+#: (single flight: a child asks its parent before the parent's bytes start).
+WAIT_HEADER = "X-Spegel-Wait"
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
 STREAM_CHUNK = 1024 * 1024
 #: Keys whose providers are cached at most (each entry lives ``cache_ttl`` seconds).
@@ -346,8 +349,12 @@ class PeerFetcher:
 
     # -- blobs ----------------------------------------------------------------------
     async def blob(self, registry: str, name: str, digest: str,
-                   range_header: str | None) -> BlobStream:
-        """Open a blob on the first provider that answers; the stream resumes elsewhere."""
+                   range_header: str | None, *, arriving: bool = True) -> BlobStream:
+        """Open a blob on the first provider that answers; the stream resumes elsewhere.
+
+        ``arriving`` False asks only providers that hold the whole blob (single flight
+        assigns arriving ones itself: an ingest containerd just opened has no bytes).
+        """
         async def open_checked(peer: Peer) -> tuple[aiohttp.ClientResponse, int, int, int]:
             response = await self._open_blob(peer, registry, name, digest, range_header)
             try:
@@ -361,10 +368,31 @@ class PeerFetcher:
 
         won = await hedged(self, digest, open_checked,
                            discard=lambda result: result[0].release(),
-                           peers=self.blob_providers(digest))
+                           peers=(self.blob_providers(digest) if arriving
+                                  else self.providers(digest)))
         if won is None:
             raise BlobUnknown(f"blob {digest} not found on any peer")
         (response, size, start, length), peer = won
+        return self._blob_stream(response, size, start, length, peer, registry, name, digest)
+
+    async def blob_from(self, peer: Peer, registry: str, name: str, digest: str,
+                        range_header: str | None, wait: float) -> BlobStream:
+        """Open a blob on ``peer``, which may hold the request up to ``wait`` seconds
+        until its bytes start (single flight: a parent in the tree); the stream then
+        verifies and resumes like :meth:`blob`. Raises a ``PeerError``."""
+        response = await self._open_blob(peer, registry, name, digest, range_header, wait=wait)
+        try:
+            check_digest_header(response, digest)
+            size, start, length = extent(response, range_header)
+            check_range(range_header, size, start, length)
+        except PeerError:
+            response.release()
+            raise
+        return self._blob_stream(response, size, start, length, peer, registry, name, digest)
+
+    def _blob_stream(self, response: aiohttp.ClientResponse, size: int, start: int,
+                     length: int, peer: Peer, registry: str, name: str,
+                     digest: str) -> BlobStream:
         stream = BlobStream(size, start, length, _empty(), peer, response=response)
         # A range that covers the whole blob is verified like a full fetch.
         stream.verified = (start == 0 and length == size
@@ -378,14 +406,22 @@ class PeerFetcher:
         return stream
 
     async def _open_blob(self, peer: Peer, registry: str, name: str, digest: str,
-                         range_header: str | None) -> aiohttp.ClientResponse:
+                         range_header: str | None, *, wait: float = 0.0
+                         ) -> aiohttp.ClientResponse:
         headers = {MIRRORED_HEADER: "true", "Accept-Encoding": "identity"}
         if range_header is not None:
             headers["Range"] = range_header
+        sock_read = self.settings.request_timeout
+        if wait > 0:
+            headers[WAIT_HEADER] = f"{wait:.3f}"
+            sock_read = max(sock_read, wait + 1.0)
         try:
             response = await self.session.get(f"{peer.url}/v2/{name}/blobs/{digest}",
                                               params={"ns": registry}, headers=headers,
-                                              allow_redirects=False)
+                                              allow_redirects=False,
+                                              timeout=aiohttp.ClientTimeout(
+                                                  total=None, sock_connect=1.0,
+                                                  sock_read=sock_read))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise transport_error(exc) from exc
         expected = 206 if range_header is not None else 200

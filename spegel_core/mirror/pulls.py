@@ -9,9 +9,10 @@ answer once it has finished (:mod:`spegel_core.mirror.metered`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from starlette.responses import Response
@@ -19,7 +20,7 @@ from starlette.responses import Response
 from spegel_core.errors import NotFound
 from spegel_core.mirror import arriving
 from spegel_core.mirror.metered import MeteredResponse, Outcome
-from spegel_core.mirror.peers import PeerFetcher
+from spegel_core.mirror.peers import BlobStream, PeerFetcher
 from spegel_core.mirror.ranges import parse_range
 from spegel_core.mirror.responses import (
     FileRangeResponse,
@@ -27,6 +28,7 @@ from spegel_core.mirror.responses import (
     StoreStreamResponse,
 )
 from spegel_core.mirror.service import Manifest, MirrorService
+from spegel_core.mirror.singleflight import SingleFlight
 from spegel_core.oci.reference import Reference
 from spegel_core.protocols import (
     ArrivingServed,
@@ -56,6 +58,9 @@ class Pull:
         started: ``time.perf_counter()`` when the request arrived.
         local_only: answer from this node's store only (a peer's request).
         zerocopy: the server can send files and splice sockets (``spegel.zerocopy``).
+        client: the client's address (single flight: a fetcher never waits on itself).
+        wait: seconds a peer's request may be held for content this node is about to
+            receive (``X-Spegel-Wait``; 0: answer at once).
     """
 
     registry: str
@@ -65,6 +70,8 @@ class Pull:
     started: float
     local_only: bool = False
     zerocopy: bool = False
+    client: str = ""
+    wait: float = 0.0
 
 
 class PullService:
@@ -77,15 +84,18 @@ class PullService:
         metrics: where request outcomes and bytes served go.
         arriving: serve peers content the store is still receiving
             (``--advertise-arriving``).
+        flight: single flight (``--single-flight``), or None.
     """
 
     def __init__(self, local: MirrorService, store: ContentStore, peers: PeerFetcher | None,
-                 metrics: MetricsSink, *, arriving: bool = False) -> None:
+                 metrics: MetricsSink, *, arriving: bool = False,
+                 flight: SingleFlight | None = None) -> None:
         self.local = local
         self.store = store
         self.peers = peers
         self.metrics = metrics
         self.arriving = arriving
+        self.flight = flight
 
     def __repr__(self) -> str:
         return f"<PullService peers={'on' if self.peers is not None else 'off'}>"
@@ -142,6 +152,9 @@ class PullService:
                 answer = await self._arriving_blob(pull, digest, range_header)
                 if answer is not None:
                     return answer
+            if (pull.local_only and pull.wait > 0 and self.flight is not None
+                    and await self.flight.hold(digest, pull.wait)):
+                return await self.blob(replace(pull, wait=0.0), digest, range_header)
             peers = self._peers_for(pull)
             if peers is None:
                 raise
@@ -184,7 +197,7 @@ class PullService:
         if range_header is not None and parse_range(range_header, 2**63 - 1) is None:
             range_header = None  # several ranges: the whole blob, as RFC 9110 allows
         stream = await self._from_peers(
-            pull, "blob", peers.blob(pull.registry, pull.name, digest, range_header))
+            pull, "blob", self._peer_blob(pull, peers, digest, range_header))
         headers = {"Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
                    SOURCE_HEADER: Source.PEER.value}
         status = 200
@@ -204,6 +217,17 @@ class PullService:
             response = StoreStreamResponse(stream.chunks, stream.length, status_code=status,
                                            headers=headers, media_type=OCTET_STREAM)
         return self._metered(pull, "blob", Source.PEER, response)
+
+    async def _peer_blob(self, pull: Pull, peers: PeerFetcher, digest: str,
+                         range_header: str | None) -> BlobStream:
+        """From the providers; when there are none, through single flight (a claim)."""
+        if self.flight is None or pull.method != "GET":
+            return await peers.blob(pull.registry, pull.name, digest, range_header)
+        with contextlib.suppress(NotFound):  # a node that holds it whole: no claim needed
+            return await peers.blob(pull.registry, pull.name, digest, range_header,
+                                    arriving=False)
+        return await self.flight.fetch(pull.registry, pull.name, digest, range_header,
+                                       pull.client)
 
     # -- shared -----------------------------------------------------------------------------
     def _peers_for(self, pull: Pull) -> PeerFetcher | None:

@@ -21,6 +21,7 @@ from spegel_core.errors import (
     Unsupported,
 )
 from spegel_core.mirror.deps import PullDep
+from spegel_core.mirror.peers import WAIT_HEADER
 from spegel_core.mirror.pulls import Pull
 from spegel_core.mirror.responses import ZEROCOPY_EXTENSION
 from spegel_core.oci.digest import parse_digest
@@ -109,10 +110,24 @@ async def get_blob(
 def _pull(request: Request, ns: str | None, name: str, mirrored: str | None) -> Pull:
     """The request as the service sees it (the clock starts here)."""
     started = time.perf_counter()
+    local_only = _is_mirrored(mirrored)
     return Pull(registry=_registry(ns), name=parse_name(name), method=request.method,
-                path=request.url.path, started=started, local_only=_is_mirrored(mirrored),
+                path=request.url.path, started=started, local_only=local_only,
                 zerocopy=(splice.AVAILABLE
-                          and ZEROCOPY_EXTENSION in request.scope.get("extensions", {})))
+                          and ZEROCOPY_EXTENSION in request.scope.get("extensions", {})),
+                client=request.client.host if request.client is not None else "",
+                wait=_wait(request.headers.get(WAIT_HEADER)) if local_only else 0.0)
+
+
+def _wait(value: str | None) -> float:
+    """Seconds of ``X-Spegel-Wait`` (0 when absent or not a number; at most 30)."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 0.0
+    return min(30.0, seconds) if seconds > 0 else 0.0
 
 
 async def push_unsupported(rest: str) -> Response:

@@ -3,7 +3,8 @@
 - :class:`MemoryContentStore`: a :class:`~spegel_core.protocols.ContentStore` of
   bytes in a dict, with the events a real store publishes.
 - :class:`MemoryNetwork` and :class:`MemoryRouter`: routers that find each
-  other's advertised keys through a shared network object.
+  other's advertised keys through a shared network object; they are also
+  ``SingleFlightRouter``s, with one shared rendezvous (``network.claims``).
 - :class:`StaticListDiscovery`: a fixed list of bootstrap peers.
 - :class:`RecordingSink`: a metrics sink that keeps every event.
 - :class:`MemoryArrivingStore`: a memory store with the optional ``ArrivingStore``
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
@@ -27,6 +29,7 @@ from spegel_core.oci.digest import compute_digest, parse_digest
 from spegel_core.oci.image_builder import BuiltImage
 from spegel_core.oci.reference import Reference
 from spegel_core.protocols import (
+    ClaimAnswer,
     ContentInfo,
     Image,
     MetricEvent,
@@ -37,6 +40,7 @@ from spegel_core.protocols import (
     StoreEventKind,
     StoreStatus,
 )
+from spegel_core.rendezvous import ClaimBook
 from spegel_core.store_events import EventHub, EventStream
 
 __all__ = [
@@ -191,6 +195,10 @@ class MemoryNetwork:
     def __init__(self) -> None:
         self.routers: list[MemoryRouter] = []
         self._providers: dict[str, dict[Peer, None]] = {}
+        #: The one rendezvous of every digest (single flight).
+        self.claims = ClaimBook()
+        #: When True, claims find no rendezvous (they return None).
+        self.rendezvous_down = False
 
     def add_provider(self, key: str, peer: Peer) -> None:
         """Record that ``peer`` provides ``key`` (also usable without a router)."""
@@ -226,6 +234,8 @@ class MemoryRouter:
         self.include_self = include_self
         self.advertised: set[str] = set()
         self.lookups: list[str] = []
+        #: Digests claimed (single flight), in order.
+        self.claimed: list[str] = []
         self.started = False
         self.closed = False
         network.routers.append(self)
@@ -267,6 +277,21 @@ class MemoryRouter:
                 continue
             found += 1
             yield peer
+
+    async def claim(self, digest: str, fanout: int, ttl: float,
+                    timeout: float) -> ClaimAnswer | None:  # noqa: ASYNC109
+        """Claim ``digest`` at the network's one rendezvous."""
+        self.claimed.append(digest)
+        if self.network.rendezvous_down or self.closed:
+            return None
+        return self.network.claims.claim(digest.encode(), self.peer, fanout=fanout, ttl=ttl,
+                                         now=time.monotonic())
+
+    async def release(self, digest: str) -> None:
+        self.network.claims.release(digest.encode(), self.peer)
+
+    def flights(self) -> list[dict[str, object]]:
+        return self.network.claims.snapshot(time.monotonic())
 
     def status(self) -> RouterStatus:
         node_id = self.peer.node_id.hex() or f"{self.peer.host}:{self.peer.port}"

@@ -20,6 +20,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from spegel_core.cli.main import main as spegel_main
 from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.testing.containerd import ContainerdDaemon, registry_args
 from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
@@ -174,12 +174,27 @@ class Fleet:
             node.start()
         for member in self.nodes:
             member.node.wait_ready()
-            code = spegel_main(["configuration", "--containerd-registry-config-path",
-                                str(member.hosts), "--mirror-targets", member.node.url,
-                                "--mirrored-registries", f"http://{self.proxy.address}"])
-            if code != 0:
-                raise RuntimeError("spegel configuration failed")
+            # the command a node's init container runs (a process: the test kit does not
+            # import the CLI)
+            done = subprocess.run(
+                [sys.executable, "-m", "spegel_core.cli.main", "configuration",
+                 "--containerd-registry-config-path", str(member.hosts),
+                 "--mirror-targets", member.node.url,
+                 "--mirrored-registries", f"http://{self.proxy.address}"],
+                capture_output=True, text=True, timeout=60, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"spegel configuration failed: {done.stderr.strip()}")
         return self
+
+    def add_image(self, repository: str, layer_sizes: Sequence[int], seed: int) -> str:
+        """Build and push another image (``library/<repository>:v1``); its reference."""
+        assert self.registry is not None and self.proxy is not None, "fleet not started"
+        reference = f"{self.proxy.address}/library/{repository}:v1"
+        image = build_image(self.workdir / f"layout-{repository}", reference,
+                            layer_sizes=layer_sizes, seed=seed,
+                            platforms=(("linux", "amd64"),))
+        self.registry.push_layout(image.layout_dir, reference, f"library/{repository}:v1")
+        return reference
 
     def stop(self) -> None:
         for member in self.nodes:

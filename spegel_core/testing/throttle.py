@@ -60,13 +60,18 @@ class ThrottledProxy:
     :param rate: bytes per second from the registry to all clients together.
     :param host: loopback address to listen on.
     :param port: port to listen on (0 picks a free one).
+    :param source: local address to connect to the target from (a client's own node
+        address, as a node's containerd has in a cluster); None: the kernel's choice.
+    :param refuse: a connection whose client sends these bytes (e.g. a blob's path in a
+        request line) is reset: an upstream that refuses that request.
 
     :attr:`bytes_down` counts bytes forwarded from the registry to clients,
     :attr:`bytes_up` the other way, :attr:`connections` connections accepted.
     """
 
     def __init__(self, target_host: str, target_port: int, rate: float, *,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, source: str | None = None,
+                 refuse: bytes | None = None) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.target_host = target_host
@@ -74,6 +79,10 @@ class ThrottledProxy:
         self.rate = rate
         self.host = host
         self.port = port
+        self.source = source
+        self.refuse = refuse
+        #: Connections reset because of ``refuse``.
+        self.refused = 0
         self.bytes_down = 0
         self.bytes_up = 0
         self.connections = 0
@@ -138,7 +147,8 @@ class ThrottledProxy:
         self.connections += 1
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
-                self.target_host, self.target_port)
+                self.target_host, self.target_port,
+                local_addr=(self.source, 0) if self.source else None)
         except OSError:
             client_writer.close()
             self._tasks.discard(task)
@@ -167,6 +177,9 @@ class ThrottledProxy:
                     await self._bucket.take(len(data))
                     self.bytes_down += len(data)
                 else:
+                    if self.refuse is not None and self.refuse in data:
+                        self.refused += 1
+                        raise ConnectionResetError("refused")
                     self.bytes_up += len(data)
                 writer.write(data)
                 await writer.drain()

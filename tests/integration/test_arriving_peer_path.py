@@ -75,8 +75,11 @@ async def consumer(
             return MemoryRouter(network, Peer("127.0.0.1", 1))
 
     register_plugin(Wiring(), "wiring")
+    # Issue 15's peer path on its own: with single flight (the default) a node that finds
+    # only arriving providers claims the digest instead, and the rendezvous assigns it
+    # an arriving parent (docs/fleet.md; tests/e2e/test_fleet_single_flight.py).
     config = make_config(content_store="memory", router="memory",
-                         mirror_resolve_timeout="200ms")
+                         mirror_resolve_timeout="200ms", single_flight=False)
     async with mirror_client(config, MemoryContentStore()) as client:
         yield client, network
 

@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from tests.scale import report
+from tests.scale import fleet, report
 from tests.scale.dns import QuietDnsServer
 from tests.scale.population import DOMAIN, ROUTER_PORT, Population
 from tests.scale.worker import Plan, main
@@ -246,7 +246,9 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             dns.stop()
     raw["wall_seconds"] = time.monotonic() - started
-    return report.summarise(raw, args)
+    figures = report.summarise(raw, args)
+    figures.update(raw.get("fleet", {}))
+    return figures
 
 
 def _phases(args: argparse.Namespace, rng: random.Random, population: Population,
@@ -285,6 +287,7 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         raw["state"] = coordinator.call("state", {}, 30.0)
         alive = started
         raw["lookups"] = _lookups(coordinator, args, alive)
+        raw["fleet"] = _fleet(coordinator, len(alive))
         if args.overload > 0:
             raw["overload"] = _overload(coordinator, args, raw, alive)
         if args.churn > 0:
@@ -298,6 +301,13 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         raw["dns_questions"] = dns.questions_answered()
     finally:
         coordinator.close()
+
+
+def _fleet(coordinator: Coordinator, nodes: int) -> dict[str, Any]:
+    """Every node claims one new digest within a second (:mod:`tests.scale.fleet`)."""
+    results = coordinator.call("fleet", {"t0": time.monotonic() + 0.5, "spread": 1.0,
+                                         "fanout": fleet.FANOUT}, 120.0)
+    return fleet.summarise(results, nodes)
 
 
 def _late_join(coordinator: Coordinator, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -383,6 +393,7 @@ def main_cli(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(report.table(figures))
+    print(fleet.line(figures))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")

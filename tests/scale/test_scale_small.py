@@ -62,6 +62,12 @@ def test_small_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     for key in REQUIRED:
         assert figures[key] is not None, key
     assert figures["nodes"] == 50 and figures["nodes_not_ready"] == 0
+    # The fleet phase: every node claims one digest within a second (single flight).
+    assert figures["fleet_nodes"] >= 50 and figures["fleet_claims_unanswered"] == 0
+    assert 1 <= figures["fleet_upstream_grants"] <= 2
+    assert 1 <= figures["fleet_max_children"] <= figures["fleet_fanout"]
+    assert 1 <= figures["fleet_tree_depth_max"] <= figures["fleet_tree_depth_goal"]
+    assert 0 < figures["fleet_claim_p50_ms"] <= figures["fleet_claim_p99_ms"] < 1000
     assert 0 < figures["ready_p50_s"] <= figures["ready_p99_s"] < 30
     assert figures["lookups"] == 200 and figures["lookup_success_ratio"] >= 0.99
     assert 0 <= figures["lookup_p50_ms"] <= figures["lookup_p99_ms"] < 1000

@@ -25,6 +25,7 @@ from typing import Any
 from spegel_core.protocols import DhtMessage, DnsQuery, MetricEvent
 from spegel_dns import DNSDiscovery, LocalAddresses
 from spegel_kademlia import KademliaSettings
+from tests.scale import fleet
 from tests.scale.population import DOMAIN, ROUTER_PORT, Population
 from tests.scale.simrouter import LookupResult, SimRouter, traced_lookup
 
@@ -265,6 +266,12 @@ class Worker:
             self.routers[index].reprovide_every(interval)
         return {}
 
+    async def fleet(self, t0: float, spread: float, fanout: int) -> dict[str, Any]:
+        """Every live node claims the same new digest within ``spread`` s (tests.scale.fleet)."""
+        return await fleet.claim_all({i: self.routers[i] for i in sorted(self.alive)},
+                                     t0=t0, spread=spread, fanout=fanout, digest=fleet.DIGEST,
+                                     rng=self.rng)
+
     def counters(self) -> dict[str, Any]:
         """Datagrams sent and received, RPC timeouts, provides and DNS resolutions so far."""
         totals = dict.fromkeys(("datagrams_sent", "datagrams_received", "rpc_timeouts",
@@ -344,6 +351,8 @@ class Worker:
                 result = await self.probe(**args)
             elif name == "reprovide_every":
                 result = self.reprovide_every(**args)
+            elif name == "fleet":
+                result = await self.fleet(**args)
             elif name == "counters":
                 result = self.counters()
             elif name == "state":

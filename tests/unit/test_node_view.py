@@ -31,7 +31,8 @@ class _RouterPlugin:
 
 def test_the_protocol_has_the_documented_members() -> None:
     assert MEMBERS == ["advertised", "config", "lookup", "metrics_sinks", "penalties",
-                       "router_name", "router_status", "started", "store_name", "store_status"]
+                       "router_name", "router_status", "single_flight", "started", "store_name",
+                       "store_status"]
     for name in MEMBERS:
         assert (getattr(NodeView, name).__doc__ or "").strip(), f"{name} has no docstring"
 

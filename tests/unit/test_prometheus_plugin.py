@@ -210,3 +210,39 @@ async def test_debug_page_lists_peer_and_content_penalties(
     assert "spegel_penalised_peers 1.0" in exposition  # the gauge counts peer-wide ones
     assert 'spegel_peer_penalties_total{kind="connect",scope="peer"} 1.0' in exposition
     assert 'spegel_peer_penalties_total{kind="status",scope="content"} 1.0' in exposition
+
+
+async def test_debug_page_shows_single_flight_claims_and_flights(
+        spegel_pm: PluginManager, make_config: Callable[..., SpegelConfig],
+        register_plugin: Callable[[object, str], None]) -> None:
+    from spegel_core import hookimpl
+    from spegel_core.errors import BlobUnknown
+    from spegel_core.protocols import FlightClaim, Peer
+    from spegel_core.testing.fakes import MemoryNetwork, MemoryRouter
+
+    class Wiring:
+        @hookimpl
+        def spegel_make_router(self, config: SpegelConfig, discovery: Any, metrics: Any) -> Any:
+            return MemoryRouter(MemoryNetwork(), Peer("127.0.0.1", 1))
+
+    register_plugin(Wiring(), "wiring")
+    app = create_app(make_config(content_store="memory", router="memory"), spegel_pm,
+                     store=MemoryContentStore())
+    flight = app.state.node.flight
+    assert flight is not None
+    digest = "sha256:" + "d" * 64
+    with pytest.raises(BlobUnknown):
+        await flight.fetch("docker.io", "x", digest, None, client="127.0.0.9")
+    sink = sink_of(app.state.node.view())
+    assert sink is not None
+    sink.emit(FlightClaim("wait", 2, 0.001))
+    metrics_app = metrics_app_of(app)
+    assert metrics_app is not None
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=metrics_app), base_url="http://m") as client:
+        html = (await client.get("/debug")).text
+        exposition = (await client.get("/metrics")).text
+    assert "<h2>Single flight</h2>" in html and f"<code>{digest[:19]}</code>" in html
+    assert "upstream" in html and "Flights held here" in html
+    assert 'spegel_single_flight_claims_total{role="go"} 1.0' in exposition
+    assert 'spegel_single_flight_claims_total{role="wait"} 1.0' in exposition
