@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from spegel_core.errors import BlobUnknown
 from spegel_core.server.splice import SpliceReport, Stop
+from spegel_core.server.tee import HashTap
 
 ZEROCOPY_EXTENSION = "spegel.zerocopy"
 ZEROCOPY_MESSAGE = "http.response.zerocopy"
@@ -127,11 +128,15 @@ class SpliceSink:
     async def write(self, data: bytes) -> None:
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def splice(self, fd: int, count: int) -> tuple[int, str]:
+    async def splice(self, fd: int, count: int, tap: HashTap | None = None) -> tuple[int, str]:
+        """Move ``count`` bytes from ``fd``; with a ``tap``, hashed and less its held tail
+        (``count`` then includes the bytes fed to the tap, and ``fd`` may be -1)."""
         report = SpliceReport()
-        await self._send({"type": ZEROCOPY_MESSAGE, "socket": fd, "count": count,
-                          "more_body": True, "source_timeout": self.source_timeout,
-                          "report": report})
+        message = {"type": ZEROCOPY_MESSAGE, "socket": fd, "count": count, "more_body": True,
+                   "source_timeout": self.source_timeout, "report": report}
+        if tap is not None:
+            message["tap"] = tap
+        await self._send(message)
         if report.stop is None or report.stop is Stop.DESTINATION_GONE:
             raise ClientGone(report.detail)
         return report.moved, f"{report.stop.value}: {report.detail}" if report.detail \
