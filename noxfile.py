@@ -41,7 +41,9 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmark against the Debian docker-registry; writes docs/benchmarks.md.
 
-    Pass options after ``--``, e.g. ``nox -s bench -- --blob-mib 512 --rounds 3``.
+    Pass options after ``--``, e.g. ``nox -s bench -- --blob-mib 512 --rounds 3``;
+    ``--only-peer`` runs the peer hop alone (both verify modes, the registry direct and
+    one core's sha256 over the same bytes, interleaved).
     ``nox -s bench -- arriving [--layer-mib 64 --rate-mbps 16 --offset 1]`` runs the
     arriving-content benchmark instead (two containerd nodes behind a throttled
     upstream, ``--advertise-arriving`` on and off; tests/bench/arriving.py).

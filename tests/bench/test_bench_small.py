@@ -27,6 +27,8 @@ def test_small_benchmark_run(tmp_path: Path) -> None:
     assert isinstance(peer, dict)
     for key in ("peer", "client"):  # the hop with either side verifying blobs
         assert peer[f"{key}_big_gbps"] > 0 and peer[f"{key}_concurrent_gbps"] > 0
+        assert peer[f"{key}_concurrent_cpu_s_per_gb"] > 0
+    assert peer["sha256_big_gbps"] > 0 and peer["sha256_small_gbps"] > 0  # the ceiling
     rendered = table(results)
     assert rendered.count("\n") == len(ROWS) + 1
     doc = tmp_path / "benchmarks.md"
