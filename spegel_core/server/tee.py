@@ -37,6 +37,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import socket
 import threading
 from typing import Any
 
@@ -50,6 +51,11 @@ _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 #: The hashing thread's read size (one reused buffer of this size per stream).
 HASH_READ = PIPE_SIZE
+#: Bytes a source socket should hold before the loop wakes for it (``SO_RCVLOWAT``):
+#: fewer, larger moves. Lowered to what is left of the body near its end, and a wait
+#: on a source that is below it ends after :data:`LOWAT_WAIT` to take what is there.
+SOURCE_LOWAT = 256 * 1024
+LOWAT_WAIT = 0.05
 #: Buffers kept for reuse by later streams (the rest are freed).
 _POOL_MAX = 16
 
@@ -260,96 +266,123 @@ async def splice_tee(source_fd: int, destination_fd: int, count: int, tap: HashT
     source_idle = destination_idle = now
     prefix = tap._prefix
     tap._prefix = memoryview(b"")
-    while True:
-        progress = False
-        source_empty = hash_full = out_full = destination_full = False
-        # 1. Into ``in``: the fed bytes first, then the socket's.
-        if source_stop is None and taken < count:
-            want = count - taken
-            try:
-                if prefix:
-                    n = os.write(tap._in_w, prefix[:want])
-                    prefix = prefix[n:]
-                elif source_fd < 0:
+    source = _as_socket(source_fd) if SOURCE_LOWAT > 1 else None
+    lowat_set = 1
+    try:
+        while True:
+            progress = False
+            source_empty = hash_full = out_full = destination_full = False
+            # 1. Into ``in``: the fed bytes first, then the socket's.
+            if source_stop is None and taken < count:
+                want = count - taken
+                try:
+                    if prefix:
+                        n = os.write(tap._in_w, prefix[:want])
+                        prefix = prefix[n:]
+                    elif source_fd < 0:
+                        n = 0
+                        source_stop = (Stop.SOURCE_ENDED, "the body ended early")
+                    else:
+                        n = os.splice(source_fd, tap._in_w, want, flags=_FLAGS)
+                        if n == 0:
+                            source_stop = (Stop.SOURCE_ENDED, "closed by the peer")
+                except (BlockingIOError, InterruptedError):
+                    source_empty = True
                     n = 0
-                    source_stop = (Stop.SOURCE_ENDED, "the body ended early")
+                except OSError as exc:
+                    source_stop = (Stop.SOURCE_ENDED, f"{type(exc).__name__}: {exc}")
+                    n = 0
+                if n:
+                    taken += n
+                    tap.taken += n
+                    tap._in_len += n
+                    source_idle = loop.time()
+                    progress = True
+            # 2. Duplicate what is new in ``in`` into ``hash``, then move it on to ``out``.
+            if tap._in_len and not tap._in_teed:
+                try:
+                    tap._in_teed = tee(tap._in_r, tap._hash_w, tap._in_len)
+                except (BlockingIOError, InterruptedError):
+                    hash_full = True
+                progress = progress or tap._in_teed > 0
+            if tap._in_teed:
+                try:
+                    n = os.splice(tap._in_r, tap._out_w, tap._in_teed, flags=_FLAGS)
+                except (BlockingIOError, InterruptedError):
+                    out_full = True
                 else:
-                    n = os.splice(source_fd, tap._in_w, want, flags=_FLAGS)
-                    if n == 0:
-                        source_stop = (Stop.SOURCE_ENDED, "closed by the peer")
-            except (BlockingIOError, InterruptedError):
-                source_empty = True
-                n = 0
-            except OSError as exc:
-                source_stop = (Stop.SOURCE_ENDED, f"{type(exc).__name__}: {exc}")
-                n = 0
-            if n:
-                taken += n
-                tap.taken += n
-                tap._in_len += n
-                source_idle = loop.time()
-                progress = True
-        # 2. Duplicate what is new in ``in`` into ``hash``, then move it on to ``out``.
-        if tap._in_len and not tap._in_teed:
-            try:
-                tap._in_teed = tee(tap._in_r, tap._hash_w, tap._in_len)
-            except (BlockingIOError, InterruptedError):
-                hash_full = True
-            progress = progress or tap._in_teed > 0
-        if tap._in_teed:
-            try:
-                n = os.splice(tap._in_r, tap._out_w, tap._in_teed, flags=_FLAGS)
-            except (BlockingIOError, InterruptedError):
-                out_full = True
+                    tap._in_teed -= n
+                    tap._in_len -= n
+                    tap._out_len += n
+                    progress = True
+            # 3. From ``out`` to the client, never past the held tail.
+            deliverable = min(tap._out_len, tap.limit - tap.delivered)
+            if deliverable > 0:
+                try:
+                    n = os.splice(tap._out_r, destination_fd, deliverable, flags=_FLAGS)
+                except (BlockingIOError, InterruptedError):
+                    destination_full = True
+                except OSError as exc:
+                    return SpliceResult(moved, Stop.DESTINATION_GONE,
+                                        f"{type(exc).__name__}: {exc}")
+                else:
+                    tap._out_len -= n
+                    tap.delivered += n
+                    moved += n
+                    destination_idle = loop.time()
+                    deliverable -= n
+                    progress = True
+            if not tap._in_len and not deliverable and (taken >= count or source_stop):
+                if taken >= count:
+                    return SpliceResult(moved, Stop.DONE)
+                assert source_stop is not None
+                return SpliceResult(moved, *source_stop)
+            if progress:
+                continue
+            # Nothing moved: wait for whatever holds the stream up.
+            waits: list[tuple[int, bool]] = []
+            if destination_full or (out_full and deliverable):
+                waits.append((destination_fd, True))
             else:
-                tap._in_teed -= n
-                tap._in_len -= n
-                tap._out_len += n
-                progress = True
-        # 3. From ``out`` to the client, never past the held tail.
-        deliverable = min(tap._out_len, tap.limit - tap.delivered)
-        if deliverable > 0:
-            try:
-                n = os.splice(tap._out_r, destination_fd, deliverable, flags=_FLAGS)
-            except (BlockingIOError, InterruptedError):
-                destination_full = True
-            except OSError as exc:
-                return SpliceResult(moved, Stop.DESTINATION_GONE, f"{type(exc).__name__}: {exc}")
-            else:
-                tap._out_len -= n
-                tap.delivered += n
-                moved += n
                 destination_idle = loop.time()
-                deliverable -= n
-                progress = True
-        if not tap._in_len and not deliverable and (taken >= count or source_stop):
-            if taken >= count:
-                return SpliceResult(moved, Stop.DONE)
-            assert source_stop is not None
-            return SpliceResult(moved, *source_stop)
-        if progress:
-            continue
-        # Nothing moved: wait for whatever holds the stream up.
-        waits: list[tuple[int, bool]] = []
-        if destination_full or (out_full and deliverable):
-            waits.append((destination_fd, True))
-        else:
-            destination_idle = loop.time()
-        if hash_full:
-            waits.append((tap._hash_w, True))
-        if source_empty and not tap._in_len and source_fd >= 0:
-            waits.append((source_fd, False))
-        else:
-            source_idle = loop.time()
-        now = loop.time()
-        if now - destination_idle >= destination_timeout:
-            return SpliceResult(moved, Stop.DESTINATION_GONE, "stopped reading")
-        if now - source_idle >= source_timeout:
-            return SpliceResult(moved, Stop.SOURCE_STALLED, f"nothing for {source_timeout:g}s")
-        if not waits:  # cannot happen with a hold of one byte; never spin on it
-            return SpliceResult(moved, Stop.DESTINATION_GONE, "the tap is stuck")
-        limit = min(source_idle + source_timeout, destination_idle + destination_timeout) - now
-        await fds_ready(loop, waits, limit)
+            if hash_full:
+                waits.append((tap._hash_w, True))
+            lowat_wait = False
+            if source_empty and not tap._in_len and source_fd >= 0:
+                waits.append((source_fd, False))
+                if source is not None:
+                    lowat = min(SOURCE_LOWAT, count - taken)
+                    if lowat != lowat_set:
+                        try:
+                            source.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                            lowat_set = lowat
+                        except OSError:
+                            source = None
+                    lowat_wait = lowat_set > 1
+            else:
+                source_idle = loop.time()
+            now = loop.time()
+            if now - destination_idle >= destination_timeout:
+                return SpliceResult(moved, Stop.DESTINATION_GONE, "stopped reading")
+            if now - source_idle >= source_timeout:
+                return SpliceResult(moved, Stop.SOURCE_STALLED, f"nothing for {source_timeout:g}s")
+            if not waits:  # cannot happen with a hold of one byte; never spin on it
+                return SpliceResult(moved, Stop.DESTINATION_GONE, "the tap is stuck")
+            limit = min(source_idle + source_timeout, destination_idle + destination_timeout) - now
+            await fds_ready(loop, waits, min(limit, LOWAT_WAIT) if lowat_wait else limit)
+
+    finally:
+        if source is not None:
+            source.detach()  # the descriptor stays the caller's
+
+def _as_socket(fd: int) -> socket.socket | None:
+    """A socket object over ``fd`` (not a copy: detach it), or None if it is no socket."""
+    if fd < 0:
+        return None
+    try:
+        return socket.socket(fileno=fd)
+    except OSError:
+        return None
 
 
 async def fds_ready(loop: asyncio.AbstractEventLoop, waits: list[tuple[int, bool]],

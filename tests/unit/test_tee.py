@@ -213,3 +213,30 @@ async def test_a_client_that_stops_reading_times_out(pairs: Pairs) -> None:
 def test_a_tap_needs_a_body() -> None:
     with pytest.raises(ValueError):
         HashTap(0, "sha256")
+
+
+async def test_over_tcp_the_tail_below_the_low_water_mark_is_not_waited_for() -> None:
+    """Over TCP a source wakes the loop only with ``SOURCE_LOWAT`` bytes queued (near the
+    end, what is left of the body): a body whose tail is below the mark, from a peer
+    that keeps its connection open after it (keep-alive), still completes, exactly."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname())
+    source, _ = listener.accept()
+    destination, client = socket.socketpair()
+    body = os.urandom(3 * 2**20 + 1000)
+    tap = HashTap(len(body), "sha256")
+    try:
+        for sock in (source, destination, client):
+            sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        writer = loop.run_in_executor(None, peer.sendall, body)  # then stays open
+        reader = asyncio.ensure_future(read_exactly(client, len(body) - 1))
+        result = await splice_tee(source.fileno(), destination.fileno(), len(body), tap,
+                                  source_timeout=5, destination_timeout=5)
+        await writer
+        assert (result.moved, result.stop) == (len(body) - 1, Stop.DONE)
+        assert await tap.hexdigest() == sha256(body) and await reader == body[:-1]
+    finally:
+        tap.close()
+        for sock in (listener, peer, source, destination, client):
+            sock.close()
