@@ -29,6 +29,7 @@ def test_small_benchmark_run(tmp_path: Path) -> None:
         assert peer[f"{key}_big_gbps"] > 0 and peer[f"{key}_concurrent_gbps"] > 0
         assert peer[f"{key}_concurrent_cpu_s_per_gb"] > 0
     assert peer["sha256_big_gbps"] > 0 and peer["sha256_small_gbps"] > 0  # the ceiling
+    assert peer["sha256_cpu_s_per_gb"] > 0
     rendered = table(results)
     assert rendered.count("\n") == len(ROWS) + 1
     doc = tmp_path / "benchmarks.md"
