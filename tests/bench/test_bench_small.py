@@ -27,7 +27,7 @@ def test_small_benchmark_run(tmp_path: Path) -> None:
     assert isinstance(peer, dict)
     for key in ("peer", "client"):  # the hop with either side verifying blobs
         assert peer[f"{key}_big_gbps"] > 0 and peer[f"{key}_concurrent_gbps"] > 0
-        assert peer[f"{key}_concurrent_cpu_s_per_gb"] > 0
+        assert peer[f"{key}_concurrent_cpu_s_per_gb"] >= 0  # clock ticks: 0 on tiny runs
     assert peer["sha256_big_gbps"] > 0 and peer["sha256_small_gbps"] > 0  # the ceiling
     assert peer["sha256_cpu_s_per_gb"] > 0
     rendered = table(results)
