@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
-#: The hashing thread's read size (one reused buffer of this size per stream): small
-#: enough that the bytes copied in are still in the core's L2 cache when hashed.
-HASH_READ = 256 * 1024
+#: The hashing thread's read size (one reused buffer of this size per stream): a whole
+#: pipe, so a hash that is behind frees the pipe (and wakes the loop) once per MiB.
+HASH_READ = PIPE_SIZE
 #: Bytes a source socket should hold before the loop wakes for it (``SO_RCVLOWAT``):
 #: fewer, larger moves. Lowered to what is left of the body near its end, and a wait
 #: on a source that is below it ends after :data:`LOWAT_WAIT` to take what is there.
@@ -388,23 +388,24 @@ def _as_socket(fd: int) -> socket.socket | None:
 
 async def fds_ready(loop: asyncio.AbstractEventLoop, waits: list[tuple[int, bool]],
                     limit: float) -> bool:
-    """Wait until one of ``waits`` (fd, for writing) is ready; False after ``limit`` s."""
-    future: asyncio.Future[None] = loop.create_future()
+    """Wait until one of ``waits`` (fd, for writing) is ready; False after ``limit`` s.
 
-    def ready() -> None:
+    A bare future and one timer (no ``wait_for``): this runs once per wake-up of a stream.
+    """
+    future: asyncio.Future[bool] = loop.create_future()
+
+    def done(value: bool) -> None:
         if not future.done():
-            future.set_result(None)
+            future.set_result(value)
 
+    timer = loop.call_later(max(limit, 0.0), done, False)
     added: list[tuple[int, bool]] = []
     try:
         for fd, write in waits:
-            (loop.add_writer if write else loop.add_reader)(fd, ready)
+            (loop.add_writer if write else loop.add_reader)(fd, done, True)
             added.append((fd, write))
-        await asyncio.wait_for(future, max(limit, 0.0))
-    except TimeoutError:
-        return False
+        return await future
     finally:
+        timer.cancel()
         for fd, write in added:
             (loop.remove_writer if write else loop.remove_reader)(fd)
-    return True
-
