@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from tests.bench.run import ROWS, run, table, write_doc
 
 
@@ -51,3 +53,11 @@ def test_small_soak_run(tmp_path: Path) -> None:
     assert result["unexpected_status"] < result["requests"] // 10
     growth = result["growth_after_warmup_mb"]
     assert isinstance(growth, dict) and set(growth) == {"a", "b", "c"}
+
+
+def test_small_tee_micro_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.bench.tee_micro import main
+
+    assert main(["--mib", "4", "--rounds", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "splice_tee (hashed by the tap)" in table and table.count("\n") == 5
