@@ -81,7 +81,11 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmark against the Debian docker-registry; writes docs/benchmarks.md.
 
-    Pass options after ``--``, e.g. ``nox -s bench -- --blob-mib 512 --rounds 3``.
+    Pass options after ``--``, e.g. ``nox -s bench -- --blob-mib 512 --rounds 3``;
+    ``--only-peer`` runs the peer hop alone (both verify modes, the registry direct and
+    one core's sha256 over the same bytes, interleaved). ``nox -s bench -- tee [--mib N
+    --rounds N]`` measures the verified hop's machinery alone, in one process
+    (tests/bench/tee_micro.py).
     ``nox -s bench -- arriving [--layer-mib 64 --rate-mbps 16 --offset 1]`` runs the
     arriving-content benchmark instead (two containerd nodes behind a throttled
     upstream, ``--advertise-arriving`` on and off; tests/bench/arriving.py).
@@ -89,6 +93,9 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     if session.posargs[:1] == ["arriving"]:
         session.run("python", "-m", "tests.bench.arriving", *session.posargs[1:])
+        return
+    if session.posargs[:1] == ["tee"]:
+        session.run("python", "-m", "tests.bench.tee_micro", *session.posargs[1:])
         return
     args = session.posargs or ["--write", "docs/benchmarks.md"]
     session.run("python", "-m", "tests.bench.run", *args)

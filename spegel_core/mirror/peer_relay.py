@@ -1,12 +1,14 @@
 """Relaying a peer's answer socket to socket: the body never enters Python.
 
-Used for bodies the mirror does not hash (ranges of part of a blob, and whole blobs
-with ``--peer-blob-verify client``). aiohttp sends the request and parses the
-answer's head (the checks of :mod:`spegel_core.mirror.peers` run on it as on every
-answer); then the connection is taken from aiohttp: reading is paused, the body
+Used for bodies the mirror does not hash (ranges of part of a blob, and whole blobs with
+``--peer-blob-verify client``), and, hashed on the way with ``tee(2)``
+(:func:`relay_verified`, :mod:`spegel_core.server.tee`), for the whole blobs the mirror
+verifies (``--peer-blob-verify mirror``, the default). aiohttp sends the request and
+parses the answer's head (the checks of :mod:`spegel_core.mirror.peers` run on it as on
+every answer); then the connection is taken from aiohttp: reading is paused, the body
 bytes aiohttp already buffered are kept, and a private duplicate of the socket's
-descriptor is all that remains of the connection. The server splices the rest of
-the body from that descriptor to the client (:mod:`spegel_core.server.splice`).
+descriptor is all that remains of the connection. The server splices the rest of the
+body from that descriptor to the client (:mod:`spegel_core.server.splice`).
 
 Exactly the announced length is taken from the peer, never a byte more. A peer
 that closes, fails or stalls before that is penalised and the stream resumes from
@@ -22,8 +24,10 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from spegel_core.errors import PeerError, PeerStreamBroken
+from spegel_core.errors import PeerDigestMismatch, PeerError, PeerStreamBroken
 from spegel_core.mirror.responses import SpliceSink
+from spegel_core.oci.digest import split_digest
+from spegel_core.server.tee import HashTap
 
 if TYPE_CHECKING:
     from spegel_core.mirror.peers import BlobStream, PeerFetcher
@@ -103,4 +107,56 @@ async def relay_blob(fetcher: PeerFetcher, stream: BlobStream,
             response, peer = await fetcher.resume(registry, name, digest, stream.start + sent,
                                                   stream.start + stream.length - 1, stream)
     finally:
+        response.close()
+
+
+async def relay_verified(fetcher: PeerFetcher, stream: BlobStream,
+                         response: aiohttp.ClientResponse, registry: str, name: str,
+                         digest: str, sink: SpliceSink) -> None:
+    """Send the body of ``stream`` through ``sink``, hashed on the way; complete it only
+    if it matches ``digest``.
+
+    The body goes socket to socket through a :class:`~spegel_core.server.tee.HashTap`,
+    which keeps its last byte back; that byte is sent once the digest matched. A peer
+    that stops short is penalised and the stream resumes from another provider (the
+    hash goes on where it stopped); with none left, or when the digest does not match
+    (the last peer is penalised), :class:`PeerError` is raised and the client's
+    connection is closed short of the body. :class:`~spegel_core.mirror.responses.
+    ClientGone` passes through when the client stops.
+    """
+    tap = HashTap(stream.length, split_digest(digest)[0])
+    peer = stream.peer
+    try:
+        while True:
+            why = ""
+            try:
+                fd, buffered = take_socket(response)
+            except PeerError as exc:
+                why = str(exc)
+            else:
+                try:
+                    tap.feed(buffered[: stream.length - tap.taken])
+                    _, why = await sink.splice(-1 if fd is None else fd,
+                                               stream.length - tap.taken, tap)
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+            if tap.taken >= stream.length:
+                break
+            fetcher.penalise(peer, PeerStreamBroken(
+                f"stream broke after {tap.taken} of {stream.length} bytes: {why}"), digest)
+            response, peer = await fetcher.resume(registry, name, digest,
+                                                  stream.start + tap.taken,
+                                                  stream.start + stream.length - 1, stream)
+        actual = await tap.hexdigest()
+        if actual is None:  # the hashing thread failed: nobody to blame, nothing to send
+            raise PeerStreamBroken(f"blob {digest} could not be hashed")
+        if f"{split_digest(digest)[0]}:{actual}" != digest:
+            mismatch = PeerDigestMismatch(f"blob {digest} from {peer.url} does not match "
+                                          "its digest")
+            fetcher.penalise(peer, mismatch, digest)
+            raise mismatch
+        await sink.write(tap.held())
+    finally:
+        tap.close()
         response.close()

@@ -1,8 +1,11 @@
 """The peer path: find providers through the router and fetch from them.
 
 Everything fetched from a peer is verified: manifests before the first byte goes
-out, blobs while they stream (the last chunk is held back until the digest
-matches, so a corrupt blob is never completed as a 200). A provider that fails
+out, blobs while they stream (the end of the body is held back until the digest
+matches, so a corrupt blob is never completed as a 200). Where the server can
+splice, a verified blob goes socket to socket too, hashed on the way from a
+``tee(2)`` copy (:func:`~spegel_core.mirror.peer_relay.relay_verified`); elsewhere
+it goes through Python in chunks, hashed in a worker thread. A provider that fails
 is penalised for a while and the next one is tried; a stream that breaks
 mid-way resumes from another provider with a Range request. Failures are typed
 at the I/O edge (:mod:`spegel_core.mirror.peer_checks`) and the type says whom a
@@ -60,7 +63,7 @@ from spegel_core.mirror.peer_checks import (
     status_error,
     transport_error,
 )
-from spegel_core.mirror.peer_relay import relay_blob
+from spegel_core.mirror.peer_relay import relay_blob, relay_verified
 from spegel_core.mirror.penalties import PenaltyList
 from spegel_core.mirror.responses import Relay, SpliceSink
 from spegel_core.mirror.service import Manifest, ManifestCache
@@ -75,6 +78,7 @@ from spegel_core.protocols import (
     Router,
     arriving_key,
 )
+from spegel_core.server import tee
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,10 @@ MIRRORED_HEADER = "X-Spegel-Mirrored"
 WAIT_HEADER = "X-Spegel-Wait"
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
 STREAM_CHUNK = 1024 * 1024
+#: Verified blobs at least this long go socket to socket, hashed with ``tee(2)``, where
+#: the server can splice; shorter ones (a pipe and a thread would cost more than they
+#: save) and every blob under other servers go through Python in chunks.
+TEE_MIN_LENGTH = 1024 * 1024
 #: Keys whose providers are cached at most (each entry lives ``cache_ttl`` seconds).
 MAX_CACHED_KEYS = 4096
 
@@ -115,11 +123,11 @@ class _Cached:
 
 @dataclass
 class BlobStream:
-    """A stream from peers: headers known, the body as chunks or, unhashed, as a relay.
+    """A stream from peers: headers known, the body as chunks or as a relay.
 
     Use one of ``chunks`` (bytes through Python, hashed when ``verified``) or
-    ``relay`` (socket to socket; only for bodies that are not hashed), or neither
-    and :meth:`aclose`.
+    ``relay`` (socket to socket, hashed on the way when ``verified``; servers with
+    ``spegel.zerocopy`` only), or neither and :meth:`aclose`.
     """
 
     size: int
@@ -403,6 +411,10 @@ class PeerFetcher:
             async def relay(sink: SpliceSink) -> None:
                 await relay_blob(self, stream, response, registry, name, digest, sink)
             stream.relay = relay
+        elif tee.AVAILABLE and length >= TEE_MIN_LENGTH:
+            async def relay_hashed(sink: SpliceSink) -> None:
+                await relay_verified(self, stream, response, registry, name, digest, sink)
+            stream.relay = relay_hashed
         return stream
 
     async def _open_blob(self, peer: Peer, registry: str, name: str, digest: str,

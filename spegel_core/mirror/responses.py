@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from spegel_core.errors import BlobUnknown
 from spegel_core.server.extension import ZEROCOPY_EXTENSION, ZEROCOPY_MESSAGE
 from spegel_core.server.splice import SpliceReport, Stop
+from spegel_core.server.tee import HashTap
 
 __all__ = ["FALLBACK_CHUNK", "ZEROCOPY_EXTENSION", "ZEROCOPY_MESSAGE", "ClientGone",
            "FileRangeResponse", "Relay", "RelayResponse", "SpliceSink", "StoreStreamResponse"]
@@ -139,16 +140,21 @@ class SpliceSink:
         """Send ``data`` to the client as part of the body."""
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def splice(self, fd: int, count: int) -> tuple[int, str]:
+    async def splice(self, fd: int, count: int, tap: HashTap | None = None) -> tuple[int, str]:
         """Ask the server to move ``count`` bytes from socket ``fd`` to the client.
+
+        With a ``tap`` the bytes are also hashed and the held tail is kept back
+        (``count`` then includes the bytes fed to the tap, and ``fd`` may be -1).
 
         :returns: the bytes moved and why the source stopped (``"done"`` when all moved).
         :raises ClientGone: the client went away, or the server did not report.
         """
         report = SpliceReport()
-        await self._send({"type": ZEROCOPY_MESSAGE, "socket": fd, "count": count,
-                          "more_body": True, "source_timeout": self.source_timeout,
-                          "report": report})
+        message = {"type": ZEROCOPY_MESSAGE, "socket": fd, "count": count, "more_body": True,
+                   "source_timeout": self.source_timeout, "report": report}
+        if tap is not None:
+            message["tap"] = tap
+        await self._send(message)
         if report.stop is None or report.stop is Stop.DESTINATION_GONE:
             raise ClientGone(report.detail)
         return report.moved, f"{report.stop.value}: {report.detail}" if report.detail \

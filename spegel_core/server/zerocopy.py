@@ -23,11 +23,14 @@ relayed without being read into Python)::
      "more_body": bool, "source_timeout": float, "report": SpliceReport}
 
 The bytes go socket to pipe to socket with ``splice(2)``
-(:mod:`spegel_core.server.splice`). The server fills ``report`` (bytes moved, why
-it stopped) before ``send`` returns. With ``more_body`` the response stays open
-whatever happened to the source, so the application can go on from another
-source (a resumed stream); without it, a source that ends short closes the
-connection, as a short file does. A client that goes away is never waited for.
+(:mod:`spegel_core.server.splice`). With ``"tap": HashTap`` they are also hashed on the
+way and the body's last bytes stay in the tap (:mod:`spegel_core.server.tee`); ``count``
+then includes the bytes fed to the tap, and ``socket`` may be -1 (none). The server
+fills ``report`` (bytes moved, why it stopped) before ``send`` returns. With
+``more_body`` the response stays open whatever happened to the source, so the
+application can go on from another source (a resumed stream); without it, a source that
+ends short closes the connection, as a short file does. A client that goes away is never
+waited for.
 
 It relies on uvicorn's ``RequestResponseCycle`` internals (``transport``,
 ``expected_content_length``, ``disconnected``, ``send``), so it is pinned to the
@@ -63,6 +66,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from spegel_core.server.extension import ZEROCOPY_EXTENSION, ZEROCOPY_MESSAGE
 from spegel_core.server.splice import SpliceReport, Stop, fd_ready, splice_sockets
+from spegel_core.server.tee import HashTap, splice_tee
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +266,16 @@ async def _splice_message(cycle: RequestResponseCycle, send: Callable[[Any], Awa
     if client_fd is None:
         report.moved, report.stop, report.detail = 0, Stop.DESTINATION_GONE, "client gone"
         return
+    tap = message.get("tap")
     try:
-        result = await splice_sockets(int(message["socket"]), client_fd, count,
+        if isinstance(tap, HashTap):
+            result = await splice_tee(int(message["socket"]), client_fd, count, tap,
                                       source_timeout=float(message["source_timeout"]),
                                       destination_timeout=SEND_IDLE_TIMEOUT)
+        else:
+            result = await splice_sockets(int(message["socket"]), client_fd, count,
+                                          source_timeout=float(message["source_timeout"]),
+                                          destination_timeout=SEND_IDLE_TIMEOUT)
     finally:
         os.close(client_fd)
     cycle.expected_content_length -= result.moved

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from tests.bench.run import ROWS, run, table, write_doc
 
 
@@ -27,6 +29,9 @@ def test_small_benchmark_run(tmp_path: Path) -> None:
     assert isinstance(peer, dict)
     for key in ("peer", "client"):  # the hop with either side verifying blobs
         assert peer[f"{key}_big_gbps"] > 0 and peer[f"{key}_concurrent_gbps"] > 0
+        assert peer[f"{key}_concurrent_cpu_s_per_gb"] >= 0  # clock ticks: 0 on tiny runs
+    assert peer["sha256_big_gbps"] > 0 and peer["sha256_small_gbps"] > 0  # the ceiling
+    assert peer["sha256_cpu_s_per_gb"] > 0
     rendered = table(results)
     assert rendered.count("\n") == len(ROWS) + 1
     doc = tmp_path / "benchmarks.md"
@@ -41,10 +46,20 @@ def test_small_soak_run(tmp_path: Path) -> None:
     from tests.bench.soak import soak
 
     result = soak(minutes=0.05, workdir=tmp_path, max_requests=400)
-    assert isinstance(result["requests"], int) and result["requests"] > 50
+    # A count, not a rate: a loaded 2-core machine may fit only a few dozen requests
+    # into the run's seconds, and throughput belongs to nox -s soak, not to the suite.
+    assert isinstance(result["requests"], int) and result["requests"] >= 10
     # A lookup slower than the 20 ms resolve timeout on a loaded machine is a fast 404,
     # as designed; the requests through peers must nonetheless nearly all succeed.
     assert isinstance(result["unexpected_status"], int)
     assert result["unexpected_status"] < result["requests"] // 10
     growth = result["growth_after_warmup_mb"]
     assert isinstance(growth, dict) and set(growth) == {"a", "b", "c"}
+
+
+def test_small_tee_micro_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.bench.tee_micro import main
+
+    assert main(["--mib", "4", "--rounds", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "splice_tee (hashed by the tap)" in table and table.count("\n") == 5
