@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import random
 import secrets
@@ -77,6 +78,17 @@ _EVICTION_QUIET = 10 * 60.0
 _WITHDRAW_BUDGET = 4096
 _REPROVIDE_BATCH = 256
 _IDLE_WAKE = 60.0
+
+
+def _placeholder_host(host: str) -> str:
+    """The bound address if it is a specific one, else a loopback of its family."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "127.0.0.1"
+    if ip.is_unspecified or ip.is_multicast:
+        return "::1" if ip.version == 6 else "127.0.0.1"
+    return str(ip)
 
 
 class _NullSink:
@@ -146,6 +158,9 @@ class KademliaRouter:
         self._seeds_were_new = False
         self._provided = 0
         self._provide_failures = 0
+        # How this node names itself in answers for keys it advertises; the asker
+        # replaces the host by the answer's source address (search.named_self).
+        self._me = ProviderInfo(self.node_id, _placeholder_host(host), mirror_port)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -292,7 +307,7 @@ class KademliaRouter:
         if message.is_response:
             return
         reply = answer(message, self.table, self.providers, k=self.settings.kademlia_k,
-                       rng=self._rng)
+                       rng=self._rng, me=self._me, advertised=self.advertised.ids)
         if reply is not None:
             self._rpc.send((message.source_host, message.source_port), reply,
                            message.request_id)
