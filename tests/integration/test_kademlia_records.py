@@ -61,3 +61,41 @@ async def test_a_provider_names_itself_when_its_records_are_gone() -> None:
     finally:
         for node in (a, b, c):
             await node.aclose()
+
+
+async def test_a_key_is_announced_again_as_the_network_grows() -> None:
+    first = make_node(22000)
+    await first.start()
+    provider = make_node(22001, first)
+    later: list[KademliaRouter] = []
+    try:
+        await provider.start()
+        await wait_for(lambda: first.node_id in provider.table)
+        await provider.advertise([KEY])
+        assert provider.status().extra["provides"] == 1  # on {first}, a network of 2
+        for n in range(6):
+            node = make_node(22002 + n, first)
+            later.append(node)
+            await node.start()
+        # The provider's table grows past twice the size it announced at: the key is
+        # announced again, to the nodes closest to it now.
+        await wait_for(lambda: provider.status().extra["reannounced_keys"] >= 1)
+        await wait_for(lambda: provider.status().extra["provides"] >= 2)
+        holders = [n for n in later if n.providers.get(key_id(KEY))]
+        assert holders, "the re-announcement reached none of the newcomers"
+        await first.aclose()
+        asker = later[-1]
+        peers = [peer async for peer in asker.lookup(KEY, 3, 1.0)]
+        assert Peer(LOOPBACK, 22001, provider.node_id) in peers
+    finally:
+        for node in (first, provider, *later):
+            await node.aclose()
+
+
+async def test_reannouncing_can_be_switched_off() -> None:
+    node = KademliaRouter(host=LOOPBACK, port=0, mirror_port=22100,
+                          settings=KademliaSettings(kademlia_reannounce_growth=0))
+    assert node.growth is None
+    async with node:
+        await node.advertise([KEY])
+        assert node.status().extra["reannounced_keys"] == 0
