@@ -17,6 +17,16 @@ Definitions (also in ``docs/scale.md``):
   a live holder of the key is yielded, and its time is until then. Percentiles are
   over the successful lookups (nearest rank); failures are in the ratio.
 - ``hops``: hop of the first answer naming a provider (0: the node held a record).
+- ``rollout_lookup_success_ratio``: the same lookups, of keys that one node holds
+  (announced as that node joined, during the rollout), from random nodes, right after
+  the last of those first announcements (no reprovide has run);
+  ``rollout_lookup_success_ratio_early``: the same for keys of the first 5 % of the
+  nodes to join. ``reannounced_keys``: keys announced again during the rollout because
+  the network had doubled since (``--reannounce-growth``, see ``replicate.py``);
+  ``reannounce_datagrams_per_join``: those times ``datagrams_per_key_advertised``,
+  over the nodes; ``reannounced_keys_settled``: the same count from the end of the
+  rollout to the churn (a network of constant size: the steady-state cost, 0 expected),
+  and ``msgs_per_node_per_s_reannounce_settled`` it in datagrams per node per second.
 - ``dns_queries_per_node``: DNS resolutions (``DNSDiscovery.bootstrap_peers``
   calls: an A and an AAAA question each) per node started (late joiners too);
   ``dns_questions_per_node`` counts every question dnsmasq answered (its ``SIGUSR1`` statistics:

@@ -326,7 +326,9 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
 
 
 def _advertise_limit(args: argparse.Namespace) -> float:
-    return min(600.0, 60.0 + args.nodes * args.keys_per_node / 50)
+    """How long announcing may take: 50 keys a second and a minute (--max-seconds
+    bounds the whole run); a busy machine announces ~100-300 keys a second."""
+    return min(args.max_seconds, 60.0 + args.nodes * args.keys_per_node / 50)
 
 
 def _rollout(coordinator: Coordinator, args: argparse.Namespace, raw: dict[str, Any],
