@@ -3,8 +3,8 @@
 The coordinator (:mod:`tests.scale.run`) sends commands over one pipe and reads
 results (and a ``("up", index)`` line per node that has bound its socket, so that
 the DNS server can list it) from another. Each command is a phase: ``join``,
-``late_join``, ``advertise``, ``probe``, ``lookups``, ``reprovide_every``, ``kill``,
-``counters``, ``state``, ``quit``; every phase is bounded by a timeout the
+``announced``, ``late_join``, ``advertise``, ``probe``, ``lookups``, ``reprovide_every``,
+``kill``, ``counters``, ``state``, ``quit``; every phase is bounded by a timeout the
 coordinator gives.
 """
 
