@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import random
 import secrets
@@ -53,6 +54,7 @@ from spegel_kademlia.messages import (
     Ping,
     ProviderInfo,
 )
+from spegel_kademlia.replicate import GrowthWatch, estimate_size
 from spegel_kademlia.rpc import (
     RpcEndpoint,
     RpcError,
@@ -81,6 +83,17 @@ _EVICTION_QUIET = 10 * 60.0
 _WITHDRAW_BUDGET = 4096
 _REPROVIDE_BATCH = 256
 _IDLE_WAKE = 60.0
+
+
+def _placeholder_host(host: str) -> str:
+    """The bound address if it is a specific one, else a loopback of its family."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "127.0.0.1"
+    if ip.is_unspecified or ip.is_multicast:
+        return "::1" if ip.version == 6 else "127.0.0.1"
+    return str(ip)
 
 
 class _NullSink:
@@ -157,6 +170,12 @@ class KademliaRouter:
             node_id=self.node_id, mirror_port=mirror_port, host=self._own_host(host),
             book=self.claim_book, closest=self._closest_for_claim,
             request=self._claim_request, send=self._claim_send)
+        # How this node names itself in answers for keys it advertises; the asker
+        # replaces the host by the answer's source address (search.named_self).
+        self._me = ProviderInfo(self.node_id, _placeholder_host(host), mirror_port)
+        growth = s.kademlia_reannounce_growth
+        #: Keys due again because the network grew since they were announced.
+        self.growth = GrowthWatch(growth) if growth else None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -236,6 +255,9 @@ class KademliaRouter:
         """Stop announcing ``keys``; tell the closest known nodes to drop their records."""
         gone = self.advertised.remove(keys)
         self._unstored.difference_update(gone)
+        if self.growth is not None:
+            for key in gone:
+                self.growth.forget(key)
         if self._state == "running":
             self._send_withdrawals(gone)
 
@@ -321,7 +343,10 @@ class KademliaRouter:
             extra={"provider_records": len(self.providers), "buckets":
                    self.table.nonempty_buckets, "bootstrap_attempts": self._bootstraps,
                    "provides": self._provided, "provide_failures": self._provide_failures,
-                   "unstored_keys": len(self._unstored), "datagrams_sent": self._rpc.sent,
+                   "unstored_keys": len(self._unstored),
+                   "reannounced_keys": 0 if self.growth is None else self.growth.triggered,
+                   "network_size_estimate": round(self.network_size(), 1),
+                   "datagrams_sent": self._rpc.sent,
                    "datagrams_received": self._rpc.received,
                    "datagrams_dropped": self._rpc.dropped, "rpc_timeouts": self._rpc.timeouts,
                    "dropped_by_reason": dict(self._rpc.drop_reasons),
@@ -351,7 +376,7 @@ class KademliaRouter:
                                message.request_id)
             return
         reply = answer(message, self.table, self.providers, k=self.settings.kademlia_k,
-                       rng=self._rng)
+                       rng=self._rng, me=self._me, advertised=self.advertised.ids)
         if reply is not None:
             self._rpc.send((message.source_host, message.source_port), reply,
                            message.request_id)
@@ -382,6 +407,8 @@ class KademliaRouter:
     def _peers_changed(self) -> None:
         count = len(self.table)
         if count != self._last_peer_count:
+            if count > self._last_peer_count:
+                self._reannounce_if_grown()
             self._last_peer_count = count
             self._metrics.emit(PeerCount(count))
             if self._state == "running" and (count == 0 or self._unstored):
@@ -389,6 +416,28 @@ class KademliaRouter:
                 # wait to be stored: bootstrap now (it announces them) instead of
                 # after the backoff.
                 self._wake_bootstrap.set()
+
+    def network_size(self) -> float:
+        """This node's estimate of how many nodes the DHT has (see replicate.py)."""
+        k = self.settings.kademlia_k
+        return estimate_size(self.node_id, self.table.closest(self.node_id, k),
+                             known=len(self.table), k=k)
+
+    def _reannounce_if_grown(self) -> None:
+        """Keys announced when the network was ``growth`` times smaller are due now;
+        the reprovide loop announces them, paced by its cap like any reprovide."""
+        growth = self.growth
+        if growth is None or self._state != "running":
+            return
+        threshold = growth.next_size()
+        known = len(self.table)
+        if threshold is None or (known < self.settings.kademlia_k and threshold > known + 1):
+            return  # (a table of fewer than k contacts estimates its own size)
+        due = growth.due(self.network_size())
+        if due:
+            for key in due:
+                self.advertised.reschedule(key, 0.0)
+            self._wake_reprovide.set()
 
     # -- asking ---------------------------------------------------------------------------
     def _start_request(self, contact: Contact, body: Body, *, retries: int
@@ -466,6 +515,8 @@ class KademliaRouter:
         if acks:
             self._provided += 1
             self._unstored.discard(key)
+            if self.growth is not None and key in self.advertised:
+                self.growth.announced(key, self.network_size())
             log.debug("provided %s to %d/%d nodes", key, acks, len(closest))
         elif key in self.advertised:
             self._provide_failures += 1

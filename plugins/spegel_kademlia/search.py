@@ -98,6 +98,22 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def named_self(message: Message, providers: tuple[ProviderInfo, ...]
+               ) -> tuple[ProviderInfo, ...]:
+    """``providers`` of an answer, where the answering node, if it names itself, is
+    at the answer's source address and mirror port (whatever its entry says).
+
+    A node does not always know the address others reach it at (it may listen on
+    ``0.0.0.0``); the datagram's source is that address, as for ADD_PROVIDER, and a
+    node can name only itself there, never a third party.
+    """
+    sender = message.sender
+    if not any(p.node_id == sender for p in providers):
+        return providers
+    return tuple(ProviderInfo(sender, message.source_host, message.mirror_port)
+                 if p.node_id == sender else p for p in providers)
+
+
 def _feed(lookup: Lookup, contact: Contact, future: asyncio.Future[Message]
           ) -> list[ProviderInfo]:
     if future.cancelled():
@@ -109,10 +125,11 @@ def _feed(lookup: Lookup, contact: Contact, future: asyncio.Future[Message]
             raise error
         lookup.on_timeout(contact)
         return []
-    body = future.result().body
+    message = future.result()
+    body = message.body
     if isinstance(body, Nodes):
         return lookup.on_response(contact, body.contacts)
     if isinstance(body, Providers):
-        return lookup.on_response(contact, body.contacts, body.providers)
+        return lookup.on_response(contact, body.contacts, named_self(message, body.providers))
     lookup.on_timeout(contact)  # an answer of the wrong kind counts as none
     return []

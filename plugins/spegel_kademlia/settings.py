@@ -40,6 +40,12 @@ class KademliaSettings(SpegelSettings):
     kademlia_reprovide_concurrency: int = Field(
         default=8, ge=1, le=256, description="Keys announced at once (caps reprovide work)."
     )
+    kademlia_reannounce_growth: float = Field(
+        default=2.0, ge=0, le=100,
+        description="Announce a key again once the estimated network size has grown this "
+        "many times since it was last announced, so that records follow a growing network "
+        "(0: off, records move only at the reprovide interval; else at least 1.1).",
+    )
     kademlia_lookup_count: int = Field(
         default=3, ge=1, le=255, description="Providers asked of each node in a lookup."
     )
@@ -55,6 +61,13 @@ class KademliaSettings(SpegelSettings):
         "or two lines of one, during a key rotation: the first signs, both are accepted. "
         "Unset: the DHT runs unauthenticated.",
     )
+
+    @field_validator("kademlia_reannounce_growth")
+    @classmethod
+    def _growth_off_or_real(cls, factor: float) -> float:
+        if 0 < factor < 1.1:
+            raise ValueError(f"{factor:g} is too small a growth (0: off, or at least 1.1)")
+        return factor
 
     @field_validator("kademlia_reprovide_jitter")
     @classmethod

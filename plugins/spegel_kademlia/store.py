@@ -11,7 +11,7 @@ import heapq
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from spegel_kademlia.ids import key_id
@@ -156,6 +156,7 @@ class AdvertisedKeys:
         self._clock = clock
         self._due: dict[str, float] = {}
         self._ids: dict[str, bytes] = {}
+        self._by_id: dict[bytes, str] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
 
@@ -168,7 +169,8 @@ class AdvertisedKeys:
         for key in keys:
             if key in self._due:
                 continue
-            self._ids[key] = key_id(key)
+            kid = self._ids[key] = key_id(key)
+            self._by_id[kid] = key
             self._schedule(key, self._next_delay())
             new.append(key)
         return new
@@ -177,7 +179,7 @@ class AdvertisedKeys:
         """Stop advertising ``keys``; returns those that were advertised."""
         gone = [key for key in keys if self._due.pop(key, None) is not None]
         for key in gone:
-            del self._ids[key]
+            del self._by_id[self._ids.pop(key)]
         if len(self._heap) > 2 * len(self._due) + 64:
             self._heap = [(t, n, k) for t, n, k in self._heap if self._due.get(k) == t]
             heapq.heapify(self._heap)
@@ -216,6 +218,15 @@ class AdvertisedKeys:
     def key_id(self, key: str) -> bytes:
         """The key id of an advertised key."""
         return self._ids.get(key) or key_id(key)
+
+    @property
+    def ids(self) -> Collection[bytes]:
+        """The key ids of the advertised keys (a live view)."""
+        return self._by_id.keys()
+
+    def key_of(self, kid: bytes) -> str | None:
+        """The advertised key whose id is ``kid``, None if none is."""
+        return self._by_id.get(kid)
 
     def __contains__(self, key: object) -> bool:
         return key in self._due

@@ -17,6 +17,16 @@ Definitions (also in ``docs/scale.md``):
   a live holder of the key is yielded, and its time is until then. Percentiles are
   over the successful lookups (nearest rank); failures are in the ratio.
 - ``hops``: hop of the first answer naming a provider (0: the node held a record).
+- ``rollout_lookup_success_ratio``: the same lookups, of keys that one node holds
+  (announced as that node joined, during the rollout), from random nodes, right after
+  the last of those first announcements (no reprovide has run);
+  ``rollout_lookup_success_ratio_early``: the same for keys of the first 5 % of the
+  nodes to join. ``reannounced_keys``: keys announced again during the rollout because
+  the network had doubled since (``--reannounce-growth``, see ``replicate.py``);
+  ``reannounce_datagrams_per_join``: those times ``datagrams_per_key_advertised``,
+  over the nodes; ``reannounced_keys_settled``: the same count from the end of the
+  rollout to the churn (a network of constant size: the steady-state cost, 0 expected),
+  and ``msgs_per_node_per_s_reannounce_settled`` it in datagrams per node per second.
 - ``dns_queries_per_node``: DNS resolutions (``DNSDiscovery.bootstrap_peers``
   calls: an A and an AAAA question each) per node started (late joiners too);
   ``dns_questions_per_node`` counts every question dnsmasq answered (its ``SIGUSR1`` statistics:
@@ -68,6 +78,8 @@ GOALS_1000: dict[str, tuple[str, float]] = {
     "lookup_success_ratio_after_churn": ("min", 0.999),
     "lookup_p99_ms_after_churn": ("max", 250.0),
     "msgs_per_node_per_s": ("max", 10.0),
+    "rollout_lookup_success_ratio": ("min", 0.999),
+    "rollout_lookup_success_ratio_early": ("min", 0.999),
 }
 #: At 2000 nodes and more, some bounds are looser.
 GOALS_2000 = {**GOALS_1000, "ready_p99_s": ("max", 0.200), "lookup_p99_ms": ("max", 30.0),
@@ -223,6 +235,8 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "rss_mb_per_node": _round(rss / nodes, 3),
         "wall_seconds": _round(raw.get("wall_seconds", 0.0), 1),
     }
+    if "rollout_lookups" in raw:
+        figures.update(_rollout_figures(raw, nodes, per_key))
     if "lookups_after_churn" in raw:
         churned = lookup_figures(raw["lookups_after_churn"], "_after_churn")
         figures.update(churned)
@@ -233,6 +247,32 @@ def summarise(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                                "met": _met(figures.get(name), bound, limit)}
                         for name, (bound, limit) in goals_for(nodes).items()}
     return figures
+
+
+def _rollout_figures(raw: dict[str, Any], nodes: int, per_key: float) -> dict[str, Any]:
+    """Rollout lookups, and what re-announcing as the network grew cost."""
+    rollout = lookup_figures(raw["rollout_lookups"], "_rollout")
+    early = lookup_figures(raw["rollout_lookups_early"], "_rollout_early")
+    reannounced = raw["advertise_counters"].get("reannounced_keys", 0)
+    later = (raw["before_churn_counters"].get("reannounced_keys", 0)
+             - raw["settled_counters"].get("reannounced_keys", 0))
+    seconds = max(raw.get("settled_seconds", 0.0), 1e-3)
+    return {
+        "rollout_lookup_success_ratio": rollout["lookup_success_ratio_rollout"],
+        "rollout_lookup_success_ratio_early": early["lookup_success_ratio_rollout_early"],
+        "rollout_lookups": rollout["lookups_rollout"],
+        "rollout_lookups_early": early["lookups_rollout_early"],
+        "rollout_lookup_p99_ms": rollout["lookup_p99_ms_rollout"],
+        "rollout_lookup_p99_ms_early": early["lookup_p99_ms_rollout_early"],
+        "rollout_hops_p99": rollout["hops_p99_rollout"],
+        "reannounced_keys": reannounced,
+        "reannounced_keys_per_node": _round(reannounced / nodes, 2),
+        # Each re-announcement is a provide: a lookup and ADD_PROVIDERs, as a key's.
+        "reannounce_datagrams_per_join": _round(reannounced * per_key / nodes, 1),
+        "reannounced_keys_settled": later,
+        "msgs_per_node_per_s_reannounce_settled": _round(later * per_key / nodes / seconds, 4),
+        "settled_seconds": _round(seconds, 1),
+    }
 
 
 def _overload_figures(overload: dict[str, Any]) -> dict[str, Any]:
@@ -273,6 +313,10 @@ _ROWS = [
     ("dns_queries_per_node", "DNS resolutions per node", ""),
     ("dns_questions_per_node", "DNS questions per node", ""),
     ("dns_resolution_p50_ms", "DNS resolution p50", "ms"),
+    ("rollout_lookup_success_ratio", "rollout lookup success", ""),
+    ("rollout_lookup_success_ratio_early", "  keys of the first 5 %", ""),
+    ("reannounced_keys_per_node", "  keys re-announced per node", ""),
+    ("reannounce_datagrams_per_join", "  their datagrams per join", ""),
     ("lookup_success_ratio_after_churn", "success after churn", ""),
     ("lookup_p99_ms_after_churn", "lookup p99 after churn", "ms"),
     ("msgs_per_node_per_s", "datagrams/node/s (steady)", ""),

@@ -6,11 +6,15 @@ The coordinator: starts dnsmasq on 127.0.0.1 (a free port) answering
 (:mod:`tests.scale.worker`), and runs the phases one after the other, each bounded
 by a timeout:
 
-1. **join**: node ``i`` starts at ``i / join_rate`` s; each bootstraps from DNS.
+1. **rollout**: node ``i`` starts at ``i / join_rate`` s; each bootstraps from DNS
+   and starts announcing its keys at once, as a real node does (paced: a few nodes
+   per worker at a time, in join order, since hundreds of nodes share one core
+   here). Right after the last of those announcements, **rollout lookups** of keys
+   that one node holds, from random nodes (and again for the first 5 % of joiners).
    Then ``--late-joiners`` more nodes join one at a time (per worker) on the quiet
    network: their ready time is the protocol's, not that of a queue of joins.
-2. **advertise**: every node announces its keys (paced: a few nodes per worker at
-   a time, since hundreds of nodes share one core here).
+2. (``--separate-advertise`` only) **advertise**: every node announces its keys
+   after all have joined, as the simulation did before issue 14.
 3. **probes**: a few provides and FIND_NODEs one at a time (steady-state costs), then
    **lookups** of keys other nodes hold, from random nodes.
 4. **overload** (``--overload F``, off by default): reprovide interval shortened so
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -49,6 +54,14 @@ REPROVIDE_INTERVAL = 15 * 60.0
 REFRESH_INTERVAL = 10 * 60.0
 #: How often a joined node re-bootstraps: the DNS refresh interval (DNSSettings).
 REBOOTSTRAP_INTERVAL = 30 * 60.0
+#: The nodes' own reprovide period and record lifetime in the simulation: longer than
+#: any run. Two cores take minutes to announce what a cluster's nodes announce in
+#: seconds, and on a busy machine a run stretched past 15 minutes saw the first
+#: keys' reprovides (and, when those failed under the load, their records expire) in
+#: the middle of its measurements, which a real rollout, over in a minute, never does.
+#: The steady-state figure is computed with the field defaults above.
+SIM_REPROVIDE_INTERVAL = 3 * 3600.0
+SIM_PROVIDER_TTL = 4 * 3600.0
 _DNS_BATCH = 0.05
 
 
@@ -84,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--progress", action="store_true",
                         help="Workers log progress and event-loop lag every 5 s.")
     parser.add_argument("--seed", type=int, default=1, help="Seed of ids, keys and choices.")
+    parser.add_argument("--separate-advertise", action="store_true",
+                        help="Announce keys in a phase after the join (not as nodes join).")
+    parser.add_argument("--rollout-announce-rate", type=float, default=50.0,
+                        help="Keys a second each worker announces while nodes join "
+                             "(0: no limit; all at once after the last join).")
+    parser.add_argument("--reannounce-growth", type=float, default=2.0,
+                        help="kademlia_reannounce_growth of every node (0: off).")
     parser.add_argument("--max-seconds", type=float, default=900.0,
                         help="Give up (and stop everything) after this long.")
     args = parser.parse_args(argv)
@@ -125,8 +145,10 @@ class Coordinator:
         self.commands: list[Connection] = []
         self.events: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
-        settings = {"kademlia_reprovide_interval": REPROVIDE_INTERVAL,
-                    "kademlia_reprovide_concurrency": args.reprovide_concurrency}
+        settings = {"kademlia_reprovide_interval": SIM_REPROVIDE_INTERVAL,
+                    "kademlia_provider_ttl": SIM_PROVIDER_TTL,
+                    "kademlia_reprovide_concurrency": args.reprovide_concurrency,
+                    "kademlia_reannounce_growth": args.reannounce_growth}
         for index in range(args.workers):
             command_read, command_write = context.Pipe(duplex=False)
             event_read, event_write = context.Pipe(duplex=False)
@@ -260,8 +282,12 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         before = _sum(coordinator.call("counters", {}, 30.0))
         join_time = args.nodes / args.join_rate
         limit = 1.5 * join_time + 30.0
+        rollout = not args.separate_advertise
         joined = coordinator.call("join", {"t0": time.monotonic() + 0.5, "rate": args.join_rate,
-                                           "limit": limit}, 2 * limit + 60.0)
+                                           "limit": limit,
+                                           "announce": args.advertise_concurrency * rollout,
+                                           "announce_rate": args.rollout_announce_rate},
+                                  2 * limit + 60.0)
         raw["ready"] = _merge(joined, "ready")
         raw["joined"] = _merge(joined, "joined")
         raw["ready_phases"] = _merge(joined, "phases")
@@ -271,22 +297,30 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         raw["started"] = len(started)
         after_join = _sum(coordinator.call("counters", {}, 30.0))
         raw["join_counters"] = _delta(after_join, before)
+        if rollout:
+            _rollout(coordinator, args, raw, started, before)
+            after_join = _sum(coordinator.call("counters", {}, 30.0))
         raw["late_ready"] = _merge(_late_join(coordinator, args), "ready")
         after_late = _sum(coordinator.call("counters", {}, 30.0))
         raw["late_counters"] = _delta(after_late, after_join)
         after_join = after_late
-        limit = min(600.0, 60.0 + args.nodes * args.keys_per_node / 50)
-        advertised = coordinator.call(
-            "advertise", {"concurrency": args.advertise_concurrency, "limit": limit},
-            limit + 60.0)
-        raw["advertise_seconds"] = max(r["seconds"] for r in advertised)
-        raw["advertise_unfinished"] = sum(r["unfinished"] for r in advertised)
-        after_advertise = _sum(coordinator.call("counters", {}, 30.0))
-        raw["advertise_counters"] = _delta(after_advertise, after_join)
+        if not rollout:
+            limit = _advertise_limit(args)
+            advertised = coordinator.call(
+                "advertise", {"concurrency": args.advertise_concurrency, "limit": limit},
+                limit + 60.0)
+            raw["advertise_seconds"] = max(r["seconds"] for r in advertised)
+            raw["advertise_unfinished"] = sum(r["unfinished"] for r in advertised)
+            after_advertise = _sum(coordinator.call("counters", {}, 30.0))
+            raw["advertise_counters"] = _delta(after_advertise, after_join)
+        raw["settled_counters"] = _sum(coordinator.call("counters", {}, 30.0))
+        settled_at = time.monotonic()
         raw["probes"] = _probes(coordinator)
         raw["state"] = coordinator.call("state", {}, 30.0)
         alive = started
         raw["lookups"] = _lookups(coordinator, args, alive)
+        raw["before_churn_counters"] = _sum(coordinator.call("counters", {}, 30.0))
+        raw["settled_seconds"] = time.monotonic() - settled_at
         raw["fleet"] = _fleet(coordinator, len(alive))
         if args.overload > 0:
             raw["overload"] = _overload(coordinator, args, raw, alive)
@@ -308,6 +342,27 @@ def _fleet(coordinator: Coordinator, nodes: int) -> dict[str, Any]:
     results = coordinator.call("fleet", {"t0": time.monotonic() + 0.5, "spread": 1.0,
                                          "fanout": fleet.FANOUT}, 120.0)
     return fleet.summarise(results, nodes)
+
+
+def _advertise_limit(args: argparse.Namespace) -> float:
+    """How long announcing may take: 50 keys a second and a minute (--max-seconds
+    bounds the whole run); a busy machine announces ~100-300 keys a second."""
+    return min(args.max_seconds, 60.0 + args.nodes * args.keys_per_node / 50)
+
+
+def _rollout(coordinator: Coordinator, args: argparse.Namespace, raw: dict[str, Any],
+             started: list[int], before: dict[str, int]) -> None:
+    """Wait for the announcements the nodes started as they joined, then look up keys
+    that one node holds: of any node, and of the first 5 % of joiners."""
+    limit = _advertise_limit(args)
+    announced = coordinator.call("announced", {"limit": limit}, limit + 60.0)
+    raw["advertise_seconds"] = max(r["seconds"] for r in announced)
+    raw["advertise_unfinished"] = sum(r["unfinished"] for r in announced)
+    after = _sum(coordinator.call("counters", {}, 30.0))
+    raw["advertise_counters"] = _delta(after, before)  # the whole rollout: joins too
+    early = started[:max(1, math.ceil(0.05 * args.nodes))]
+    raw["rollout_lookups"] = _lookups(coordinator, args, started, holders=started)
+    raw["rollout_lookups_early"] = _lookups(coordinator, args, started, holders=early)
 
 
 def _late_join(coordinator: Coordinator, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -347,12 +402,13 @@ def _probes(coordinator: Coordinator, count: int = 20, idle: float = 5.0) -> dic
     return out
 
 
-def _lookups(coordinator: Coordinator, args: argparse.Namespace,
-             alive: list[int]) -> list[tuple[bool, float, int | None, int]]:
+def _lookups(coordinator: Coordinator, args: argparse.Namespace, alive: list[int],
+             holders: list[int] | None = None) -> list[tuple[bool, float, int | None, int]]:
     per_worker = max(1, args.lookups // args.workers)
     results = coordinator.call("lookups", {"count": per_worker, "alive": alive,
                                            "concurrency": args.lookup_concurrency,
-                                           "budget": 1.0, "limit": 120.0}, 150.0)
+                                           "budget": 1.0, "limit": 120.0,
+                                           "holders": holders}, 150.0)
     out: list[tuple[bool, float, int | None, int]] = []
     for result in results:
         out += [(bool(r[0]), float(r[1]), r[2], int(r[3])) for r in result["results"]]
@@ -373,7 +429,7 @@ def _overload(coordinator: Coordinator, args: argparse.Namespace, raw: dict[str,
     lookups = _lookups(coordinator, args, alive)
     seconds = time.monotonic() - soak_started
     after = _sum(coordinator.call("counters", {}, 30.0))
-    coordinator.call("reprovide_every", {"interval": REPROVIDE_INTERVAL}, 60.0)
+    coordinator.call("reprovide_every", {"interval": SIM_REPROVIDE_INTERVAL}, 60.0)
     return {"factor": args.overload, "capacity_keys_per_s": capacity,
             "interval_s": interval, "demand_keys_per_s": keys / interval,
             "seconds": seconds, "counters": _delta(after, before), "lookups": lookups}

@@ -28,7 +28,9 @@ assert dnsmasq_path() is not None, "dnsmasq is required (apt-get install dnsmasq
 REQUIRED = ("nodes", "ready_p50_s", "ready_p99_s", "lookup_success_ratio", "lookup_p50_ms",
             "lookup_p99_ms", "hops_p99", "routing_table_max", "dns_queries_per_node",
             "lookup_success_ratio_after_churn", "lookup_p99_ms_after_churn",
-            "msgs_per_node_per_s", "rss_mb_per_node")
+            "msgs_per_node_per_s", "rss_mb_per_node", "rollout_lookup_success_ratio",
+            "rollout_lookup_success_ratio_early", "reannounced_keys_per_node",
+            "reannounce_datagrams_per_join")
 
 
 def test_population_is_loopback_distinct_and_shares_popular_keys() -> None:
@@ -83,6 +85,14 @@ def test_small_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFi
     assert 0 <= figures["eviction_ping_share"] < 0.5
     assert 0 < figures["msgs_per_node_per_s"] < 100
     assert figures["rss_mb_per_node"] > 0
+    # Keys announced as their nodes joined, looked up right after the rollout.
+    assert figures["rollout_lookups"] == figures["rollout_lookups_early"] == 200
+    assert figures["rollout_lookup_success_ratio"] >= 0.99
+    assert figures["rollout_lookup_success_ratio_early"] >= 0.99
+    # The network grew from 1 to 50 nodes: the first nodes announced again, and
+    # after the rollout (a network of constant size) nobody did.
+    assert figures["reannounced_keys"] > 0
+    assert figures["reannounced_keys_settled"] == 0
     assert set(figures["goals"]) == set(report.GOALS_1000)
 
 

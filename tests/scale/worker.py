@@ -3,8 +3,8 @@
 The coordinator (:mod:`tests.scale.run`) sends commands over one pipe and reads
 results (and a ``("up", index)`` line per node that has bound its socket, so that
 the DNS server can list it) from another. Each command is a phase: ``join``,
-``late_join``, ``advertise``, ``probe``, ``lookups``, ``reprovide_every``, ``kill``,
-``counters``, ``state``, ``quit``; every phase is bounded by a timeout the
+``announced``, ``late_join``, ``advertise``, ``probe``, ``lookups``, ``reprovide_every``,
+``kill``, ``counters``, ``state``, ``quit``; every phase is bounded by a timeout the
 coordinator gives.
 """
 
@@ -90,6 +90,27 @@ def _count(extra: Mapping[str, object], name: str) -> int:
     return value if isinstance(value, int) else 0
 
 
+#: Keys a node announces in one ``advertise`` call of the rollout (its router's cap).
+_ANNOUNCE_BATCH = 8
+
+
+class _Pacer:
+    """At most ``rate`` units a second (0: no limit), taken in order."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+        self._next = 0.0
+
+    async def take(self, units: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        wait = self._next - now
+        self._next = max(self._next, now) + units / self.rate
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
 class Worker:
     """Hosts the routers of :attr:`Plan.indices` and runs the phases on them."""
 
@@ -104,6 +125,10 @@ class Worker:
         self.rng = random.Random(f"{self.pop.seed}/worker/{plan.worker}")
         self.sink = SentByType()
         self.phase = "start"
+        #: Each node's first announcement of its keys, started as it joins (rollout).
+        self.announcing: dict[int, asyncio.Future[float]] = {}
+        self.pacer = _Pacer()
+        self.rollout_t0 = 0.0
 
     def _make(self, index: int) -> SimRouter:
         host = self.pop.host(index)
@@ -117,9 +142,21 @@ class Worker:
                          rng=random.Random(f"{self.pop.seed}/router/{index}"))
 
     # -- phases ----------------------------------------------------------------------------
-    async def join(self, t0: float, rate: float, limit: float) -> dict[str, Any]:
-        """Start each node at ``t0 + index / rate``; wait (bounded) until all are ready."""
+    async def join(self, t0: float, rate: float, limit: float, announce: int = 0,
+                   announce_rate: float = 0.0) -> dict[str, Any]:
+        """Start each node at ``t0 + index / rate``; wait (bounded) until all are ready.
+
+        With ``announce`` > 0, each node starts announcing its keys as soon as it has
+        started, as a real node does (its state tracker advertises what containerd
+        holds); at most ``announce`` nodes of this worker announce at once, in the
+        order they joined (hundreds of nodes share one core here), and while nodes
+        join, at most ``announce_rate`` keys a second (0: no limit), so that the
+        joins keep CPU (a real node has its own); all at once after the last join.
+        """
         deadline = time.monotonic() + limit
+        self.rollout_t0 = t0
+        slots = asyncio.Semaphore(max(1, announce))
+        self.pacer.rate = announce_rate
         cpu = time.process_time()
         lag = 0.0
         for index in self.plan.indices:
@@ -134,6 +171,8 @@ class Worker:
             await router.start()
             self.alive.add(index)
             self.events.send(("up", index))
+            if announce > 0:
+                self.announcing[index] = asyncio.ensure_future(self._announce(index, slots))
         # Ready first; then the rest of each first bootstrap (bucket refresh), so that
         # the next phase starts on a quiet network and this one counts all join traffic.
         for event in ("ready", "joined"):
@@ -142,6 +181,7 @@ class Worker:
             _, late = await asyncio.wait(pending, timeout=max(0.01, deadline - time.monotonic()))
             for task in late:
                 task.cancel()
+        self.pacer.rate = 0.0
         ready = {i: r.ready_at - r.started_at for i, r in self.routers.items()
                  if r.ready_at is not None and r.started_at is not None}
         joined = {i: r.joined_at - r.started_at for i, r in self.routers.items()
@@ -150,6 +190,36 @@ class Worker:
         return {"ready": ready, "joined": joined, "phases": phases, "start_lag_s": lag,
                 "cpu_s": time.process_time() - cpu,
                 "started": sorted(self.routers)}
+
+    async def _announce(self, index: int, slots: asyncio.Semaphore) -> float:
+        # A node's first announcement needs contacts (the router keeps keys advertised
+        # before its first bootstrap and announces them then, outside this pacing).
+        router = self.routers[index]
+        await router.ready.wait()
+        keys = list(self.pop.keys(index))
+        async with slots:
+            for start in range(0, len(keys), _ANNOUNCE_BATCH):
+                batch = keys[start:start + _ANNOUNCE_BATCH]
+                await self.pacer.take(len(batch))
+                await router.advertise(batch)
+        return time.monotonic()
+
+    async def announced(self, limit: float) -> dict[str, Any]:
+        """Wait (bounded) until every node's first announcement, started as it joined,
+        is done; seconds from the rollout's start to the last one."""
+        tasks = list(self.announcing.values())
+        late: set[asyncio.Future[float]] = set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=limit)
+        for task in late:
+            task.cancel()
+        done = [t.result() for t in tasks if t.done() and not t.cancelled()
+                and t.exception() is None]
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("announce failed", exc_info=task.exception())
+        return {"seconds": max(done, default=self.rollout_t0) - self.rollout_t0,
+                "unfinished": len(tasks) - len(done)}
 
     async def late_join(self, indices: list[int], gap: float, limit: float) -> dict[str, Any]:
         """Start nodes ``indices`` one at a time on a quiet network; their ready times.
@@ -202,9 +272,13 @@ class Worker:
         return {"seconds": time.monotonic() - started, "unfinished": len(late)}
 
     async def lookups(self, count: int, concurrency: int, alive: list[int],
-                      budget: float, limit: float) -> dict[str, Any]:
+                      budget: float, limit: float, holders: list[int] | None = None
+                      ) -> dict[str, Any]:
         """``count`` lookups (``budget`` s each) from this worker's live nodes of keys that
-        live nodes hold; the phase stops after ``limit`` s."""
+        live nodes hold; the phase stops after ``limit`` s.
+
+        With ``holders``: keys that only one node holds, a node of ``holders``.
+        """
         everyone = set(alive)
         queriers = sorted(self.alive)
         hosts = {i: self.pop.host(i) for i in alive}
@@ -216,7 +290,14 @@ class Worker:
             target = self.rng.choice(alive)
             while target == querier and len(alive) > 1:
                 target = self.rng.choice(alive)
-            key = self.rng.choice(self.pop.keys(target))
+            if holders:
+                target = self.rng.choice(holders)
+                while target == querier and len(holders) > 1:
+                    target = self.rng.choice(holders)
+                unique = self.pop.keys(target)[:self.pop.keys_per_node - self.pop.popular_count]
+                key = self.rng.choice(unique)
+            else:
+                key = self.rng.choice(self.pop.keys(target))
             wanted = frozenset(hosts[i] for i in self.pop.holders(target, key) & everyone
                                if i != querier)
             async with slots:
@@ -275,7 +356,8 @@ class Worker:
     def counters(self) -> dict[str, Any]:
         """Datagrams sent and received, RPC timeouts, provides and DNS resolutions so far."""
         totals = dict.fromkeys(("datagrams_sent", "datagrams_received", "rpc_timeouts",
-                                "provides", "provide_failures", "unstored_keys"), 0)
+                                "provides", "provide_failures", "unstored_keys",
+                                "reannounced_keys"), 0)
         for router in self.routers.values():
             extra = router.status().extra
             for name in totals:
@@ -339,6 +421,8 @@ class Worker:
             gc.collect()  # between phases, where a pause costs nothing
             if name == "join":
                 result = await self.join(**args)
+            elif name == "announced":
+                result = await self.announced(**args)
             elif name == "late_join":
                 result = await self.late_join(**args)
             elif name == "advertise":

@@ -85,3 +85,38 @@ def test_responses_get_no_reply() -> None:
     table, store = setup()
     assert ask(Pong(), table, store) is None
     assert ask(Nodes(()), table, store) is None
+
+
+ME = ProviderInfo(OWN, "127.0.0.1", 5000)
+
+
+def test_a_node_names_itself_first_for_a_key_it_advertises() -> None:
+    table, store = setup()
+    for n in range(1, 6):
+        store.add(KEY, node(n), f"10.1.0.{n}", 5000)
+    message = Message(GetProviders(KEY, 3), 7, ASKER, 5000, source_host="10.0.0.99",
+                      source_port=5001)
+    reply = answer(message, table, store, k=4, rng=random.Random(0), me=ME,
+                   advertised={KEY})
+    assert isinstance(reply, Providers)
+    assert reply.providers[0] == ME and len(reply.providers) == 3
+    assert len({p.node_id for p in reply.providers}) == 3
+    # A record of its own held here (another node replicated it) is not named twice.
+    store.add(KEY, OWN, "10.0.0.1", 5000)
+    everyone = answer(message, table, store, k=4, rng=random.Random(0), me=ME,
+                      advertised={KEY})
+    assert isinstance(everyone, Providers)
+    assert [p.node_id for p in everyone.providers].count(OWN) == 1
+
+
+def test_a_node_does_not_name_itself_for_a_key_it_does_not_advertise() -> None:
+    table, store = setup()
+    other = b"\x33" * 32
+    message = Message(GetProviders(other, 3), 7, ASKER, 5000, source_host="10.0.0.99",
+                      source_port=5001)
+    reply = answer(message, table, store, k=4, rng=random.Random(0), me=ME,
+                   advertised={KEY})
+    assert isinstance(reply, Providers) and reply.providers == ()
+    none_wanted = answer(Message(GetProviders(KEY, 0), 7, ASKER, 5000), table, store, k=4,
+                         rng=random.Random(0), me=ME, advertised={KEY})
+    assert isinstance(none_wanted, Providers) and none_wanted.providers == ()

@@ -9,7 +9,7 @@ from spegel_kademlia.ids import Contact
 from spegel_kademlia.lookup import Lookup, QueryState
 from spegel_kademlia.messages import Message, Nodes, ProviderInfo, Providers
 from spegel_kademlia.rpc import RpcTimeout
-from spegel_kademlia.search import drive
+from spegel_kademlia.search import drive, named_self
 
 TARGET = bytes(32)
 OWN = b"\xff" * 32
@@ -124,3 +124,11 @@ async def test_closing_the_generator_leaves_given_futures_running() -> None:
     await asyncio.sleep(0)
     # The closed driver no longer feeds the lookup.
     assert lookup.state(contact(2).node_id) is QueryState.IN_FLIGHT
+
+
+def test_a_node_naming_itself_is_taken_at_the_answers_source_address() -> None:
+    sender, other = b"\x01" * 32, b"\x02" * 32
+    message = Message(Providers(), 1, sender, 5123, source_host="127.0.0.9", source_port=5001)
+    given = (ProviderInfo(sender, "127.0.0.1", 1), ProviderInfo(other, "127.0.0.7", 5000))
+    assert named_self(message, given) == (ProviderInfo(sender, "127.0.0.9", 5123), given[1])
+    assert named_self(message, given[1:]) == given[1:]

@@ -116,3 +116,12 @@ def test_advertised_keys_remove_and_reschedule() -> None:
     assert sorted(keys.take_due(10)) == ["a", "c"]
     keys.remove(["a", "c"])
     assert keys.next_due_in() is None and len(keys) == 0
+
+
+def test_advertised_keys_know_their_ids() -> None:
+    keys = AdvertisedKeys(interval=900, jitter=0)
+    keys.add(["sha256:" + "a" * 64, "sha256:" + "b" * 64])
+    kid = key_id("sha256:" + "a" * 64)
+    assert kid in keys.ids and keys.key_of(kid) == "sha256:" + "a" * 64
+    keys.remove(["sha256:" + "a" * 64])
+    assert kid not in keys.ids and keys.key_of(kid) is None and len(keys.ids) == 1
