@@ -5,13 +5,14 @@ With :class:`~spegel_kademlia.admission.Admission` (the open DHT):
 - a response (matched to one of our requests, so its address answered) validates its
   sender and is added to the routing table;
 - a request from a validated address is answered and its sender seen, as before;
-- a request from an unvalidated address is answered only within its credit (3x the
-  bytes it sent): a PING always is, a FIND_NODE or GET_PROVIDERS whose answer fits is;
-  anything else (a full answer, an ADD_PROVIDER, which would store the claimed address)
-  is held while a PING to the address proves it, then answered in full. The sender
-  enters the routing table only once proven: it is challenged right away when a request
-  is held, or, when its bucket has room, a moment later (an answer to a request of ours
-  usually proves it first, for free);
+- a request from an unvalidated address gets at most 3x the bytes it sent. A PING is
+  answered. A FIND_NODE or GET_PROVIDERS from a sender that would take a free place in
+  the routing table waits while a PING to its address proves it (that check is due
+  anyway before it enters the table), then gets its full answer; from any other sender
+  it is answered at once, cut to its credit (the closest few contacts, providers
+  first). An ADD_PROVIDER (it would store the claimed address) waits for the check.
+  A sender whose bucket has room after a PING or a cut answer is checked a moment
+  later, unless an answer to a request of ours proved it meanwhile (for free);
 - answers per source IP are rate-limited (dropped beyond the bucket).
 
 Without an admission (a cluster key authenticates every datagram) every message is
@@ -25,11 +26,21 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 from spegel_core.protocols import DroppedDatagram, MetricsSink
 from spegel_kademlia.admission import Admission, Hold
 from spegel_kademlia.ids import Contact
-from spegel_kademlia.messages import Body, FindNode, GetProviders, Message, Ping, Pong
+from spegel_kademlia.messages import (
+    Body,
+    FindNode,
+    GetProviders,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Providers,
+)
 from spegel_kademlia.rpc import RpcEndpoint
 
 log = logging.getLogger(__name__)
@@ -99,12 +110,23 @@ class RequestGate:
             return
         admission.earn(contact.address, self._rpc.codec.size(message))
         body = message.body
-        if isinstance(body, Ping | FindNode | GetProviders):
-            reply = Pong() if isinstance(body, Ping) else self._answer(message)
-            if reply is not None and self._send_within_credit(message, reply):
-                self._admit_later(contact)
+        if isinstance(body, Ping):
+            self._send_within_credit(message, Pong(), reserve=self._ping_size)
+            self._admit_later(contact)
+            return
+        if isinstance(body, FindNode | GetProviders):
+            if self._admits(contact):
+                # It would enter the table: the PING that checks its address is sent
+                # anyway, so the full answer waits for it (one round trip).
+                self._challenge(contact, message)
                 return
-        self._challenge(contact, message)
+            # It would not enter the table: no PING; the answer is cut to its credit
+            # (the closest few contacts, providers first).
+            reply = self._answer(message)
+            if reply is not None:
+                self._send_within_credit(message, reply, reserve=0)
+            return
+        self._challenge(contact, message)  # ADD_PROVIDER: stored only once proven
 
     # -- answering ------------------------------------------------------------------------
     def _reply(self, message: Message) -> None:
@@ -113,17 +135,25 @@ class RequestGate:
             self._rpc.send((message.source_host, message.source_port), reply,
                            message.request_id)
 
-    def _send_within_credit(self, request: Message, reply: Body) -> bool:
+    def _send_within_credit(self, request: Message, reply: Body, *, reserve: int) -> bool:
+        """Send ``reply``, cut to the sender's credit less ``reserve``; False if not even
+        an empty answer fits."""
         assert self.admission is not None
         codec = self._rpc.codec
-        size = codec.size(codec.fit(Message(reply, request.request_id, self._rpc.node_id,
-                                            self._rpc.mirror_port)))
         address = (request.source_host, request.source_port)
-        # Room is kept for the validation PING that may follow.
-        if self.admission.credit(address) < size + self._ping_size:
-            return False
+        room = self.admission.credit(address) - reserve
+        answer = codec.fit(Message(reply, request.request_id, self._rpc.node_id,
+                                   self._rpc.mirror_port))
+        size = codec.size(answer)
+        while size > room:
+            shorter = _shorter(answer.body)
+            if shorter is None:
+                self._refuse("amplification")
+                return False
+            answer = replace(answer, body=shorter)
+            size = codec.size(answer)
         self.admission.spend(address, size)
-        self._rpc.send((request.source_host, request.source_port), reply, request.request_id)
+        self._rpc.send(address, answer.body, request.request_id)
         return True
 
     def _refuse(self, reason: str) -> None:
@@ -193,3 +223,16 @@ class RequestGate:
 
     def __repr__(self) -> str:
         return f"<RequestGate {self.admission!r} refused={sum(self.refused.values())}>"
+
+
+def _shorter(body: Body) -> Body | None:
+    """``body`` with its last entry dropped (closer contacts before providers); None
+    when there is nothing left to drop."""
+    if isinstance(body, Nodes) and body.contacts:
+        return Nodes(body.contacts[:-1])
+    if isinstance(body, Providers):
+        if body.contacts:
+            return Providers(body.providers, body.contacts[:-1])
+        if body.providers:
+            return Providers(body.providers[:-1], ())
+    return None

@@ -14,7 +14,16 @@ import spegel_kademlia.node as node_module
 from spegel_kademlia import KademliaRouter, KademliaSettings
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.ids import random_id
-from spegel_kademlia.messages import Body, FindNode, Message, Nodes, Ping, Pong
+from spegel_kademlia.messages import (
+    AddProvider,
+    AddProviderAck,
+    Body,
+    FindNode,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+)
 
 LOOPBACK = "127.0.0.1"
 CODEC = Codec()
@@ -58,7 +67,7 @@ async def router() -> AsyncIterator[KademliaRouter]:
 
 async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
     """20 peers fill the farthest bucket (one at a time, so the first is the head), then a
-    21st asks for nodes; returns the peers, head first."""
+    21st announces a key; returns the peers, head first."""
     loop = asyncio.get_running_loop()
     assert router.bound is not None
     peers = []
@@ -66,12 +75,13 @@ async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
         _, peer = await loop.create_datagram_endpoint(lambda: FakePeer(router.node_id),
                                                       local_addr=(LOOPBACK, 0))
         peers.append(peer)
-        # The newcomer asks for nodes: an answer that big waits until its address is
-        # proven (a PING it answers), and then it is a validated newcomer.
-        peer.send(Ping() if n < 20 else FindNode(router.node_id), n + 1, router.bound)
+        # The newcomer announces a key: that is stored only once its address is proven
+        # (a PING it answers), and then it is a validated newcomer for the full bucket.
+        body: Body = Ping() if n < 20 else AddProvider(random_id(), peer.node_id, 1, 60)
+        peer.send(body, n + 1, router.bound)
         for _ in range(400):  # each one in the table (once proven) before the next
             if (peer.node_id in router.table if n < 20
-                    else any(isinstance(body, Nodes) for body in peer.got)):
+                    else any(isinstance(got, AddProviderAck) for got in peer.got)):
                 break
             await asyncio.sleep(0.005)
     await asyncio.sleep(0.3)  # time for an eviction ping to arrive
@@ -82,7 +92,7 @@ async def test_a_bucket_heard_from_lately_is_not_pinged(router: KademliaRouter) 
     peers = await fill_then_newcomer(router)
     try:
         assert all(Pong() in peer.got for peer in peers[:20])
-        assert any(isinstance(body, Nodes) for body in peers[20].got)
+        assert any(isinstance(body, AddProviderAck) for body in peers[20].got)
         assert len(router.table) == 20 and peers[20].node_id not in router.table
         # Each was pinged once: the address check before it entered the table.
         assert [peer.pings() for peer in peers[:20]] == [1] * 20
