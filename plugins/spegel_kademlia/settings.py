@@ -75,6 +75,12 @@ class KademliaSettings(SpegelSettings):
         "or two lines of one, during a key rotation: the first signs, both are accepted. "
         "Unset: the DHT runs unauthenticated.",
     )
+    cluster_key_optional: bool = Field(
+        default=False,
+        description="When no --cluster-key-file exists, run the DHT open (with a warning) "
+        "instead of stopping: the DaemonSet mounts an optional Secret. A file that exists "
+        "must hold a valid key.",
+    )
 
     @field_validator("kademlia_reprovide_jitter")
     @classmethod
