@@ -26,7 +26,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from typing import TypeVar
 
 from spegel_core.protocols import DroppedDatagram, MetricsSink
 from spegel_kademlia.admission import Admission, Hold
@@ -39,11 +39,14 @@ from spegel_kademlia.messages import (
     Nodes,
     Ping,
     Pong,
+    ProviderInfo,
     Providers,
 )
 from spegel_kademlia.rpc import RpcEndpoint
 
 log = logging.getLogger(__name__)
+
+_E = TypeVar("_E", Contact, ProviderInfo)
 
 
 class RequestGate:
@@ -141,19 +144,18 @@ class RequestGate:
         assert self.admission is not None
         codec = self._rpc.codec
         address = (request.source_host, request.source_port)
-        room = self.admission.credit(address) - reserve
-        answer = codec.fit(Message(reply, request.request_id, self._rpc.node_id,
-                                   self._rpc.mirror_port))
-        size = codec.size(answer)
-        while size > room:
-            shorter = _shorter(answer.body)
-            if shorter is None:
-                self._refuse("amplification")
-                return False
-            answer = replace(answer, body=shorter)
-            size = codec.size(answer)
+        room = int(self.admission.credit(address)) - reserve
+        body = _cut(reply, room - codec.overhead)
+        if body is None:
+            self._refuse("amplification")
+            return False
+        size = codec.size(Message(body, request.request_id, self._rpc.node_id,
+                                  self._rpc.mirror_port))
+        if size > room:  # (never: _cut counts entries at their largest)
+            self._refuse("amplification")
+            return False
         self.admission.spend(address, size)
-        self._rpc.send(address, answer.body, request.request_id)
+        self._rpc.send(address, body, request.request_id)
         return True
 
     def _refuse(self, reason: str) -> None:
@@ -225,14 +227,38 @@ class RequestGate:
         return f"<RequestGate {self.admission!r} refused={sum(self.refused.values())}>"
 
 
-def _shorter(body: Body) -> Body | None:
-    """``body`` with its last entry dropped (closer contacts before providers); None
-    when there is nothing left to drop."""
-    if isinstance(body, Nodes) and body.contacts:
-        return Nodes(body.contacts[:-1])
+def _entry_bytes(host: str) -> int:
+    """Bytes of a contact or provider entry on the wire, at most (IPv6 for anything with
+    a colon, as an IPv4-mapped address may be sent as IPv4)."""
+    return 51 if ":" in host else 39
+
+
+def _cut(body: Body, room: int) -> Body | None:
+    """``body`` with the entries that do not fit in ``room`` bytes dropped from the end
+    (closer contacts before providers); None when not even an empty one fits."""
+    if isinstance(body, Nodes):
+        room -= 1
+        if room < 0:
+            return None
+        contacts = _prefix(body.contacts, room)
+        return body if len(contacts) == len(body.contacts) else Nodes(contacts)
     if isinstance(body, Providers):
-        if body.contacts:
-            return Providers(body.providers, body.contacts[:-1])
-        if body.providers:
-            return Providers(body.providers[:-1], ())
-    return None
+        room -= 2
+        if room < 0:
+            return None
+        providers = _prefix(body.providers, room)
+        room -= sum(_entry_bytes(p.host) for p in providers)
+        contacts = _prefix(body.contacts, room)
+        if len(providers) == len(body.providers) and len(contacts) == len(body.contacts):
+            return body
+        return Providers(providers, contacts)
+    return body
+
+
+def _prefix(entries: tuple[_E, ...], room: int) -> tuple[_E, ...]:
+    used = 0
+    for n, entry in enumerate(entries):
+        used += _entry_bytes(entry.host)
+        if used > room:
+            return entries[:n]
+    return entries
