@@ -28,10 +28,10 @@ sender fills it with made-up ids pointing anywhere). What this module keeps:
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from spegel_kademlia.ids import Contact
 from spegel_kademlia.messages import Message
@@ -98,31 +98,28 @@ class Admission:
         self.max_challenges = max_challenges
         self.max_held = max_held
         self._clock = clock
-        self._validated: OrderedDict[Address, bytes] = OrderedDict()
-        self._credit: OrderedDict[Address, float] = OrderedDict()
-        self._buckets: OrderedDict[tuple[str, bool], _Bucket] = OrderedDict()
+        # Plain dicts (half the memory of OrderedDicts; a node keeps one entry per
+        # address it talks to), bounded by dropping the oldest entry first.
+        self._validated: dict[Address, bytes] = {}
+        self._credit: dict[Address, float] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._unvalidated_buckets: dict[str, _Bucket] = {}
         self.challenges: dict[Address, Challenge] = {}
         self.validations = 0
 
     # -- validation -------------------------------------------------------------------
     def is_validated(self, contact: Contact) -> bool:
         """Whether ``contact``'s address was proven, under this id."""
-        key = (contact.host, contact.port)
-        node_id = self._validated.get(key)
-        if node_id != contact.node_id:
-            return False
-        self._validated.move_to_end(key)
-        return True
+        return self._validated.get((contact.host, contact.port)) == contact.node_id
 
     def validate(self, contact: Contact) -> None:
         """Record that a round trip proved ``contact`` (its address answers, as its id)."""
         key = (contact.host, contact.port)
         if self._validated.get(key) != contact.node_id:
             self.validations += 1
-        self._validated[key] = contact.node_id
-        self._validated.move_to_end(key)
-        while len(self._validated) > self.max_validated:
-            self._validated.popitem(last=False)
+            self._validated.pop(key, None)
+            self._validated[key] = contact.node_id
+            _bound(self._validated, self.max_validated)
         self._credit.pop(key, None)
 
     # -- anti-amplification -----------------------------------------------------------
@@ -134,8 +131,7 @@ class Admission:
         """
         credit = min(self.credit_cap, self._credit.pop(address, 0.0) + self.factor * received)
         self._credit[address] = credit
-        while len(self._credit) > self.max_validated:
-            self._credit.popitem(last=False)
+        _bound(self._credit, self.max_validated)
 
     def spend(self, address: Address, size: int) -> bool:
         """Take ``size`` bytes of ``address``'s credit; False (nothing taken) if short."""
@@ -156,16 +152,14 @@ class Admission:
         if rate <= 0:
             return True
         now = self._clock()
-        key = (host, validated)
-        bucket = self._buckets.pop(key, None)
+        buckets = self._buckets if validated else self._unvalidated_buckets
+        bucket = buckets.get(host)
         if bucket is None:
-            bucket = _Bucket(2 * rate, now)
+            bucket = buckets[host] = _Bucket(2 * rate, now)
+            _bound(buckets, self.max_validated)
         else:
             bucket.tokens = min(2 * rate, bucket.tokens + (now - bucket.at) * rate)
             bucket.at = now
-        self._buckets[key] = bucket
-        while len(self._buckets) > self.max_validated:
-            self._buckets.popitem(last=False)
         if bucket.tokens < 1:
             return False
         bucket.tokens -= 1
@@ -197,3 +191,9 @@ class Admission:
     def __repr__(self) -> str:
         return (f"<Admission validated={len(self._validated)} "
                 f"challenges={len(self.challenges)} credit_hosts={len(self._credit)}>")
+
+
+def _bound(entries: dict[Any, Any], limit: int) -> None:
+    """Drop the oldest entries of ``entries`` beyond ``limit``."""
+    while len(entries) > limit:
+        del entries[next(iter(entries))]
