@@ -86,7 +86,7 @@ class Admission:
         rate: float = 2000.0,
         unvalidated_rate: float = 50.0,
         max_validated: int = 16384,
-        max_challenges: int = 256,
+        max_challenges: int = 1024,
         max_held: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -10,7 +10,7 @@ With :class:`~spegel_kademlia.admission.Admission` (the open DHT):
   the routing table waits while a PING to its address proves it (that check is due
   anyway before it enters the table), then gets its full answer; from any other sender
   it is answered at once, cut to its credit (the closest few contacts, providers
-  first). An ADD_PROVIDER (it would store the claimed address) waits for the check.
+  first). An ADD_PROVIDER is recorded (under the source address, as always) and acked.
   A sender whose bucket has room after a PING or a cut answer is checked a moment
   later, unless an answer to a request of ours proved it meanwhile (for free);
 - answers per source IP are rate-limited (dropped beyond the bucket).
@@ -129,7 +129,14 @@ class RequestGate:
             if reply is not None:
                 self._send_within_credit(message, reply, reserve=0)
             return
-        self._challenge(contact, message)  # ADD_PROVIDER: stored only once proven
+        # ADD_PROVIDER: recorded under the datagram's source address, as always; its
+        # ack (1 byte of payload) is far within the credit. Holding it for a check
+        # cost the records of a cluster announcing at once (every node new to every
+        # other: the checks timed out under load and the records were lost).
+        reply = self._answer(message)
+        if reply is not None:
+            self._send_within_credit(message, reply, reserve=0)
+        self._admit_later(contact)
 
     # -- answering ------------------------------------------------------------------------
     def _reply(self, message: Message) -> None:
@@ -188,11 +195,12 @@ class RequestGate:
             return
         if decision is Hold.WAITING:
             return
-        if not self.admission.spend(contact.address, self._ping_size):
+        if not self.admission.spend(contact.address, 2 * self._ping_size):  # with its retry
             self.admission.settle(contact.address)
             self._refuse("amplification")
             return
         future = self._rpc.start(contact.address, Ping(), attempt_timeout=self._ping_timeout,
+                                 retries=1,
                                  node_id=contact.node_id)
         future.add_done_callback(functools.partial(self._challenged, contact))
 

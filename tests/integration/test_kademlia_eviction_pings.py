@@ -13,16 +13,16 @@ import pytest
 import spegel_kademlia.node as node_module
 from spegel_kademlia import KademliaRouter, KademliaSettings
 from spegel_kademlia.codec import Codec
-from spegel_kademlia.ids import random_id
+from spegel_kademlia.ids import Contact, random_id
 from spegel_kademlia.messages import (
-    AddProvider,
-    AddProviderAck,
     Body,
     FindNode,
+    GetProviders,
     Message,
     Nodes,
     Ping,
     Pong,
+    Providers,
 )
 
 LOOPBACK = "127.0.0.1"
@@ -36,6 +36,8 @@ class FakePeer(asyncio.DatagramProtocol):
         self.node_id = bytes([own[0] ^ 0x80]) + random_id()[1:]
         self.got: list[Body] = []
         self.transport: asyncio.DatagramTransport | None = None
+        #: A contact it names in its answers to GET_PROVIDERS.
+        self.introduce: Contact | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -43,7 +45,9 @@ class FakePeer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         message = CODEC.decode(data, addr)
         self.got.append(message.body)
-        reply: Body | None = {Ping: Pong(), FindNode: Nodes(())}.get(type(message.body))
+        named = (self.introduce,) if self.introduce is not None else ()
+        reply: Body | None = {Ping: Pong(), FindNode: Nodes(()),
+                              GetProviders: Providers((), named)}.get(type(message.body))
         if reply is not None and not message.is_response:
             self.send(reply, message.request_id, addr)
 
@@ -67,7 +71,8 @@ async def router() -> AsyncIterator[KademliaRouter]:
 
 async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
     """20 peers fill the farthest bucket (one at a time, so the first is the head), then a
-    21st announces a key; returns the peers, head first."""
+    21st is named in their answers to a lookup and answers it; returns the peers, head
+    first."""
     loop = asyncio.get_running_loop()
     assert router.bound is not None
     peers = []
@@ -75,15 +80,22 @@ async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
         _, peer = await loop.create_datagram_endpoint(lambda: FakePeer(router.node_id),
                                                       local_addr=(LOOPBACK, 0))
         peers.append(peer)
-        # The newcomer announces a key: that is stored only once its address is proven
-        # (a PING it answers), and then it is a validated newcomer for the full bucket.
-        body: Body = Ping() if n < 20 else AddProvider(random_id(), peer.node_id, 1, 60)
-        peer.send(body, n + 1, router.bound)
+        if n == 20:
+            break
+        peer.send(Ping(), n + 1, router.bound)
         for _ in range(400):  # each one in the table (once proven) before the next
-            if (peer.node_id in router.table if n < 20
-                    else any(isinstance(got, AddProviderAck) for got in peer.got)):
+            if peer.node_id in router.table:
                 break
             await asyncio.sleep(0.005)
+    # The newcomer is learnt by asking: its answer proves its address, so it is a
+    # validated newcomer for the full bucket.
+    newcomer = peers[20]
+    assert newcomer.transport is not None
+    port = newcomer.transport.get_extra_info("sockname")[1]
+    for peer in peers[:20]:
+        peer.introduce = Contact(newcomer.node_id, LOOPBACK, port)
+    _ = [p async for p in router.lookup("sha256:" + "e" * 64, 1, 1.0)]
+    assert any(isinstance(body, GetProviders) for body in newcomer.got)
     await asyncio.sleep(0.3)  # time for an eviction ping to arrive
     return peers
 
@@ -92,7 +104,6 @@ async def test_a_bucket_heard_from_lately_is_not_pinged(router: KademliaRouter) 
     peers = await fill_then_newcomer(router)
     try:
         assert all(Pong() in peer.got for peer in peers[:20])
-        assert any(isinstance(body, AddProviderAck) for body in peers[20].got)
         assert len(router.table) == 20 and peers[20].node_id not in router.table
         # Each was pinged once: the address check before it entered the table.
         assert [peer.pings() for peer in peers[:20]] == [1] * 20
