@@ -115,6 +115,14 @@ def fleet(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def load(session: nox.Session) -> None:
+    """1000 concurrent clients (manifests and 1 MiB blobs) from 50 loopback addresses
+    against one node; prints req/s, p50/p99 and errors (``-- --clients N --seconds S``)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tests.bench.load", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def soak(session: nox.Session) -> None:
     """Memory over a bounded 10-minute run of mixed requests (``-- --minutes N``)."""
     session.install("-e", ".[test]")

@@ -11,11 +11,14 @@ byte it happens to contain.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from spegel_core.errors import ConfigError
 from spegel_kademlia.auth import MAX_KEYS, MIN_KEY_BYTES
+
+log = logging.getLogger(__name__)
 
 FLAG = "--cluster-key-file"
 #: Largest key file read (a key is a few dozen bytes; this only bounds a wrong path).
@@ -32,6 +35,20 @@ def load_cluster_keys(paths: Sequence[str | Path]) -> list[bytes]:
     if len(set(keys)) != len(keys):
         raise ConfigError(FLAG, "the same key is given twice")
     return keys
+
+
+def load_optional_cluster_keys(paths: Sequence[str | Path]) -> list[bytes] | None:
+    """The keys in ``paths``, or None (an open DHT) when none of them exists.
+
+    For an optional Secret (``--cluster-key-optional``): a missing key file means the
+    cluster has none yet; a file that exists is read as :func:`load_cluster_keys` does.
+    """
+    if paths and not any(Path(path).exists() for path in paths):
+        log.warning("no cluster key at %s (%s is optional): the DHT runs open; create the "
+                    "Secret and restart the nodes to authenticate it (docs/install.md)",
+                    ", ".join(str(p) for p in paths), FLAG)
+        return None
+    return load_cluster_keys(paths) if paths else None
 
 
 def _keys_in(path: Path) -> list[bytes]:

@@ -36,9 +36,11 @@ from spegel_core.protocols import (
     RouterStatus,
 )
 from spegel_core.rendezvous import ClaimBook
+from spegel_kademlia.admission import Admission
 from spegel_kademlia.bootstrap import BootstrapSchedule, bootstrap_addresses, resolve
 from spegel_kademlia.claims import CLOSEST, Claimant, answer_claim
 from spegel_kademlia.codec import Codec
+from spegel_kademlia.gate import RequestGate
 from spegel_kademlia.handlers import answer
 from spegel_kademlia.ids import Contact, distance, key_id, random_id, random_id_in_bucket
 from spegel_kademlia.lookup import Lookup
@@ -141,13 +143,15 @@ class KademliaRouter:
         self._metrics: MetricsSink = metrics or _NullSink()
         self._rng = rng or random.Random()
         self.table = RoutingTable(self.node_id, k=s.kademlia_k,
-                                  max_failures=s.kademlia_max_failures)
+                                  max_failures=s.kademlia_max_failures,
+                                  max_per_ip=s.kademlia_max_per_ip or None)
         self.providers = ProviderStore(ttl=s.kademlia_provider_ttl)
         self.advertised = AdvertisedKeys(interval=s.kademlia_reprovide_interval,
                                          jitter=s.kademlia_reprovide_jitter, rng=self._rng)
         self._allowed = allowed
         self._rpc = RpcEndpoint(Codec(cluster_key), self.node_id, mirror_port,
                                 self._on_message, self._metrics, allowed=allowed)
+        self._gate = self._make_gate()
         self._state = "new"
         self._address: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -351,7 +355,9 @@ class KademliaRouter:
                    "datagrams_dropped": self._rpc.dropped, "rpc_timeouts": self._rpc.timeouts,
                    "dropped_by_reason": dict(self._rpc.drop_reasons),
                    "dropped_by_type": dict(self._rpc.dropped_types),
-                   "authenticated": self._rpc.codec.authenticated},
+                   "authenticated": self._rpc.codec.authenticated,
+                   "admission": self._gate.stats(),
+                   "diversity_refused": self.table.refused},
         )
 
     def __repr__(self) -> str:
@@ -360,26 +366,32 @@ class KademliaRouter:
                 f"records={len(self.providers)} tasks={len(self._tasks)}>")
 
     # -- answering ------------------------------------------------------------------------
-    def _on_message(self, message: Message) -> None:
-        self._saw(Contact(message.sender, message.source_host, message.source_port))
-        if message.is_response:
-            return
+    def _make_gate(self) -> RequestGate:
+        s = self.settings
+        mode = s.kademlia_address_validation
+        validate = mode == "on" or (mode == "auto" and not self._rpc.codec.authenticated)
+        admission = Admission(rate=s.kademlia_answer_rate,
+                              unvalidated_rate=s.kademlia_unvalidated_answer_rate
+                              ) if validate else None
+        return RequestGate(
+            admission, rpc=self._rpc, admit=self._saw, admits=self.table.admits,
+            answer=self._answer,
+            metrics=self._metrics, ping_timeout=s.kademlia_rpc_timeout,
+            admit_delay=s.kademlia_hedge_after)
+
+    def _answer(self, message: Message) -> Body | None:
         if isinstance(message.body, Claim):
             own = Peer(self._claimant.host, self.mirror_port, self.node_id)
             kid, mine = message.body.key, distance(self.node_id, message.body.key)
             closer = [c for c in self.table.closest(kid, CLOSEST)
                       if distance(c.node_id, kid) < mine]
-            claimed = answer_claim(message, self.claim_book, own, now=time.monotonic(),
-                                   closer=closer)
-            if claimed is not None:
-                self._rpc.send((message.source_host, message.source_port), claimed,
-                               message.request_id)
-            return
-        reply = answer(message, self.table, self.providers, k=self.settings.kademlia_k,
-                       rng=self._rng, me=self._me, advertised=self.advertised.ids)
-        if reply is not None:
-            self._rpc.send((message.source_host, message.source_port), reply,
-                           message.request_id)
+            return answer_claim(message, self.claim_book, own, now=time.monotonic(),
+                                closer=closer)
+        return answer(message, self.table, self.providers, k=self.settings.kademlia_k,
+                      rng=self._rng, me=self._me, advertised=self.advertised.ids)
+
+    def _on_message(self, message: Message) -> None:
+        self._gate.on_message(message)
 
     def _saw(self, contact: Contact) -> None:
         now = time.monotonic()

@@ -7,7 +7,7 @@ from spegel_core.config import SettingsRegistry, SpegelConfig
 from spegel_core.peer_filter import PeerFilter
 from spegel_core.protocols import Discovery, MetricsSink, Router
 from spegel_kademlia.ids import load_or_create_node_id
-from spegel_kademlia.keys import load_cluster_keys
+from spegel_kademlia.keys import load_cluster_keys, load_optional_cluster_keys
 from spegel_kademlia.node import KademliaRouter
 from spegel_kademlia.settings import KademliaSettings
 
@@ -31,14 +31,19 @@ def spegel_make_router(
     nodes reach this one at is whatever source address they see, so binding 0.0.0.0
     needs no advertised-address setting. The node id persists under ``--data-dir``.
     Datagrams are authenticated with the keys of ``--cluster-key-file`` (read here, so
-    a missing or short key stops the node before it serves), and peers outside
+    a missing or short key stops the node before it serves, unless
+    ``--cluster-key-optional`` and no key file exists: then it runs open, with a
+    warning), and peers outside
     ``--peer-cidrs`` are ignored.
     """
     if config.core.router != ROUTER_NAME:
         return None
     address = config.core.router_addr
     settings = config.get(KademliaSettings)
-    keys = load_cluster_keys(settings.cluster_key_file) if settings.cluster_key_file else None
+    if settings.cluster_key_optional:
+        keys = load_optional_cluster_keys(settings.cluster_key_file)
+    else:
+        keys = load_cluster_keys(settings.cluster_key_file) if settings.cluster_key_file else None
     peers = PeerFilter(config.core.peer_cidrs)
     return KademliaRouter(
         host=address.bind_host,

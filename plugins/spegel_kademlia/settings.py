@@ -6,6 +6,8 @@ core's ``--data-dir``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationInfo, field_validator
 
 from spegel_core.config import CommaList, Duration, SpegelSettings
@@ -55,11 +57,35 @@ class KademliaSettings(SpegelSettings):
     kademlia_refresh_interval: Duration = Field(
         default=10 * 60.0, gt=0, description="Buckets without a lookup this long are refreshed."
     )
+    kademlia_max_per_ip: int = Field(
+        default=2, ge=0, le=1_000_000,
+        description="Most routing-table ids per IP address (an IPv6 /64), besides one per "
+        "ip:port (0: no limit). Raise it only where many nodes share an address (tests).",
+    )
+    kademlia_address_validation: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Prove a sender's address by a round trip before it enters the routing "
+        "table or gets more than 3x the bytes it sent. auto: on without a cluster key.",
+    )
+    kademlia_answer_rate: float = Field(
+        default=2000.0, ge=0,
+        description="Answers per second to one validated source IP (0: unlimited).",
+    )
+    kademlia_unvalidated_answer_rate: float = Field(
+        default=50.0, ge=0,
+        description="Answers per second to one source IP not yet validated (0: unlimited).",
+    )
     cluster_key_file: CommaList = Field(
         default_factory=list,
         description="File holding the DHT's pre-shared key (>= 16 bytes; a Secret). Two files, "
         "or two lines of one, during a key rotation: the first signs, both are accepted. "
         "Unset: the DHT runs unauthenticated.",
+    )
+    cluster_key_optional: bool = Field(
+        default=False,
+        description="When no --cluster-key-file exists, run the DHT open (with a warning) "
+        "instead of stopping: the DaemonSet mounts an optional Secret. A file that exists "
+        "must hold a valid key.",
     )
 
     @field_validator("kademlia_reannounce_growth")

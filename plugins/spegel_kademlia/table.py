@@ -7,12 +7,20 @@ newcomer in the bucket's replacement cache and returns the least recently seen c
 for the caller to ping. A contact that answers is seen again (moved to the tail); one
 that fails ``max_failures`` times in a row is evicted and the most recently seen
 replacement takes its place.
+
+Diversity (``max_per_ip``): one id per ``host:port`` and at most ``max_per_ip`` ids per
+IP address (an IPv6 address counts by its /64), in buckets and replacement caches
+alike, so one address can never fill a bucket with made-up ids (as libp2p's diversity
+filter does). A newcomer that would break the rule is refused; an id already in the
+table keeps its address if a move would break it.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
@@ -20,6 +28,20 @@ from operator import itemgetter
 from spegel_kademlia.ids import ID_BITS, Contact, bucket_index
 
 _first = itemgetter(0)
+
+
+@functools.lru_cache(maxsize=16384)
+def ip_group(host: str) -> str:
+    """What counts as one address for diversity: an IPv4 address, an IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _indices(mask: int) -> Iterator[int]:
@@ -75,6 +97,8 @@ class RoutingTable:
     :param max_failures: consecutive failures after which a contact is evicted.
     :param replacements: size of each bucket's replacement cache.
     :param clock: monotonic seconds, for bucket refresh bookkeeping.
+    :param max_per_ip: most ids per IP address (IPv6: per /64) in buckets and
+        replacement caches, besides one id per ``host:port``; None: no limit on either.
     """
 
     def __init__(
@@ -85,9 +109,13 @@ class RoutingTable:
         max_failures: int = 3,
         replacements: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_per_ip: int | None = None,
     ) -> None:
         if k < 1 or max_failures < 1:
             raise ValueError("k and max_failures must be at least 1")
+        if max_per_ip is not None and max_per_ip < 1:
+            raise ValueError("max_per_ip must be at least 1 (or None for no limit)")
+        self.max_per_ip = max_per_ip
         self.own_id = own_id
         self._own = int.from_bytes(own_id, "big")
         self.k = k
@@ -102,6 +130,55 @@ class RoutingTable:
         self._members: dict[bytes, Contact] = {}
         #: Bit i set: bucket i holds a contact (closest() visits only those).
         self._occupied = 0
+        #: Diversity bookkeeping over buckets and replacement caches (with max_per_ip).
+        self._per_ip: Counter[str] = Counter()
+        self._endpoints: dict[tuple[str, int], bytes] = {}
+        #: Newcomers refused by the diversity rule.
+        self.refused = 0
+
+    # -- diversity ----------------------------------------------------------------------
+    def admits(self, contact: Contact) -> bool:
+        """Whether ``contact`` would take a free place in its bucket now (it is not in
+        the table, its bucket has room, and the diversity rule lets it in)."""
+        if contact.node_id == self.own_id or contact.node_id in self._members:
+            return False
+        if len(self._buckets.get(bucket_index(self.own_id, contact.node_id), ())) >= self.k:
+            return False
+        return self._diverse(contact)
+
+    def _diverse(self, contact: Contact) -> bool:
+        if self.max_per_ip is None:
+            return True
+        holder = self._endpoints.get((contact.host, contact.port))
+        if holder is not None and holder != contact.node_id:
+            return False
+        return self._per_ip[ip_group(contact.host)] < self.max_per_ip
+
+    def _hold(self, contact: Contact) -> None:
+        if self.max_per_ip is not None:
+            self._endpoints[(contact.host, contact.port)] = contact.node_id
+            self._per_ip[ip_group(contact.host)] += 1
+
+    def _release(self, contact: Contact) -> None:
+        if self.max_per_ip is not None:
+            if self._endpoints.get((contact.host, contact.port)) == contact.node_id:
+                del self._endpoints[(contact.host, contact.port)]
+            group = ip_group(contact.host)
+            self._per_ip[group] -= 1
+            if self._per_ip[group] <= 0:
+                del self._per_ip[group]
+
+    def _moved(self, old: Contact, new: Contact) -> Contact:
+        """The contact to keep for an id seen at a new address (the old one if the new
+        address would break the diversity rule)."""
+        if old.address == new.address or self.max_per_ip is None:
+            return new
+        self._release(old)
+        if self._diverse(new):
+            self._hold(new)
+            return new
+        self._hold(old)
+        return old
 
     # -- membership -------------------------------------------------------------------
     def add(self, contact: Contact) -> Contact | None:
@@ -117,23 +194,30 @@ class RoutingTable:
         bucket = self._buckets[index]
         entry = bucket.get(contact.node_id)
         if entry is not None:
+            contact = self._moved(entry.contact, contact)
             entry.contact = contact
             entry.failures = 0
             bucket.move_to_end(contact.node_id)
             self._members[contact.node_id] = contact
             return None
         spare = self._spare[index]
+        old = spare.pop(contact.node_id, None)
+        if old is not None:
+            self._release(old)
+        if not self._diverse(contact):
+            self.refused += 1
+            return None
         if len(bucket) < self.k:
-            spare.pop(contact.node_id, None)
             bucket[contact.node_id] = _Entry(contact, int.from_bytes(contact.node_id, "big"))
+            self._hold(contact)
             self._members[contact.node_id] = contact
             self._occupied |= 1 << index
             return None
         if self.replacements:
             spare[contact.node_id] = contact
-            spare.move_to_end(contact.node_id)
+            self._hold(contact)
             while len(spare) > self.replacements:
-                spare.popitem(last=False)
+                self._release(spare.popitem(last=False)[1])
         return next(iter(bucket.values())).contact
 
     def remove(self, node_id: bytes) -> bool:
@@ -141,9 +225,13 @@ class RoutingTable:
         if node_id == self.own_id:
             return False
         index = bucket_index(self.own_id, node_id)
-        self._spare[index].pop(node_id, None)
-        if self._buckets[index].pop(node_id, None) is None:
+        spared = self._spare[index].pop(node_id, None)
+        if spared is not None:
+            self._release(spared)
+        gone = self._buckets[index].pop(node_id, None)
+        if gone is None:
             return False
+        self._release(gone.contact)
         del self._members[node_id]
         spare = self._spare[index]
         if spare:
@@ -164,7 +252,9 @@ class RoutingTable:
         index = bucket_index(self.own_id, node_id)
         entry = self._buckets[index].get(node_id)
         if entry is None:
-            self._spare[index].pop(node_id, None)
+            spared = self._spare[index].pop(node_id, None)
+            if spared is not None:
+                self._release(spared)
             return False
         entry.failures += 1
         if entry.failures >= self.max_failures:

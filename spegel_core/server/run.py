@@ -11,10 +11,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from spegel_core.config import Address
+from spegel_core.server.limits import ConnectionLimits, raise_open_files
 from spegel_core.server.listen import listen_socket
 from spegel_core.server.side import SideListener
 from spegel_core.server.zerocopy import (
-    ConnectionLimits,
     check_uvicorn_compatible,
     limited_protocol,
 )
@@ -26,6 +26,8 @@ def uvicorn_config(app: FastAPI, address: Address, *, drain_timeout: float,
                    loop: str = "uvloop") -> uvicorn.Config:
     """The server of the mirror: connection limits from ``app.state.connection_limits``."""
     check_uvicorn_compatible()
+    files = raise_open_files()
+    log.debug("open-file limit %d", files)
     limits = getattr(app.state, "connection_limits", None)
     return uvicorn.Config(
         app,
@@ -39,8 +41,11 @@ def uvicorn_config(app: FastAPI, address: Address, *, drain_timeout: float,
         access_log=False,
         timeout_graceful_shutdown=max(1, round(drain_timeout)),
         timeout_keep_alive=30,
-        limit_concurrency=4096,
-        backlog=2048,
+        # No limit_concurrency: it counts idle connections too and answers 503 beyond
+        # it. Requests in flight and connections are bounded by the protocol instead
+        # (spegel_core.server.limits: 429, a share kept for the node's own clients).
+        limit_concurrency=None,
+        backlog=4096,
         server_header=False,
     )
 

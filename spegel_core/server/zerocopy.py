@@ -41,9 +41,10 @@ It also bounds what one client can hold (uvicorn has no such limits):
 - the URL and headers of a request (:data:`MAX_URL_BYTES`, :data:`MAX_HEADER_BYTES`),
   refused with a 400;
 - open connections per client address (``--mirror-max-client-connections``): more are
-  closed as soon as they are accepted, so one client cannot use up uvicorn's global
-  ``limit_concurrency`` and starve the others. HTTP/1.1 carries one request at a time
-  per connection, so this also caps a client's concurrent streams;
+  closed as soon as they are accepted, so one client cannot hold the server's
+  connections and requests (:mod:`spegel_core.server.limits`) and starve the others.
+  HTTP/1.1 carries one request at a time per connection, so this also caps a client's
+  concurrent streams;
 - the time to send a request's headers (``--mirror-header-timeout``), counted from the
   connection's opening or the request's first byte: a slowloris client that trickles
   headers is disconnected. Idle keep-alive connections close after uvicorn's
@@ -59,12 +60,19 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from spegel_core.server.extension import ZEROCOPY_EXTENSION, ZEROCOPY_MESSAGE
+from spegel_core.server.limits import (
+    ConnectionLimits as ConnectionLimits,  # re-exported: its home before limits.py
+)
+from spegel_core.server.limits import (
+    Refusals,
+    is_own_client,
+    too_many_requests,
+)
 from spegel_core.server.splice import SpliceReport, Stop, fd_ready, splice_sockets
 from spegel_core.server.tee import HashTap, splice_tee
 
@@ -98,14 +106,6 @@ class RequestTooLarge(Exception):
     """Raised from a parser callback; httptools reports it as a parse error (400)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """What one client may hold open (see the module docstring)."""
-
-    max_client_connections: int = 128
-    header_timeout: float = 10.0
-
-
 class _ClientTable:
     """Open connections by client address, shared by every protocol of one server."""
 
@@ -113,6 +113,13 @@ class _ClientTable:
         self.open: Counter[str] = Counter()
         self.refused = 0
         self._logged = 0.0
+        self.server = Refusals()
+        self._cap: int | None = None
+
+    def connection_cap(self, limits: ConnectionLimits) -> int:
+        if self._cap is None:
+            self._cap = limits.connection_cap()
+        return self._cap
 
     def refuse(self, host: str, limit: int) -> None:
         self.refused += 1
@@ -127,6 +134,7 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus the ``spegel.zerocopy`` extension and limits."""
 
     limits = ConnectionLimits()
+    _own = False
     _request_bytes = 0
     _client_host: str | None = None
     _header_timer: asyncio.TimerHandle | None = None
@@ -135,6 +143,13 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         table = _client_table(self.server_state)
         host = self.client[0] if self.client else None
+        self._own = is_own_client(host, self.server[0] if self.server else None)
+        if not self._own:
+            cap = table.connection_cap(self.limits)
+            if len(self.connections) > cap:
+                table.server.refused("connection", cap)
+                transport.close()
+                return
         if host is not None:
             if table.open[host] >= self.limits.max_client_connections:
                 table.refuse(host, self.limits.max_client_connections)
@@ -197,6 +212,11 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        limits = self.limits
+        cap = limits.max_requests if self._own else limits.max_requests - limits.reserved_own
+        if len(self.tasks) >= cap:  # requests in flight, server-wide (idle sockets are not)
+            _client_table(self.server_state).server.refused("request", cap)
+            app = too_many_requests
         scope: Any = cycle.scope
         scope.setdefault("extensions", {})[ZEROCOPY_EXTENSION] = {}
         cycle.send = _wrap_send(cycle, cycle.send)  # type: ignore[method-assign,assignment]

@@ -381,17 +381,19 @@ def test_cluster_key_is_an_optional_secret(pod: Doc, registry: Doc) -> None:
     assert volume["secret"] == {"secretName": "spegel-cluster-key", "optional": True}
     mount = _mounts(registry)["cluster-key"]
     assert mount["readOnly"] is True
-    # The variable is a real setting (test_node_flags_are_the_cli_flags) and set only
-    # when the ConfigMap names the file: without the Secret the node runs open.
-    (variable,) = [e for e in registry["env"] if e["name"] == "SPEGEL_CLUSTER_KEY_FILE"]
-    ref = variable["valueFrom"]["configMapKeyRef"]
-    assert ref["optional"] is True
-    assert ref["key"] not in one(render("base"), "ConfigMap", ref["name"])["data"]
+    # The key is the default path: the base names the mounted file, and runs open
+    # (with the warning) while the Secret does not exist; the component requires it.
+    # The variables are real settings (test_node_flags_are_the_cli_flags).
+    base = render("base")
+    env = container_env(registry, base)
+    assert Path(env["SPEGEL_CLUSTER_KEY_FILE"]).parent == Path(mount["mountPath"])
+    assert env["SPEGEL_CLUSTER_KEY_OPTIONAL"] == "true"
     docs = render("base+components/cluster-key")
     keyed = container(one(docs, "DaemonSet", "spegel")["spec"]["template"]["spec"], "registry")
-    path = Path(container_env(keyed, docs)["SPEGEL_CLUSTER_KEY_FILE"])
-    assert path.parent == Path(mount["mountPath"])
-    assert "--cluster-key-file" in help_flags("registry")
+    required = container_env(keyed, docs)
+    assert Path(required["SPEGEL_CLUSTER_KEY_FILE"]).parent == Path(mount["mountPath"])
+    assert required["SPEGEL_CLUSTER_KEY_OPTIONAL"] == "false"
+    assert {"--cluster-key-file", "--cluster-key-optional"} <= help_flags("registry")
 
 
 # -- 4. the command lines are the CLI's -----------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import resource
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -82,3 +83,66 @@ def test_a_slow_client_cannot_pin_the_node(spegel_node: StartNode, tmp_path: Pat
         sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
     assert "holds 8 connections" in node.log()
+
+
+FLOOD_ADDRESSES = [f"127.0.{40 + n // 200}.{1 + n % 200}" for n in range(40)]
+
+
+def flood_size() -> int:
+    """Idle connections per address: 200 (8000 in all) if the open-file limit allows it.
+
+    The test process holds every flood socket; the node raises its own limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 9000 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return max(1, min(200, (soft - 1000) // len(FLOOD_ADDRESSES)))
+
+
+def test_an_idle_connection_flood_does_not_starve_the_node_itself(
+        spegel_node: StartNode, tmp_path: Path) -> None:
+    # 8000 idle connections from 40 addresses, 200 each (under the per-client cap):
+    # uvicorn's limit_concurrency counted them and answered the node's own containerd
+    # 503. Now idle sockets cost no request slot: the node's own requests succeed.
+    image = build_image(tmp_path / "layout", "docker.io/library/demo:v1", layer_sizes=(50_000,))
+    node = spegel_node("--content-store", "oci-layout", "--oci-layout-path",
+                       str(image.layout_dir), "--router", "none",
+                       "--mirror-max-client-connections", "256",
+                       "--mirror-header-timeout", "20s")
+    per_address = flood_size()
+    print(f"\nopen-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}: "
+          f"{per_address} x {len(FLOOD_ADDRESSES)} idle connections")
+    layer = image.layer_digests[0]
+    with ExitStack() as stack:
+        flood = []
+        for host in FLOOD_ADDRESSES:
+            for _ in range(per_address):
+                sock = stack.enter_context(socket.socket())
+                sock.bind((host, 0))
+                sock.settimeout(10)
+                sock.connect((node.ip, node.port))
+                flood.append(sock)
+        statuses = []
+        for _ in range(5):  # the node's own client: it dials the node's address
+            conn = http.client.HTTPConnection(node.ip, node.port, timeout=10,
+                                              source_address=(node.ip, 0))
+            conn.request("HEAD", "/v2/library/demo/manifests/v1")
+            head = conn.getresponse()
+            head.read()
+            statuses.append(head.status)
+            conn.request("GET", f"/v2/library/demo/blobs/{layer}")
+            response = conn.getresponse()
+            statuses.append(response.status)
+            assert len(response.read()) == image.blobs[layer]
+            conn.close()
+        # Another pod meanwhile: answered too (a miss is a fast 404), never a 503.
+        conn = http.client.HTTPConnection(node.ip, node.port, timeout=10,
+                                          source_address=("127.0.39.1", 0))
+        conn.request("GET", "/v2/library/other/manifests/v1")
+        other = conn.getresponse().status
+        conn.close()
+        held = sum(not closed_now(sock) for sock in flood)
+        assert statuses == [200] * 10
+        assert other == 404
+        assert held == len(flood)  # the flood was really open all along
+    assert "Exceeded concurrency limit" not in node.log()

@@ -171,3 +171,33 @@ def test_peer_filter() -> None:
     assert only.allows("127.0.0.9") and only.allows("::ffff:127.0.0.9")
     assert not only.allows("127.0.1.9") and not only.allows("node.example")
     assert "127.0.0.0/24" in repr(only)
+
+
+def test_an_optional_key_that_is_missing_runs_open(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # The DaemonSet mounts an optional Secret: without it the node runs open and says so;
+    # a key file that exists is still checked.
+    values = {"router": "kademlia", "router_addr": "127.0.0.1:0", "data_dir": str(tmp_path),
+              "cluster_key_optional": "true"}
+    missing = str(tmp_path / "secret" / "key")
+    with caplog.at_level("WARNING"):
+        router = spegel_make_router(load_config(registry(), {**values,
+                                                             "cluster_key_file": missing}),
+                                    [], MetricsHub())
+    assert isinstance(router, KademliaRouter)
+    assert router.status().extra["authenticated"] is False
+    assert "the DHT runs open" in caplog.text and missing in caplog.text
+    key = write(tmp_path / "key", OLD)
+    router = spegel_make_router(load_config(registry(), {**values, "cluster_key_file": key}),
+                                [], MetricsHub())
+    assert isinstance(router, KademliaRouter)
+    assert router.status().extra["authenticated"] is True
+    short = write(tmp_path / "short", b"tiny")
+    with pytest.raises(ConfigError, match="--cluster-key-file"):
+        spegel_make_router(load_config(registry(), {**values, "cluster_key_file": short}),
+                           [], MetricsHub())
+    # Not optional: a missing file stops the node before it serves.
+    with pytest.raises(ConfigError, match="cannot read"):
+        spegel_make_router(load_config(registry(), {**values, "cluster_key_optional": "false",
+                                                    "cluster_key_file": missing}),
+                           [], MetricsHub())
