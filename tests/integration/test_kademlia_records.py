@@ -23,7 +23,9 @@ KEY = "sha256:" + "7" * 64
 def make_node(mirror_port: int, *seeds: KademliaRouter) -> KademliaRouter:
     discovery = StaticListDiscovery([PeerAddress(*s.bound) for s in seeds if s.bound])
     return KademliaRouter(host=LOOPBACK, port=0, mirror_port=mirror_port,
-                          discovery=[discovery], settings=KademliaSettings())
+                          discovery=[discovery],
+                          # every node here is on 127.0.0.1: lift the 2-ids-per-IP rule
+                          settings=KademliaSettings(kademlia_max_per_ip=0))
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
