@@ -19,8 +19,9 @@ from starlette.responses import Response
 
 from spegel_core.errors import NotFound
 from spegel_core.mirror import arriving
+from spegel_core.mirror.blob_stream import BlobStream
 from spegel_core.mirror.metered import MeteredResponse, Outcome
-from spegel_core.mirror.peers import BlobStream, PeerFetcher
+from spegel_core.mirror.peers import PeerFetcher
 from spegel_core.mirror.ranges import parse_range
 from spegel_core.mirror.responses import (
     FileRangeResponse,
