@@ -49,7 +49,8 @@ class Announcing:
     _provide_failures: int
 
     if TYPE_CHECKING:
-        def network_size(self) -> float: ...
+        def network_size(self) -> float:
+            """See :meth:`~spegel_kademlia.node.KademliaRouter.network_size`."""
 
         def _start_request(self, contact: Contact, body: Body, *, retries: int
                            ) -> asyncio.Future[Message]: ...
@@ -61,8 +62,10 @@ class Announcing:
         async def _wait(self, event: asyncio.Event, seconds: float) -> None: ...
 
     def _reannounce_if_grown(self) -> None:
-        """Keys announced when the network was ``growth`` times smaller are due now;
-        the reprovide loop announces them, paced by its cap like any reprovide."""
+        """Make keys announced when the network was ``growth`` times smaller due now.
+
+        The reprovide loop announces them, paced by its cap like any reprovide.
+        """
         growth = self.growth
         if growth is None or self._state != "running":
             return

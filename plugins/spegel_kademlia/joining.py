@@ -117,8 +117,10 @@ class Joining:
 
     async def _ask_seed(self, address: PeerAddress
                             ) -> tuple[Contact, tuple[Contact, ...]] | None:
-        """Ask a bootstrap peer for the contacts closest to this node (FIND_NODE of the
-        own id: an answer proves it alive, like a PING, and starts the self lookup).
+        """Ask a bootstrap peer for the contacts closest to this node.
+
+        A FIND_NODE of the own id: an answer proves the peer alive, like a PING, and
+        starts the self lookup.
 
         Returns the peer's contact and the contacts it gave, None if it did not answer.
         """

@@ -430,8 +430,11 @@ class KademliaRouter(Announcing, Joining):
     # -- asking ---------------------------------------------------------------------------
     def _start_request(self, contact: Contact, body: Body, *, retries: int
                        ) -> asyncio.Future[Message]:
-        """Send ``body`` to ``contact``; a timeout counts as a failure of the contact,
-        whether or not anybody still waits for the answer."""
+        """Send ``body`` to ``contact``.
+
+        A timeout counts as a failure of the contact, whether or not anybody still
+        waits for the answer.
+        """
         future = self._rpc.start(contact.address, body,
                                  attempt_timeout=self.settings.kademlia_rpc_timeout,
                                  retries=retries, node_id=contact.node_id)
@@ -459,8 +462,13 @@ class KademliaRouter(Announcing, Joining):
     async def _find_node(self, target: bytes, *,
                          answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
                          ) -> list[Contact]:
-        """FIND_NODE lookup of ``target``; ``answered``: answers already had (contact,
-        the contacts it gave), which count as queried."""
+        """FIND_NODE lookup of ``target``.
+
+        :param target: the id looked up.
+        :param answered: answers already had (contact, the contacts it gave), which
+            count as queried.
+        :returns: the closest contacts found.
+        """
         s = self.settings
         lookup = Lookup(target, self.table.closest(target), k=s.kademlia_k,
                         alpha=s.kademlia_alpha, own_id=self.node_id)

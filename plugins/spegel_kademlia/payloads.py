@@ -57,11 +57,13 @@ class EncodeError(ValueError):
 
 
 def check_id(value: bytes, what: str) -> None:
+    """Raise :class:`EncodeError` unless ``value`` is a 32-byte id."""
     if not isinstance(value, bytes) or len(value) != ID_BYTES:
         raise EncodeError(f"{what} must be {ID_BYTES} bytes")
 
 
 def check_port(value: int, what: str, *, allow_zero: bool = False) -> None:
+    """Raise :class:`EncodeError` unless ``value`` is a port (0 only if allowed)."""
     if not (0 if allow_zero else 1) <= value <= 0xFFFF:
         raise EncodeError(f"{what} {value} out of range")
 
@@ -100,11 +102,13 @@ def _pack_ip(host: str) -> bytes:
 
 
 def entry_size(host: str) -> int:
+    """Bytes of an entry for ``host`` on the wire (an IPv6 one if not an IP literal)."""
     packed = _packed_ip(host) if isinstance(host, str) else None
     return ID_BYTES + (17 if packed is None else len(packed)) + 2
 
 
 def take_fitting(items: tuple[_Entry, ...], room: int) -> tuple[_Entry, ...]:
+    """The first of ``items`` whose entries fit in ``room`` bytes (at most 255)."""
     used = 0
     for n, item in enumerate(items[:MAX_COUNT]):
         used += entry_size(item.host)
@@ -130,6 +134,7 @@ def _packed_entry(node_id: bytes, host: str, port: int) -> bytes:
 
 
 def encode_body(body: Body) -> bytes:
+    """The payload bytes of ``body``; raises :class:`EncodeError` if a field is invalid."""
     match body:
         case Ping() | Pong():
             return b""
@@ -169,6 +174,7 @@ def encode_body(body: Body) -> bytes:
 
 
 def body_size(body: Body) -> int:
+    """Bytes of ``body``'s payload, without encoding it."""
     match body:
         case Nodes(contacts):
             return 1 + sum(entry_size(c.host) for c in contacts)
@@ -207,6 +213,7 @@ class Reader:
         self.contacts_seen = contacts_seen
 
     def take(self, n: int) -> bytes:
+        """The next ``n`` bytes."""
         if self.pos + n > self.end:
             raise DecodeError("short", f"wanted {n} bytes at {self.pos}")
         chunk = self.data[self.pos : self.pos + n]
@@ -214,12 +221,15 @@ class Reader:
         return chunk
 
     def u8(self) -> int:
+        """The next byte."""
         return self.take(1)[0]
 
     def u16(self) -> int:
+        """The next big-endian 16-bit integer."""
         return int.from_bytes(self.take(2), "big")
 
     def u32(self) -> int:
+        """The next big-endian 32-bit integer."""
         return int.from_bytes(self.take(4), "big")
 
     def entries(self) -> list[tuple[bytes, str, int]]:
@@ -247,8 +257,9 @@ class Reader:
 
     def _entries(self, known: dict[bytes, Contact] | None
                  ) -> list[tuple[bytes, str | None, int]]:
-        """``(raw entry, address text, port)`` of each entry; text None for an entry in
-        ``known`` (already checked when it was first decoded).
+        """``(raw entry, address text, port)`` of each entry.
+
+        The text is None for an entry in ``known`` (checked when first decoded).
 
         One tight loop over the buffer (this runs for every NODES and PROVIDERS
         answer: up to 20 entries each), with the same checks as reading field by field.
