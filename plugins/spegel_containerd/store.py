@@ -9,7 +9,7 @@ directory (``<content_path>/blobs/<algorithm>/<hex>``, zero-copy through
 directory cannot be read.
 
 A background task keeps an ``Events.Subscribe`` stream open and turns image
-and content events into :class:`StoreEvent`\\ s. containerd 1.6 sends no event
+and content events into :class:`StoreEvent` objects. containerd 1.6 sends no event
 when content is created or garbage-collected, so the store walks each new image
 to announce the content it brought, and re-lists content shortly after an image
 is deleted to announce what the garbage collector removed. When the stream
@@ -77,20 +77,19 @@ ClientFactory = Callable[[Path, str], ContainerdClient]
 class ContainerdStore(EventFollower):
     """:class:`~spegel_core.protocols.ContentStore` over a containerd namespace.
 
-    Args:
-        socket: containerd's gRPC socket.
-        namespace: the containerd namespace (``k8s.io`` for Kubernetes).
-        content_path: containerd's content directory (holding ``blobs/``); None
-            streams every blob over gRPC.
-        reconnect_max_backoff: longest wait between reconnection attempts, seconds.
-        reconnect_min_backoff: first wait after a failure, seconds.
-        call_timeout: deadline of containerd calls, seconds.
-        gc_delay: how long after an image deletion content is listed again.
-        client_factory: builds the gRPC client (tests inject fakes).
-        watch_ingests: follow ``<content_path>/ingest`` and offer arriving content.
-        arriving_stall_timeout: how long a reader of arriving content waits for new
-            bytes before it gives up, seconds.
-        metrics: where :class:`StoreConnection` events go.
+    :param socket: containerd's gRPC socket.
+    :param namespace: the containerd namespace (``k8s.io`` for Kubernetes).
+    :param content_path: containerd's content directory (holding ``blobs/``); None
+        streams every blob over gRPC.
+    :param reconnect_max_backoff: longest wait between reconnection attempts, seconds.
+    :param reconnect_min_backoff: first wait after a failure, seconds.
+    :param call_timeout: deadline of containerd calls, seconds.
+    :param gc_delay: how long after an image deletion content is listed again.
+    :param client_factory: builds the gRPC client (tests inject fakes).
+    :param watch_ingests: follow ``<content_path>/ingest`` and offer arriving content.
+    :param arriving_stall_timeout: how long a reader of arriving content waits for new
+        bytes before it gives up, seconds.
+    :param metrics: where :class:`StoreConnection` events go.
 
     :attr:`metrics` (the hook's ``metrics`` argument) receives a :class:`StoreConnection` event
     each time the connection to containerd is made or lost.
@@ -144,8 +143,11 @@ class ContainerdStore(EventFollower):
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
-        """Connect (or start trying to) and subscribe to events; never raises for a
-        containerd that is not there yet: the store is then not ready and retries."""
+        """Connect (or start trying to) and subscribe to events.
+
+        Never raises for a containerd that is not there yet: the store is then not
+        ready and retries.
+        """
         if self._started or self._closed:
             return
         self._started = True
