@@ -276,13 +276,12 @@ class Router(Protocol):
 class ClaimAnswer:
     """The rendezvous' answer to a claim of a digest.
 
-    Attributes:
-        go: this node fetches from upstream (its mirror answers 404 at once).
-        fetcher: the node told go (this node when ``go``).
-        parent: whom to stream from when not ``go``: a member of the flight's tree
-            with room for one more child (None when ``go``).
-        depth: this node's depth in the tree (0 for the fetcher).
-        ttl: seconds the claim lasts unless claimed again (renewed).
+    :ivar go: this node fetches from upstream (its mirror answers 404 at once).
+    :ivar fetcher: the node told go (this node when ``go``).
+    :ivar parent: whom to stream from when not ``go``: a member of the flight's tree
+        with room for one more child (None when ``go``).
+    :ivar depth: this node's depth in the tree (0 for the fetcher).
+    :ivar ttl: seconds the claim lasts unless claimed again (renewed).
     """
 
     go: bool
