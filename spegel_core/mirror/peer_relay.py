@@ -113,8 +113,9 @@ async def relay_blob(fetcher: Resumer, stream: BlobStream,
 async def relay_verified(fetcher: Resumer, stream: BlobStream,
                          response: aiohttp.ClientResponse, registry: str, name: str,
                          digest: str, sink: SpliceSink) -> None:
-    """Send the body of ``stream`` through ``sink``, hashed on the way; complete it only
-    if it matches ``digest``.
+    """Send the body of ``stream`` through ``sink``, hashed on the way.
+
+    The body is completed only if it matches ``digest``.
 
     The body goes socket to socket through a :class:`~spegel_core.server.tee.HashTap`,
     which keeps its last byte back; that byte is sent once the digest matched. A peer

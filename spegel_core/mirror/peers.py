@@ -96,6 +96,8 @@ MAX_CACHED_KEYS = 4096
 
 @dataclass
 class PeerSettings:
+    """Tuning of the peer path (lookups, timeouts, penalties, pool, verification)."""
+
     resolve_timeout: float = 0.02
     resolve_retries: int = 3
     request_timeout: float = 3.0
@@ -139,6 +141,7 @@ class PeerFetcher:
     @classmethod
     def from_config(cls, config: SpegelConfig, router: Router,
                     metrics: MetricsSink) -> PeerFetcher:
+        """A fetcher tuned from the node's configuration."""
         return cls(router, metrics, PeerSettings(
             resolve_timeout=config.core.mirror_resolve_timeout,
             resolve_retries=max(1, config.core.mirror_resolve_retries),
@@ -151,6 +154,7 @@ class PeerFetcher:
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The keep-alive HTTP session to peers, made on first use."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.settings.pool_size, limit_per_host=32,
                                              keepalive_timeout=30, ttl_dns_cache=None,
@@ -164,6 +168,7 @@ class PeerFetcher:
         return self._session
 
     async def aclose(self) -> None:
+        """Close the session and its connections."""
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -274,8 +279,11 @@ class PeerFetcher:
             yield peer
 
     def blob_providers(self, digest: str) -> AsyncIterator[Peer]:
-        """Providers of a blob: those holding it whole first, then (``--advertise-arriving``)
-        those still receiving it; both lookups run at once."""
+        """Providers of a blob: those holding it whole first, then those receiving it.
+
+        Those still receiving it come only with ``--advertise-arriving``; both lookups
+        run at once.
+        """
         if not self.settings.arriving:
             return self.providers(digest)
         return committed_then_arriving(self.providers(digest),
@@ -358,9 +366,13 @@ class PeerFetcher:
 
     async def blob_from(self, peer: Peer, registry: str, name: str, digest: str,
                         range_header: str | None, wait: float) -> BlobStream:
-        """Open a blob on ``peer``, which may hold the request up to ``wait`` seconds
-        until its bytes start (single flight: a parent in the tree); the stream then
-        verifies and resumes like :meth:`blob`. Raises a ``PeerError``."""
+        """Open a blob on ``peer``, which may hold the request up to ``wait`` seconds.
+
+        ``peer`` holds it until its bytes start (single flight: a parent in the tree);
+        the stream then verifies and resumes like :meth:`blob`.
+
+        :raises PeerError: the peer failed or answered wrongly.
+        """
         response = await self._open_blob(peer, registry, name, digest, range_header, wait=wait)
         try:
             check_digest_header(response, digest)
