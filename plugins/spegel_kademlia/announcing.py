@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from spegel_kademlia.ids import Contact, key_id
 from spegel_kademlia.messages import AddProvider, AddProviderAck, Body, Message
-from spegel_kademlia.replicate import GrowthWatch
+from spegel_kademlia.replicate import GrowthWatch, estimate_size
 from spegel_kademlia.rpc import RpcEndpoint, RpcError
 from spegel_kademlia.settings import KademliaSettings
 from spegel_kademlia.store import AdvertisedKeys
@@ -49,9 +49,6 @@ class Announcing:
     _provide_failures: int
 
     if TYPE_CHECKING:
-        def network_size(self) -> float:
-            """See :meth:`~spegel_kademlia.node.KademliaRouter.network_size`."""
-
         def _start_request(self, contact: Contact, body: Body, *, retries: int
                            ) -> asyncio.Future[Message]: ...
 
@@ -59,7 +56,18 @@ class Announcing:
                              answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
                              ) -> list[Contact]: ...
 
-        async def _wait(self, event: asyncio.Event, seconds: float) -> None: ...
+    def network_size(self) -> float:
+        """This node's estimate of how many nodes the DHT has (see replicate.py)."""
+        k = self.settings.kademlia_k
+        return estimate_size(self.node_id, self.table.closest(self.node_id, k),
+                             known=len(self.table), k=k)
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            pass
 
     def _reannounce_if_grown(self) -> None:
         """Make keys announced when the network was ``growth`` times smaller due now.

@@ -54,7 +54,7 @@ from spegel_kademlia.messages import (
     Ping,
     ProviderInfo,
 )
-from spegel_kademlia.replicate import GrowthWatch, estimate_size
+from spegel_kademlia.replicate import GrowthWatch
 from spegel_kademlia.rpc import (
     RpcEndpoint,
     RpcError,
@@ -421,12 +421,6 @@ class KademliaRouter(Announcing, Joining):
                 # after the backoff.
                 self._wake_bootstrap.set()
 
-    def network_size(self) -> float:
-        """This node's estimate of how many nodes the DHT has (see replicate.py)."""
-        k = self.settings.kademlia_k
-        return estimate_size(self.node_id, self.table.closest(self.node_id, k),
-                             known=len(self.table), k=k)
-
     # -- asking ---------------------------------------------------------------------------
     def _start_request(self, contact: Contact, body: Body, *, retries: int
                        ) -> asyncio.Future[Message]:
@@ -495,10 +489,3 @@ class KademliaRouter(Announcing, Joining):
         error = task.exception()  # always retrieved, so never "never retrieved"
         if error is not None and not isinstance(error, RpcError):
             log.error("kademlia task %s failed", task.get_name(), exc_info=error)
-
-    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                await event.wait()
-        except TimeoutError:
-            pass
