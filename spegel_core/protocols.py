@@ -40,6 +40,8 @@ class Image:
 
 
 class StoreEventKind(enum.Enum):
+    """What changed in a store."""
+
     IMAGE_CREATED = "image_created"
     IMAGE_DELETED = "image_deleted"
     CONTENT_CREATED = "content_created"
@@ -56,6 +58,8 @@ class StoreEventKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class StoreEvent:
+    """One change in a store, as :meth:`ContentStore.subscribe` yields it."""
+
     kind: StoreEventKind
     #: A digest for content events, a tag reference string for image events, "" for RESYNC.
     key: str = ""
@@ -65,6 +69,8 @@ class StoreEvent:
 
 @dataclass(frozen=True, slots=True)
 class StoreStatus:
+    """Whether a store can serve now; ``detail`` says why not (or what is degraded)."""
+
     ready: bool
     detail: str = ""
 
@@ -136,8 +142,10 @@ class ArrivingContent(Protocol):
     size: int
 
     def fileno(self) -> int | None:
-        """A descriptor of a file holding the bytes written so far (the mirror serves
-        them with ``sendfile``), or None: then :meth:`read` is used."""
+        """A descriptor of a file holding the bytes written so far, or None.
+
+        The mirror serves them with ``sendfile``; with None, :meth:`read` is used.
+        """
 
     async def wait(self, offset: int, timeout: float) -> int:  # noqa: ASYNC109
         """How many bytes exist, once that is more than ``offset`` (``offset < size``).
@@ -170,9 +178,13 @@ class ArrivingStore(Protocol):
         """Digests of the content arriving now (not committed, writer alive)."""
 
     async def open_arriving(self, digest: str) -> ArrivingContent:
-        """Open arriving content; raises :class:`spegel_core.errors.BlobUnknown`
-        when ``digest`` is not arriving (committed content is read with ``read``; a
-        store may still open content committed a moment ago, whole)."""
+        """Open arriving content.
+
+        Committed content is read with ``read``; a store may still open content
+        committed a moment ago, whole.
+
+        :raises spegel_core.errors.BlobUnknown: ``digest`` is not arriving.
+        """
 
 
 # ---------------------------------------------------------------------------
@@ -200,6 +212,7 @@ class Peer:
 
     @property
     def url(self) -> str:
+        """``http://host:port`` of the peer's mirror (IPv6 hosts bracketed)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
@@ -215,11 +228,14 @@ class Discovery(Protocol):
     async def bootstrap_peers(self) -> list[PeerAddress]:
         """Current bootstrap addresses; never raises for a transient failure (returns [])."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release the source's resources."""
 
 
 @dataclass(frozen=True, slots=True)
 class RouterStatus:
+    """A router's state for the status endpoint and the debug page."""
+
     node_id: str
     address: str
     peers: int
@@ -234,9 +250,11 @@ class Router(Protocol):
 
     name: str
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Start the router; joining the network may go on in the background."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Stop the router and release its resources."""
 
     async def advertise(self, keys: Sequence[str]) -> None:
         """Announce (and keep re-announcing) that this node holds ``keys``."""
@@ -247,7 +265,8 @@ class Router(Protocol):
     def lookup(self, key: str, count: int, timeout: float) -> AsyncIterator[Peer]:
         """Yield up to ``count`` providers of ``key`` as they are found, within ``timeout`` s."""
 
-    def status(self) -> RouterStatus: ...
+    def status(self) -> RouterStatus:
+        """The router's state now."""
 
 
 # ---------------------------------------------------------------------------
@@ -257,13 +276,12 @@ class Router(Protocol):
 class ClaimAnswer:
     """The rendezvous' answer to a claim of a digest.
 
-    Attributes:
-        go: this node fetches from upstream (its mirror answers 404 at once).
-        fetcher: the node told go (this node when ``go``).
-        parent: whom to stream from when not ``go``: a member of the flight's tree
-            with room for one more child (None when ``go``).
-        depth: this node's depth in the tree (0 for the fetcher).
-        ttl: seconds the claim lasts unless claimed again (renewed).
+    :ivar go: this node fetches from upstream (its mirror answers 404 at once).
+    :ivar fetcher: the node told go (this node when ``go``).
+    :ivar parent: whom to stream from when not ``go``: a member of the flight's tree
+        with room for one more child (None when ``go``).
+    :ivar depth: this node's depth in the tree (0 for the fetcher).
+    :ivar ttl: seconds the claim lasts unless claimed again (renewed).
     """
 
     go: bool
@@ -303,6 +321,8 @@ class SingleFlightRouter(Protocol):
 # Metrics
 # ---------------------------------------------------------------------------
 class Source(enum.Enum):
+    """Where served content came from."""
+
     LOCAL = "local"
     PEER = "peer"
     NONE = "none"
@@ -331,6 +351,8 @@ class MirrorRequest:
 
 @dataclass(frozen=True, slots=True)
 class ResolveDuration:
+    """How long a router lookup took and whether it found a provider."""
+
     router: str
     duration_s: float
     found: bool
@@ -338,12 +360,16 @@ class ResolveDuration:
 
 @dataclass(frozen=True, slots=True)
 class BytesServed:
+    """Body bytes served, by where they came from."""
+
     source: Source
     bytes: int
 
 
 @dataclass(frozen=True, slots=True)
 class AdvertisedKeys:
+    """How many keys of a kind this node advertises for a registry."""
+
     kind: str  # "tag" | "digest" | "content"
     registry: str
     count: int
@@ -358,28 +384,38 @@ class ArrivingServed:
 
 @dataclass(frozen=True, slots=True)
 class PeerCount:
+    """Contacts the router knows now."""
+
     count: int
 
 
 @dataclass(frozen=True, slots=True)
 class DhtMessage:
+    """A DHT message of ``type`` sent, received, timed out or failed."""
+
     type: str
     outcome: str  # "sent" | "received" | "timeout" | "error"
 
 
 @dataclass(frozen=True, slots=True)
 class DroppedDatagram:
+    """A datagram dropped, and why (a short label)."""
+
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class DnsQuery:
+    """One DNS query for bootstrap peers: its duration and result."""
+
     duration_s: float
     result: str  # "ok" | "nxdomain" | "timeout" | "error"
 
 
 @dataclass(frozen=True, slots=True)
 class StoreConnection:
+    """The store connected to its backend (or lost it)."""
+
     connected: bool
 
 
@@ -413,9 +449,12 @@ class FlightClaim:
 
 @dataclass(frozen=True, slots=True)
 class FlightWait:
-    """A waiting request ended: ``outcome`` ``bytes`` (its parent's bytes came; an
-    upstream fetch avoided) or ``timeout`` / ``failed`` (404: containerd goes upstream).
-    ``seconds`` is the wait before the first byte (or the 404)."""
+    """A waiting request ended.
+
+    ``outcome`` is ``bytes`` (its parent's bytes came; an upstream fetch avoided) or
+    ``timeout`` / ``failed`` (404: containerd goes upstream).
+    ``seconds`` is the wait before the first byte (or the 404).
+    """
 
     outcome: str
     seconds: float
@@ -432,4 +471,5 @@ MetricEvent = (
 class MetricsSink(Protocol):
     """Receives typed events. Must not block; errors are logged and dropped by the core."""
 
-    def emit(self, event: MetricEvent) -> None: ...
+    def emit(self, event: MetricEvent) -> None:
+        """Record ``event``."""

@@ -95,6 +95,7 @@ class Ingest:
 
     @property
     def data(self) -> Path:
+        """The file the ingest's bytes are written to."""
         return self.path / "data"
 
     def notify(self) -> None:
@@ -123,10 +124,9 @@ Publish = Callable[[StoreEvent], None]
 class IngestWatcher:
     """Follows ``<content_path>/ingest`` and publishes events of ``namespace``'s ingests.
 
-    Args:
-        content_path: containerd's content directory (holding ``ingest/`` and ``blobs/``).
-        namespace: only ingests whose ref starts with this namespace count.
-        publish: receives each :class:`StoreEvent`.
+    :param content_path: containerd's content directory (holding ``ingest/`` and ``blobs/``).
+    :param namespace: only ingests whose ref starts with this namespace count.
+    :param publish: receives each :class:`StoreEvent`.
     """
 
     def __init__(self, content_path: Path, namespace: str, publish: Publish) -> None:
@@ -143,6 +143,7 @@ class IngestWatcher:
 
     @property
     def root(self) -> Path:
+        """The ingest directory of containerd, ``<content_path>/ingest``."""
         return self.content_path / "ingest"
 
     def start(self) -> bool:
@@ -314,6 +315,7 @@ class IngestWatcher:
         return sorted({i.digest for i in self._ingests.values() if i.state == "arriving"})
 
     def find(self, digest: str) -> Ingest | None:
+        """The ingest of ``digest`` still arriving, or None."""
         for ingest in self._ingests.values():
             if ingest.digest == digest and ingest.state == "arriving":
                 return ingest
@@ -389,6 +391,7 @@ class IngestReader:
         self._fd: int | None = fd
 
     def fileno(self) -> int | None:
+        """The descriptor of the ingest's data file (None once closed)."""
         return self._fd
 
     def _available(self) -> tuple[int, bool]:
@@ -417,11 +420,13 @@ class IngestReader:
                 raise ArrivingAborted(f"{self.digest}: no new bytes for {limit:.0f}s")
 
     async def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` of what has landed so far."""
         if self._fd is None:
             raise ArrivingAborted(f"reader of {self.digest} is closed")
         return await asyncio.to_thread(os.pread, self._fd, length, offset)
 
     async def aclose(self) -> None:
+        """Close the reader; idempotent."""
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(OSError):

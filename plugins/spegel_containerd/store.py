@@ -9,14 +9,15 @@ directory (``<content_path>/blobs/<algorithm>/<hex>``, zero-copy through
 directory cannot be read.
 
 A background task keeps an ``Events.Subscribe`` stream open and turns image
-and content events into :class:`StoreEvent`\\ s. containerd 1.6 sends no event
+and content events into :class:`StoreEvent` objects. containerd 1.6 sends no event
 when content is created or garbage-collected, so the store walks each new image
 to announce the content it brought, and re-lists content shortly after an image
 is deleted to announce what the garbage collector removed. When the stream
 breaks (containerd restarted or stopped), :meth:`ContainerdStore.status` says
 "store disconnected", the task reconnects with exponential backoff (at once
 when a new socket appears) and publishes ``RESYNC`` once connected again. It
-never exits and never raises out of the background task.
+never exits and never raises out of the background task (that part lives in
+:mod:`spegel_containerd.follower`).
 
 With ``watch_ingests`` the store also follows containerd's ingests (downloads in
 progress, :mod:`spegel_containerd.ingest`) and implements the optional
@@ -31,23 +32,18 @@ import contextlib
 import logging
 import os
 import stat as stat_module
-import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from types import TracebackType
 
-import grpc.aio
-
-from spegel_containerd.checks import ContainerdTooOld, check_version
-from spegel_containerd.client import ContainerdClient, ContainerdUnavailable
-from spegel_containerd.events import decode_envelope, subscribe_filters
+from spegel_containerd.client import ContainerdClient
+from spegel_containerd.follower import EventFollower, tag_reference
 from spegel_containerd.ingest import IngestReader, IngestWatcher
 from spegel_containerd.walker import ImageWalker
 from spegel_core.errors import (
     BlobUnknown,
     ManifestUnknown,
-    OCIError,
     RangeInvalid,
     RangeNotSatisfiable,
     StoreUnavailable,
@@ -59,7 +55,6 @@ from spegel_core.protocols import (
     ContentInfo,
     Image,
     MetricsSink,
-    StoreConnection,
     StoreEvent,
     StoreEventKind,
     StoreStatus,
@@ -73,46 +68,28 @@ __all__ = ["READ_CHUNK", "ContainerdStore", "tag_reference"]
 
 #: Size of the chunks :meth:`ContainerdStore.read` yields from a file.
 READ_CHUNK = 1024 * 1024
-#: How often a disconnected store looks for a new socket while it waits to retry.
-SOCKET_POLL = 0.05
 #: How long ``start`` waits for the first connection before returning not ready.
 START_WAIT = 2.0
 
 ClientFactory = Callable[[Path, str], ContainerdClient]
 
 
-def tag_reference(name: str) -> Reference | None:
-    """The tag reference an image name is, or None (ids, digest references, short names).
-
-    Only names that are already in normalised form (``docker.io/library/x:v1``)
-    count, so ``resolve`` finds them again by the same name.
-    """
-    try:
-        reference = Reference.parse(name)
-    except OCIError:
-        return None
-    if reference.tag is None or reference.digest is not None or str(reference) != name:
-        return None
-    return reference
-
-
-class ContainerdStore:
+class ContainerdStore(EventFollower):
     """:class:`~spegel_core.protocols.ContentStore` over a containerd namespace.
 
-    Args:
-        socket: containerd's gRPC socket.
-        namespace: the containerd namespace (``k8s.io`` for Kubernetes).
-        content_path: containerd's content directory (holding ``blobs/``); None
-            streams every blob over gRPC.
-        reconnect_max_backoff: longest wait between reconnection attempts, seconds.
-        reconnect_min_backoff: first wait after a failure, seconds.
-        call_timeout: deadline of containerd calls, seconds.
-        gc_delay: how long after an image deletion content is listed again.
-        client_factory: builds the gRPC client (tests inject fakes).
-        watch_ingests: follow ``<content_path>/ingest`` and offer arriving content.
-        arriving_stall_timeout: how long a reader of arriving content waits for new
-            bytes before it gives up, seconds.
-        metrics: where :class:`StoreConnection` events go.
+    :param socket: containerd's gRPC socket.
+    :param namespace: the containerd namespace (``k8s.io`` for Kubernetes).
+    :param content_path: containerd's content directory (holding ``blobs/``); None
+        streams every blob over gRPC.
+    :param reconnect_max_backoff: longest wait between reconnection attempts, seconds.
+    :param reconnect_min_backoff: first wait after a failure, seconds.
+    :param call_timeout: deadline of containerd calls, seconds.
+    :param gc_delay: how long after an image deletion content is listed again.
+    :param client_factory: builds the gRPC client (tests inject fakes).
+    :param watch_ingests: follow ``<content_path>/ingest`` and offer arriving content.
+    :param arriving_stall_timeout: how long a reader of arriving content waits for new
+        bytes before it gives up, seconds.
+    :param metrics: where :class:`StoreConnection` events go.
 
     :attr:`metrics` (the hook's ``metrics`` argument) receives a :class:`StoreConnection` event
     each time the connection to containerd is made or lost.
@@ -166,8 +143,11 @@ class ContainerdStore:
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
-        """Connect (or start trying to) and subscribe to events; never raises for a
-        containerd that is not there yet: the store is then not ready and retries."""
+        """Connect (or start trying to) and subscribe to events.
+
+        Never raises for a containerd that is not there yet: the store is then not
+        ready and retries.
+        """
         if self._started or self._closed:
             return
         self._started = True
@@ -206,170 +186,6 @@ class ContainerdStore:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
-
-    # -- the watcher -----------------------------------------------------------------
-    async def _watch(self) -> None:
-        delay = self.reconnect_min_backoff
-        client = self._client
-        while not self._closed:
-            if client is None:
-                client = self._factory(self.socket, self.namespace)
-            try:
-                await self._session(client)
-                detail = "containerd closed the event stream"
-            except ContainerdTooOld as exc:
-                detail = str(exc)
-                delay = self.reconnect_max_backoff
-            except (ContainerdUnavailable, StoreUnavailable) as exc:
-                detail = str(exc)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                detail = f"containerd events: {code.name if code else 'UNKNOWN'}: {exc.details()}"
-            except asyncio.CancelledError:
-                if client is not self._client:
-                    await asyncio.shield(client.aclose())
-                raise
-            except Exception as exc:  # the watcher must outlive any surprise
-                log.exception("containerd event handling failed; reconnecting")
-                detail = f"unexpected error: {exc}"
-            self._disconnected(detail)
-            if client is not self._client:
-                await client.aclose()
-            client = None
-            if await self._wait_retry(delay):
-                delay = self.reconnect_min_backoff
-            else:
-                delay = min(delay * 2, self.reconnect_max_backoff)
-
-    async def _session(self, client: ContainerdClient) -> None:
-        """One connection: check, subscribe, list, then handle events until the stream ends."""
-        version, _ = await client.version()
-        check_version(version, self.socket)
-        stream = client.subscribe(subscribe_filters(self.namespace))
-        try:
-            old, self._client = self._client, client
-            if old is not None and old is not client:
-                await old.aclose()
-            await self._prime(client)
-            self._version = version
-            self._became_connected()
-            async for envelope in stream:
-                await self._on_envelope(client, envelope)
-        finally:
-            stream.cancel()
-
-    def _became_connected(self) -> None:
-        resync = self._connections > 0 or self._failed
-        self._connections += 1
-        self._connected = True
-        self._detail = ""
-        if self.metrics is not None:
-            self.metrics.emit(StoreConnection(True))
-        self._first_attempt.set()
-        if resync:
-            log.info("containerd %s at %s is back; listing again", self._version, self.socket)
-            self._hub.publish(StoreEvent(StoreEventKind.RESYNC))
-
-    def _disconnected(self, detail: str) -> None:
-        if self._connected:
-            log.warning("store disconnected: %s; reconnecting", detail)
-            if self.metrics is not None:
-                self.metrics.emit(StoreConnection(False))
-        elif detail != self._detail:
-            log.error("containerd at %s is not usable: %s; retrying", self.socket, detail)
-        self._connected = False
-        self._failed = True
-        self._detail = detail
-        self._first_attempt.set()
-
-    def _socket_identity(self) -> tuple[int, int] | None:
-        try:
-            info = os.stat(self.socket)
-        except OSError:
-            return None
-        return info.st_ino, info.st_ctime_ns
-
-    async def _wait_retry(self, delay: float) -> bool:
-        """Sleep ``delay`` s; return True early when a new socket appears (a new daemon)."""
-        before = self._socket_identity()
-        deadline = time.monotonic() + delay
-        while not self._closed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            await asyncio.sleep(min(SOCKET_POLL, remaining))
-            now = self._socket_identity()
-            if now is not None and now != before:
-                return True
-        return False
-
-    async def _prime(self, client: ContainerdClient) -> None:
-        """Learn every image and the content held (media types for ``stat``)."""
-        self._walker.absent.clear()
-        await self._list_images(client)
-        self._known = {info.digest for info in await client.list_content()
-                       if is_digest(info.digest)}
-
-    # -- events ------------------------------------------------------------------------
-    async def _on_envelope(self, client: ContainerdClient, envelope: object) -> None:
-        event = decode_envelope(envelope, self.namespace)  # type: ignore[arg-type]
-        if event is None:
-            return
-        if event.kind is StoreEventKind.IMAGE_CREATED:
-            await self._image_created(client, event.subject)
-        elif event.kind is StoreEventKind.IMAGE_DELETED:
-            self._image_deleted(event.subject)
-        elif is_digest(event.subject):
-            if event.kind is StoreEventKind.CONTENT_CREATED:
-                self._known.add(event.subject)
-            else:
-                self._known.discard(event.subject)
-            self._hub.publish(StoreEvent(event.kind, event.subject))
-
-    async def _image_created(self, client: ContainerdClient, name: str) -> None:
-        image = await client.get_image(name)
-        if image is None or not is_digest(image.target.digest):
-            return
-        digest = image.target.digest
-        self._images[name] = digest
-        await self._walker.walk(partial(self._read_manifest, client), digest,
-                                image.target.media_type or None, fresh=True)
-        tree = self._walker.tree(digest)
-        if tree - self._known - self._walker.absent:  # else another name of known content
-            held = {info.digest for info in await client.list_content()
-                    if is_digest(info.digest)} & tree
-            for new in sorted(held - self._known):
-                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
-            self._known |= held
-        reference = tag_reference(name)
-        if reference is not None:
-            self._hub.publish(StoreEvent(StoreEventKind.IMAGE_CREATED, name, digest))
-
-    def _image_deleted(self, name: str) -> None:
-        digest = self._images.pop(name, None)
-        if tag_reference(name) is not None:
-            self._hub.publish(StoreEvent(StoreEventKind.IMAGE_DELETED, name, digest))
-        if self._checker is None or self._checker.done():
-            self._checker = asyncio.create_task(self._check_content(),
-                                                name="containerd-content-check")
-
-    async def _check_content(self) -> None:
-        """After the garbage collector had time: announce content that came or went."""
-        for wait in (self.gc_delay, self.gc_delay * 9):
-            await asyncio.sleep(wait)
-            client = self._client
-            if client is None or not self._connected:
-                return
-            try:
-                held = {info.digest for info in await client.list_content()
-                        if is_digest(info.digest)}
-            except StoreUnavailable:
-                return  # the watcher reconnects and publishes RESYNC
-            for gone in sorted(self._known - held):
-                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_DELETED, gone))
-            for new in sorted(held - self._known):
-                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
-            self._known = held
 
     # -- reading ---------------------------------------------------------------------------
     async def _read_manifest(self, client: ContainerdClient, digest: str) -> bytes | None:

@@ -74,8 +74,13 @@ class DatagramAuth:
         return data + hmac.new(self._keys[0], data, hashlib.sha256).digest()
 
     def verify(self, data: bytes, start: int) -> int:
-        """Where the signed part of ``data`` ends (the trailer starts); raises
-        :class:`AuthError`. ``start``: bytes that must come before the trailer."""
+        """Where the signed part of ``data`` ends (the trailer starts).
+
+        :param data: the whole datagram.
+        :param start: bytes that must come before the trailer.
+        :returns: the offset of the trailer.
+        :raises AuthError: the trailer is missing, stale, replayed or wrong.
+        """
         end = len(data) - TRAILER_BYTES
         if end < start:
             raise AuthError("short", "no auth trailer")

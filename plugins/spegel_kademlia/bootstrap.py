@@ -1,5 +1,8 @@
-"""Bootstrapping: addresses from every discovery source, names resolved, and when to ask
-discovery again (:class:`BootstrapSchedule`)."""
+"""Bootstrapping: addresses from discovery, names resolved, when to ask again.
+
+Addresses come from every discovery source; :class:`BootstrapSchedule` says when
+discovery is asked again.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +44,13 @@ class BootstrapSchedule:
         self._grown_to = 0  # table size after the last attempt that found it small
 
     def after(self, ok: bool, size: int, seeds_were_new: bool) -> float:
-        """Seconds to wait after an attempt that joined (``ok``) or not, leaving ``size``
-        contacts, whose seeds named nodes not known before (``seeds_were_new``)."""
+        """Seconds to wait after a bootstrap attempt.
+
+        :param ok: whether the attempt joined.
+        :param size: contacts in the table after it.
+        :param seeds_were_new: whether the seeds named nodes not known before.
+        :returns: the wait in seconds.
+        """
         if ok and not (self._grown_to < size < self.k and seeds_were_new):
             self._backoff = BACKOFF_MIN
             return self.rebootstrap

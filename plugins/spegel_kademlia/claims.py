@@ -41,8 +41,10 @@ MAX_REMEMBERED = 4096
 
 @functools.lru_cache(maxsize=1024)
 def local_address_towards(host: str) -> str:
-    """The local address this host uses to reach ``host`` (a routing decision: no
-    packet is sent); ``127.0.0.1`` if there is no route."""
+    """The local address this host uses to reach ``host``.
+
+    A routing decision: no packet is sent. ``127.0.0.1`` if there is no route.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -104,15 +106,14 @@ class Claimant:
     knows no contact closer than itself is its own rendezvous. Renewals go straight to
     the node that answered.
 
-    Args:
-        node_id: this node's id.
-        mirror_port: where this node's mirror listens.
-        host: the address this node's socket is bound to ("" when unspecified).
-        book: this node's own book (used when it is the rendezvous itself).
-        closest: the contacts of the routing table closest to a key id, closest first.
-        request: send one request body to a contact and await its answer.
-        send: send one datagram with no answer (releases).
-        clock: monotonic seconds.
+    :param node_id: this node's id.
+    :param mirror_port: where this node's mirror listens.
+    :param host: the address this node's socket is bound to ("" when unspecified).
+    :param book: this node's own book (used when it is the rendezvous itself).
+    :param closest: the contacts of the routing table closest to a key id, closest first.
+    :param request: send one request body to a contact and await its answer.
+    :param send: send one datagram with no answer (releases).
+    :param clock: monotonic seconds.
     """
 
     def __init__(self, *, node_id: bytes, mirror_port: int, host: str, book: ClaimBook,
@@ -135,6 +136,7 @@ class Claimant:
 
     @property
     def own(self) -> Peer:
+        """This node as a peer (its mirror)."""
         return Peer(self.host, self.mirror_port, self.node_id)
 
     async def claim(self, digest: str, fanout: int, ttl: float,
@@ -214,6 +216,7 @@ class Claimant:
             self._send(contact, Claim(kid, 1, 0))
 
     def forget(self, digest: str) -> None:
+        """Forget which rendezvous answered for ``digest``."""
         self._where.pop(digest, None)
 
     def _remember(self, digest: str, contact: Contact | None) -> None:

@@ -146,8 +146,10 @@ class RequestGate:
                            message.request_id)
 
     def _send_within_credit(self, request: Message, reply: Body, *, reserve: int) -> bool:
-        """Send ``reply``, cut to the sender's credit less ``reserve``; False if not even
-        an empty answer fits."""
+        """Send ``reply``, cut to the sender's credit less ``reserve``.
+
+        :returns: False if not even an empty answer fits.
+        """
         assert self.admission is not None
         codec = self._rpc.codec
         address = (request.source_host, request.source_port)
@@ -236,14 +238,18 @@ class RequestGate:
 
 
 def _entry_bytes(host: str) -> int:
-    """Bytes of a contact or provider entry on the wire, at most (IPv6 for anything with
-    a colon, as an IPv4-mapped address may be sent as IPv4)."""
+    """Bytes of a contact or provider entry on the wire, at most.
+
+    IPv6 for anything with a colon, as an IPv4-mapped address may be sent as IPv4.
+    """
     return 51 if ":" in host else 39
 
 
 def _cut(body: Body, room: int) -> Body | None:
-    """``body`` with the entries that do not fit in ``room`` bytes dropped from the end
-    (closer contacts before providers); None when not even an empty one fits."""
+    """``body`` with the entries that do not fit in ``room`` bytes dropped from the end.
+
+    Closer contacts are dropped before providers; None when not even an empty body fits.
+    """
     if isinstance(body, Nodes):
         room -= 1
         if room < 0:

@@ -6,7 +6,8 @@ it holds fewer than k contacts and keeps growing; then a re-bootstrap every disc
 refresh interval), maintenance (bucket refresh, record
 expiry) and reprovide (keys due again, paced by a semaphore shared with
 :meth:`KademliaRouter.advertise`, so announcing never crowds out lookups, which take no
-slot at all).
+slot at all). The announcing half lives in :mod:`spegel_kademlia.announcing`, the
+joining half (bootstrap, maintenance) in :mod:`spegel_kademlia.joining`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import ipaddress
 import logging
 import random
 import secrets
-import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
@@ -37,26 +37,24 @@ from spegel_core.protocols import (
 )
 from spegel_core.rendezvous import ClaimBook
 from spegel_kademlia.admission import Admission
-from spegel_kademlia.bootstrap import BootstrapSchedule, bootstrap_addresses, resolve
+from spegel_kademlia.announcing import Announcing
 from spegel_kademlia.claims import CLOSEST, Claimant, answer_claim
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.gate import RequestGate
 from spegel_kademlia.handlers import answer
-from spegel_kademlia.ids import Contact, distance, key_id, random_id, random_id_in_bucket
+from spegel_kademlia.ids import Contact, distance, key_id, random_id
+from spegel_kademlia.joining import Joining
 from spegel_kademlia.lookup import Lookup
 from spegel_kademlia.messages import (
-    AddProvider,
-    AddProviderAck,
     Body,
     Claim,
     FindNode,
     GetProviders,
     Message,
-    Nodes,
     Ping,
     ProviderInfo,
 )
-from spegel_kademlia.replicate import GrowthWatch, estimate_size
+from spegel_kademlia.replicate import GrowthWatch
 from spegel_kademlia.rpc import (
     RpcEndpoint,
     RpcError,
@@ -72,9 +70,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_DISCOVERY_TIMEOUT = 10.0
-_BOOTSTRAP_SAMPLE = 16
-_DEFAULT_REBOOTSTRAP = 30 * 60.0
 _MAX_EVICTION_PINGS = 32
 #: A full bucket's least recently seen contact heard from this recently is alive (a
 #: "good" node, as BEP 5 has it with 15 minutes): it is not pinged for a newcomer. Pinging
@@ -82,9 +77,6 @@ _MAX_EVICTION_PINGS = 32
 #: reaches a node that may not know the pinger and pings in turn); see docs/scale.md. A
 #: shorter quiet time would still cycle pings through every full bucket at steady state.
 _EVICTION_QUIET = 10 * 60.0
-_WITHDRAW_BUDGET = 4096
-_REPROVIDE_BATCH = 256
-_IDLE_WAKE = 60.0
 
 
 def _placeholder_host(host: str) -> str:
@@ -103,7 +95,7 @@ class _NullSink:
         pass
 
 
-class KademliaRouter:
+class KademliaRouter(Announcing, Joining):
     """A Kademlia node: finds providers of keys and announces this node's keys.
 
     :param host: address to bind the UDP socket to (``0.0.0.0`` for every interface).
@@ -429,33 +421,14 @@ class KademliaRouter:
                 # after the backoff.
                 self._wake_bootstrap.set()
 
-    def network_size(self) -> float:
-        """This node's estimate of how many nodes the DHT has (see replicate.py)."""
-        k = self.settings.kademlia_k
-        return estimate_size(self.node_id, self.table.closest(self.node_id, k),
-                             known=len(self.table), k=k)
-
-    def _reannounce_if_grown(self) -> None:
-        """Keys announced when the network was ``growth`` times smaller are due now;
-        the reprovide loop announces them, paced by its cap like any reprovide."""
-        growth = self.growth
-        if growth is None or self._state != "running":
-            return
-        threshold = growth.next_size()
-        known = len(self.table)
-        if threshold is None or (known < self.settings.kademlia_k and threshold > known + 1):
-            return  # (a table of fewer than k contacts estimates its own size)
-        due = growth.due(self.network_size())
-        if due:
-            for key in due:
-                self.advertised.reschedule(key, 0.0)
-            self._wake_reprovide.set()
-
     # -- asking ---------------------------------------------------------------------------
     def _start_request(self, contact: Contact, body: Body, *, retries: int
                        ) -> asyncio.Future[Message]:
-        """Send ``body`` to ``contact``; a timeout counts as a failure of the contact,
-        whether or not anybody still waits for the answer."""
+        """Send ``body`` to ``contact``.
+
+        A timeout counts as a failure of the contact, whether or not anybody still
+        waits for the answer.
+        """
         future = self._rpc.start(contact.address, body,
                                  attempt_timeout=self.settings.kademlia_rpc_timeout,
                                  retries=retries, node_id=contact.node_id)
@@ -483,8 +456,13 @@ class KademliaRouter:
     async def _find_node(self, target: bytes, *,
                          answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
                          ) -> list[Contact]:
-        """FIND_NODE lookup of ``target``; ``answered``: answers already had (contact,
-        the contacts it gave), which count as queried."""
+        """FIND_NODE lookup of ``target``.
+
+        :param target: the id looked up.
+        :param answered: answers already had (contact, the contacts it gave), which
+            count as queried.
+        :returns: the closest contacts found.
+        """
         s = self.settings
         lookup = Lookup(target, self.table.closest(target), k=s.kademlia_k,
                         alpha=s.kademlia_alpha, own_id=self.node_id)
@@ -496,60 +474,6 @@ class KademliaRouter:
             async for _ in steps:
                 pass
         return lookup.result
-
-    # -- announcing -------------------------------------------------------------------------
-    async def _provide_all(self, keys: list[str]) -> None:
-        pending = iter(keys)
-
-        async def worker() -> None:
-            for key in pending:
-                if key in self.advertised:
-                    async with self._provide_slots:
-                        await self._provide(key)
-
-        workers = min(len(keys), self.settings.kademlia_reprovide_concurrency)
-        await asyncio.gather(*(worker() for _ in range(workers)))
-
-    async def _provide(self, key: str) -> None:
-        s = self.settings
-        kid = self.advertised.key_id(key)
-        closest = await self._find_node(kid) if len(self.table) else []
-        body = AddProvider(kid, self.node_id, self.mirror_port, int(s.kademlia_provider_ttl))
-        results = await asyncio.gather(
-            *(self._start_request(c, body, retries=s.kademlia_rpc_retries) for c in closest),
-            return_exceptions=True)
-        acks = 0
-        for result in results:
-            if isinstance(result, Message):
-                acks += isinstance(result.body, AddProviderAck) and result.body.accepted
-            elif not isinstance(result, RpcError | asyncio.CancelledError):
-                log.error("ADD_PROVIDER failed unexpectedly", exc_info=result)
-        if acks:
-            self._provided += 1
-            self._unstored.discard(key)
-            if self.growth is not None and key in self.advertised:
-                self.growth.announced(key, self.network_size())
-            log.debug("provided %s to %d/%d nodes", key, acks, len(closest))
-        elif key in self.advertised:
-            self._provide_failures += 1
-            self._unstored.add(key)
-            self.advertised.reschedule(key, s.kademlia_bootstrap_backoff_max)
-
-    def _send_withdrawals(self, keys: Sequence[str]) -> None:
-        """Best effort: ADD_PROVIDER ttl 0 to the closest nodes we know, unacknowledged.
-
-        Records elsewhere (in large clusters the routing table does not know every
-        holder) simply expire.
-        """
-        budget = _WITHDRAW_BUDGET
-        for key in keys:
-            kid = key_id(key)
-            body = AddProvider(kid, self.node_id, self.mirror_port, 0)
-            for contact in self.table.closest(kid):
-                if budget <= 0:
-                    return
-                self._rpc.send(contact.address, body, secrets.randbits(64))
-                budget -= 1
 
     # -- background tasks -----------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
@@ -565,116 +489,3 @@ class KademliaRouter:
         error = task.exception()  # always retrieved, so never "never retrieved"
         if error is not None and not isinstance(error, RpcError):
             log.error("kademlia task %s failed", task.get_name(), exc_info=error)
-
-    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                await event.wait()
-        except TimeoutError:
-            pass
-
-    async def _bootstrap_loop(self) -> None:
-        schedule = BootstrapSchedule(
-            k=self.settings.kademlia_k, backoff_max=self.settings.kademlia_bootstrap_backoff_max,
-            rebootstrap=max(5.0, min((d.refresh_interval for d in self._discovery),
-                                     default=_DEFAULT_REBOOTSTRAP)),
-            uniform=self._rng.uniform)
-        while True:
-            self._wake_bootstrap.clear()
-            try:
-                ok = await self._bootstrap_once()
-            except Exception:  # a bug in one attempt must not end bootstrapping for good
-                log.exception("bootstrap attempt failed")
-                ok = False
-            wait = schedule.after(ok, len(self.table), self._seeds_were_new)
-            if not ok:
-                log.info("no DHT peers yet; bootstrapping again in %.1fs", wait)
-            await self._wait(self._wake_bootstrap, wait)
-
-    async def _bootstrap_once(self) -> bool:
-        self._bootstraps += 1
-        was_empty = len(self.table) == 0
-        addresses = await bootstrap_addresses(self._discovery,
-                                              per_source_timeout=_DISCOVERY_TIMEOUT)
-        sample = self._rng.sample(addresses, min(len(addresses), _BOOTSTRAP_SAMPLE))
-        # The seeds are asked for the contacts closest to this node straight away
-        # (not pinged first): their answers are the self lookup's first round.
-        known = {contact.node_id for contact in self.table}
-        answers = await asyncio.gather(*(self._ask_seed(a) for a in sample))
-        self._seeds_were_new = any(
-            seed.node_id not in known or any(c.node_id not in known for c in contacts)
-            for seed, contacts in filter(None, answers))
-        if not len(self.table):
-            return False
-        await self._find_node(self.node_id, answered=[a for a in answers if a is not None])
-        interval = self.settings.kademlia_refresh_interval
-        if not self._joined:
-            self._joined = True
-            # Ready: the self lookup found the neighbourhood. The other buckets fill
-            # from traffic; those it leaves untouched are refreshed, spread over the
-            # next refresh interval, by the maintenance loop (RoutingTable.stagger_refresh).
-            self.table.stagger_refresh(interval, self._rng.random)
-        else:
-            await self._refresh(interval)
-        if was_empty:
-            log.info("joined the DHT: %d contacts", len(self.table))
-        if self._unstored:
-            # Keys advertised while no node was known: announce them now, not at the
-            # next reprovide (the table may have been filled by incoming traffic).
-            for key in list(self._unstored):
-                self.advertised.reschedule(key, 0.0)
-            self._wake_reprovide.set()
-        return True
-
-    async def _ask_seed(self, address: PeerAddress
-                            ) -> tuple[Contact, tuple[Contact, ...]] | None:
-        """Ask a bootstrap peer for the contacts closest to this node (FIND_NODE of the
-        own id: an answer proves it alive, like a PING, and starts the self lookup).
-
-        Returns the peer's contact and the contacts it gave, None if it did not answer.
-        """
-        family = socket.AF_INET6 if ":" in (self._address or ("",))[0] else socket.AF_INET
-        target = await resolve(address, family)
-        if target is None:
-            return None
-        if self._allowed is not None and not self._allowed(target[0]):
-            log.debug("bootstrap peer %s is outside --peer-cidrs; not asked", address)
-            return None
-        try:
-            reply = await self._rpc.request(target, FindNode(self.node_id),
-                                            attempt_timeout=self.settings.kademlia_rpc_timeout,
-                                            retries=self.settings.kademlia_rpc_retries)
-        except RpcError:
-            log.debug("bootstrap peer %s did not answer", address)
-            return None
-        contacts = reply.body.contacts if isinstance(reply.body, Nodes) else ()
-        return Contact(reply.sender, reply.source_host, reply.source_port), contacts
-
-    async def _refresh(self, interval: float) -> None:
-        for index in self.table.stale_buckets(interval):
-            await self._find_node(random_id_in_bucket(self.node_id, index))
-
-    async def _maintenance_loop(self) -> None:
-        interval = self.settings.kademlia_refresh_interval
-        while True:
-            await asyncio.sleep(min(_IDLE_WAKE, interval / 4))
-            self.providers.sweep()
-            if len(self.table):
-                try:
-                    await self._refresh(interval)
-                except Exception:  # keep maintaining; the next round may succeed
-                    log.exception("bucket refresh failed")
-
-    async def _reprovide_loop(self) -> None:
-        while True:
-            delay = self.advertised.next_due_in()
-            wait = _IDLE_WAKE if delay is None else min(delay, _IDLE_WAKE)
-            if wait > 0:
-                await self._wait(self._wake_reprovide, wait)
-            self._wake_reprovide.clear()
-            batch = self.advertised.take_due(_REPROVIDE_BATCH)
-            if batch:
-                try:
-                    await self._provide_all(batch)
-                except Exception:  # keep reproviding the other keys
-                    log.exception("reprovide of %d keys failed", len(batch))

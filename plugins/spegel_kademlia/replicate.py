@@ -1,5 +1,6 @@
-"""Records follow a growing network: re-announce a key once the network has doubled
-(pure: no I/O, no clock).
+"""Records follow a growing network: re-announce a key once the network has doubled.
+
+Pure: no I/O, no clock.
 
 A provider record lives on the ``k`` nodes closest to its key *when it was announced*.
 In a rollout the first nodes announce into a network of a handful; by the time it has
@@ -91,8 +92,10 @@ class GrowthWatch:
         return self._heap[0][0] if self._heap else None
 
     def due(self, size: float) -> list[str]:
-        """Keys announced when the network was at most ``size / factor``; each is
-        forgotten until it is :meth:`announced` again."""
+        """Keys announced when the network was at most ``size / factor``.
+
+        Each is forgotten until it is :meth:`announced` again.
+        """
         out: list[str] = []
         while True:
             self._drop_stale()

@@ -259,9 +259,14 @@ class RpcEndpoint:
         retries: int = 0,
         node_id: bytes | None = None,
     ) -> Message:
-        """Await the response to ``body`` (see :meth:`start`); raises :class:`RpcTimeout`,
-        :class:`RpcClosed` or :class:`RpcError`. Cancelling the caller cancels the awaited
-        future, which forgets the request."""
+        """Await the response to ``body`` (see :meth:`start`).
+
+        Cancelling the caller cancels the awaited future, which forgets the request.
+
+        :raises RpcTimeout: no answer in time.
+        :raises RpcClosed: the endpoint closed.
+        :raises RpcError: any other failure of the request.
+        """
         return await self.start(address, body, attempt_timeout=attempt_timeout,
                                 retries=retries, node_id=node_id)
 

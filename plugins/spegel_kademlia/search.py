@@ -100,8 +100,10 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 def named_self(message: Message, providers: tuple[ProviderInfo, ...]
                ) -> tuple[ProviderInfo, ...]:
-    """``providers`` of an answer, where the answering node, if it names itself, is
-    at the answer's source address and mirror port (whatever its entry says).
+    """``providers`` of an answer, the answering node at the answer's source address.
+
+    If the answering node names itself, it is at the answer's source address and
+    mirror port, whatever its entry says.
 
     A node does not always know the address others reach it at (it may listen on
     ``0.0.0.0``); the datagram's source is that address, as for ADD_PROVIDER, and a

@@ -138,8 +138,11 @@ class RoutingTable:
 
     # -- diversity ----------------------------------------------------------------------
     def admits(self, contact: Contact) -> bool:
-        """Whether ``contact`` would take a free place in its bucket now (it is not in
-        the table, its bucket has room, and the diversity rule lets it in)."""
+        """Whether ``contact`` would take a free place in its bucket now.
+
+        True when it is not in the table, its bucket has room, and the diversity rule
+        lets it in.
+        """
         if contact.node_id == self.own_id or contact.node_id in self._members:
             return False
         if len(self._buckets.get(bucket_index(self.own_id, contact.node_id), ())) >= self.k:
@@ -169,8 +172,10 @@ class RoutingTable:
                 del self._per_ip[group]
 
     def _moved(self, old: Contact, new: Contact) -> Contact:
-        """The contact to keep for an id seen at a new address (the old one if the new
-        address would break the diversity rule)."""
+        """The contact to keep for an id seen at a new address.
+
+        The old one if the new address would break the diversity rule.
+        """
         if old.address == new.address or self.max_per_ip is None:
             return new
         self._release(old)

@@ -176,8 +176,10 @@ store: a hit is content a peer served, a miss a 404 after asking peers.</p>
 
 
 def _flights(node: NodeView) -> str:
-    """This node's claims (digest, role, depth, parent) and the flights it holds as a
-    rendezvous (fetcher, members, depth, most children)."""
+    """This node's claims and the flights it holds as a rendezvous.
+
+    Claims: digest, role, depth, parent. Flights: fetcher, members, depth, most children.
+    """
     snap = node.single_flight()
     if snap is None:
         return "<p id='flights'>Single flight is off.</p>"

@@ -18,6 +18,7 @@ DEMO_REFERENCE = "docker.io/library/demo:v1"
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``spegel demo`` options to ``parser``."""
     parser.add_argument("--nodes", type=int, default=3, help="Nodes to start (default 3).")
     parser.add_argument("--first-ip", default="127.0.0.2",
                         help="Loopback address of the first node (default 127.0.0.2).")
@@ -44,6 +45,7 @@ class DemoNode:
 
     @property
     def url(self) -> str:
+        """The node's mirror URL."""
         return self.process.url
 
 
@@ -79,12 +81,15 @@ def _wait_resolvable(node: DemoNode, timeout: float = 20.0) -> float:
 
 
 class ProgressBar:
+    """A text progress bar: redrawn in place on a terminal, every 25 % otherwise."""
+
     def __init__(self, label: str, width: int = 30) -> None:
         self.label, self.width = label, width
         self.tty = sys.stdout.isatty()
         self._last = -1
 
     def __call__(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total`` bytes."""
         percent = min(100, int(100 * done / total) if total else 100)
         if percent == self._last or (not self.tty and percent // 25 == self._last // 25):
             return
@@ -95,11 +100,13 @@ class ProgressBar:
         print(("\r" if self.tty else "") + text, end="" if self.tty else "\n", flush=True)
 
     def finish(self) -> None:
+        """End the bar's line."""
         if self.tty:
             print()
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Run ``spegel demo`` (``--fleet``: the fleet demo); returns the exit code."""
     from spegel_core.oci.image_builder import build_image
 
     if args.fleet:

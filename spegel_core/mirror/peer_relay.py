@@ -30,7 +30,7 @@ from spegel_core.oci.digest import split_digest
 from spegel_core.server.tee import HashTap
 
 if TYPE_CHECKING:
-    from spegel_core.mirror.peers import BlobStream, PeerFetcher
+    from spegel_core.mirror.blob_stream import BlobStream, Resumer
 
 
 def take_socket(response: aiohttp.ClientResponse) -> tuple[int | None, bytes]:
@@ -67,7 +67,7 @@ def take_socket(response: aiohttp.ClientResponse) -> tuple[int | None, bytes]:
         response.close()
 
 
-async def relay_blob(fetcher: PeerFetcher, stream: BlobStream,
+async def relay_blob(fetcher: Resumer, stream: BlobStream,
                      response: aiohttp.ClientResponse, registry: str, name: str, digest: str,
                      sink: SpliceSink) -> None:
     """Send the body of ``stream`` (``stream.length`` bytes) through ``sink``.
@@ -110,11 +110,12 @@ async def relay_blob(fetcher: PeerFetcher, stream: BlobStream,
         response.close()
 
 
-async def relay_verified(fetcher: PeerFetcher, stream: BlobStream,
+async def relay_verified(fetcher: Resumer, stream: BlobStream,
                          response: aiohttp.ClientResponse, registry: str, name: str,
                          digest: str, sink: SpliceSink) -> None:
-    """Send the body of ``stream`` through ``sink``, hashed on the way; complete it only
-    if it matches ``digest``.
+    """Send the body of ``stream`` through ``sink``, hashed on the way.
+
+    The body is completed only if it matches ``digest``.
 
     The body goes socket to socket through a :class:`~spegel_core.server.tee.HashTap`,
     which keeps its last byte back; that byte is sent once the digest matched. A peer

@@ -32,12 +32,11 @@ digests and ``ns`` only ever become the path and query of a request to a peer.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
@@ -51,10 +50,10 @@ from spegel_core.errors import (
     PeerError,
     PeerLengthMismatch,
     PeersExhausted,
-    PeerStreamBroken,
 )
 from spegel_core.mirror import auth
 from spegel_core.mirror.arriving import committed_then_arriving
+from spegel_core.mirror.blob_stream import STREAM_CHUNK, BlobStream, empty, stream_body
 from spegel_core.mirror.hedging import hedged
 from spegel_core.mirror.peer_checks import (
     check_digest_header,
@@ -65,7 +64,7 @@ from spegel_core.mirror.peer_checks import (
 )
 from spegel_core.mirror.peer_relay import relay_blob, relay_verified
 from spegel_core.mirror.penalties import PenaltyList
-from spegel_core.mirror.responses import Relay, SpliceSink
+from spegel_core.mirror.responses import SpliceSink
 from spegel_core.mirror.service import Manifest, ManifestCache
 from spegel_core.oci.digest import compute_digest, split_digest
 from spegel_core.oci.mediatypes import MANIFEST_TYPES, MAX_MANIFEST_SIZE, sniff_manifest_type
@@ -87,7 +86,6 @@ MIRRORED_HEADER = "X-Spegel-Mirrored"
 #: (single flight: a child asks its parent before the parent's bytes start).
 WAIT_HEADER = "X-Spegel-Wait"
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES))
-STREAM_CHUNK = 1024 * 1024
 #: Verified blobs at least this long go socket to socket, hashed with ``tee(2)``, where
 #: the server can splice; shorter ones (a pipe and a thread would cost more than they
 #: save) and every blob under other servers go through Python in chunks.
@@ -98,6 +96,8 @@ MAX_CACHED_KEYS = 4096
 
 @dataclass
 class PeerSettings:
+    """Tuning of the peer path (lookups, timeouts, penalties, pool, verification)."""
+
     resolve_timeout: float = 0.02
     resolve_retries: int = 3
     request_timeout: float = 3.0
@@ -121,31 +121,6 @@ class _Cached:
     expires: float
 
 
-@dataclass
-class BlobStream:
-    """A stream from peers: headers known, the body as chunks or as a relay.
-
-    Use one of ``chunks`` (bytes through Python, hashed when ``verified``) or
-    ``relay`` (socket to socket, hashed on the way when ``verified``; servers with
-    ``spegel.zerocopy`` only), or neither and :meth:`aclose`.
-    """
-
-    size: int
-    start: int
-    length: int
-    chunks: AsyncIterator[bytes]
-    peer: Peer
-    resumed: list[Peer] = field(default_factory=list)
-    verified: bool = False
-    relay: Relay | None = None
-    response: aiohttp.ClientResponse | None = None
-
-    async def aclose(self) -> None:
-        await self.chunks.aclose()  # type: ignore[attr-defined]
-        if self.response is not None:
-            self.response.release()
-
-
 class PeerFetcher:
     """Lookups (cached briefly), a bounded keep-alive pool and the penalty list."""
 
@@ -166,6 +141,7 @@ class PeerFetcher:
     @classmethod
     def from_config(cls, config: SpegelConfig, router: Router,
                     metrics: MetricsSink) -> PeerFetcher:
+        """A fetcher tuned from the node's configuration."""
         return cls(router, metrics, PeerSettings(
             resolve_timeout=config.core.mirror_resolve_timeout,
             resolve_retries=max(1, config.core.mirror_resolve_retries),
@@ -178,6 +154,7 @@ class PeerFetcher:
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The keep-alive HTTP session to peers, made on first use."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.settings.pool_size, limit_per_host=32,
                                              keepalive_timeout=30, ttl_dns_cache=None,
@@ -191,6 +168,7 @@ class PeerFetcher:
         return self._session
 
     async def aclose(self) -> None:
+        """Close the session and its connections."""
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -301,8 +279,11 @@ class PeerFetcher:
             yield peer
 
     def blob_providers(self, digest: str) -> AsyncIterator[Peer]:
-        """Providers of a blob: those holding it whole first, then (``--advertise-arriving``)
-        those still receiving it; both lookups run at once."""
+        """Providers of a blob: those holding it whole first, then those receiving it.
+
+        Those still receiving it come only with ``--advertise-arriving``; both lookups
+        run at once.
+        """
         if not self.settings.arriving:
             return self.providers(digest)
         return committed_then_arriving(self.providers(digest),
@@ -385,9 +366,13 @@ class PeerFetcher:
 
     async def blob_from(self, peer: Peer, registry: str, name: str, digest: str,
                         range_header: str | None, wait: float) -> BlobStream:
-        """Open a blob on ``peer``, which may hold the request up to ``wait`` seconds
-        until its bytes start (single flight: a parent in the tree); the stream then
-        verifies and resumes like :meth:`blob`. Raises a ``PeerError``."""
+        """Open a blob on ``peer``, which may hold the request up to ``wait`` seconds.
+
+        ``peer`` holds it until its bytes start (single flight: a parent in the tree);
+        the stream then verifies and resumes like :meth:`blob`.
+
+        :raises PeerError: the peer failed or answered wrongly.
+        """
         response = await self._open_blob(peer, registry, name, digest, range_header, wait=wait)
         try:
             check_digest_header(response, digest)
@@ -401,12 +386,12 @@ class PeerFetcher:
     def _blob_stream(self, response: aiohttp.ClientResponse, size: int, start: int,
                      length: int, peer: Peer, registry: str, name: str,
                      digest: str) -> BlobStream:
-        stream = BlobStream(size, start, length, _empty(), peer, response=response)
+        stream = BlobStream(size, start, length, empty(), peer, response=response)
         # A range that covers the whole blob is verified like a full fetch.
         stream.verified = (start == 0 and length == size
                            and self.settings.blob_verify == "mirror")
-        stream.chunks = self._stream(stream, response, registry, name, digest,
-                                     verify=stream.verified)
+        stream.chunks = stream_body(self, stream, response, registry, name, digest,
+                                   verify=stream.verified)
         if not stream.verified:
             async def relay(sink: SpliceSink) -> None:
                 await relay_blob(self, stream, response, registry, name, digest, sink)
@@ -442,60 +427,6 @@ class PeerFetcher:
             raise status_error(response.status, f"blob {digest}")
         return response
 
-    async def _stream(self, stream: BlobStream, response: aiohttp.ClientResponse,
-                      registry: str, name: str, digest: str, *, verify: bool
-                      ) -> AsyncIterator[bytes]:
-        """Relay the body, hashing in a worker thread so hashing overlaps the I/O.
-
-        sha256 runs at about 1.2 GB/s on one core here; on the event loop it was the
-        bottleneck of the whole hop. ``hashlib`` releases the GIL for large buffers,
-        so chunk ``i`` is hashed while chunk ``i - 1`` is sent and ``i + 1`` read.
-        The last chunk is only released once the digest is known to match.
-        """
-        loop = asyncio.get_running_loop()
-        hasher = hashlib.new(split_digest(digest)[0]) if verify else None
-        hashing: asyncio.Future[None] | None = None
-        sent = 0
-        held = b""
-        peer = stream.peer
-        try:
-            while True:
-                try:
-                    async for chunk in _batched(response.content, STREAM_CHUNK):
-                        if sent + len(held) + len(chunk) > stream.length:
-                            raise PeerLengthMismatch("peer sent more bytes than announced")
-                        if hasher is not None:
-                            if hashing is not None:
-                                await hashing
-                            hashing = loop.run_in_executor(None, hasher.update, chunk)
-                        if held:
-                            yield held
-                            sent += len(held)
-                        held = chunk
-                    if sent + len(held) == stream.length:
-                        break
-                    raise PeerStreamBroken(f"stream ended after {sent + len(held)} bytes")
-                except (PeerError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    response.release()
-                    self.penalise(peer, transport_error(exc, streaming=True), digest)
-                    position = stream.start + sent + len(held)
-                    end = stream.start + stream.length - 1
-                    response, peer = await self.resume(registry, name, digest, position, end,
-                                                       stream)
-            if hashing is not None:
-                await hashing
-            if hasher is not None and f"{split_digest(digest)[0]}:{hasher.hexdigest()}" != digest:
-                mismatch = PeerDigestMismatch(
-                    f"blob {digest} from {peer.url} does not match its digest")
-                self.penalise(peer, mismatch, digest)
-                raise mismatch
-            if held:
-                yield held
-        finally:
-            if hashing is not None and not hashing.done():
-                await asyncio.wait([hashing])
-            response.release()
-
     async def resume(self, registry: str, name: str, digest: str, position: int, end: int,
                      stream: BlobStream) -> tuple[aiohttp.ClientResponse, Peer]:
         """The rest of ``stream`` (bytes ``position``-``end``) from a provider not yet asked."""
@@ -525,22 +456,6 @@ class PeerFetcher:
         raise PeersExhausted(f"no provider left to resume {digest} at byte {position}")
 
 
-async def _batched(content: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
-    """The body in pieces of ``size`` bytes (the last may be shorter), one join each.
-
-    ``readexactly`` joins at most ``size`` bytes; reading whatever is buffered
-    (``iter_any``) joined up to the whole buffer (8 MiB) and needed a second join
-    here, and those large, varying buffers kept the heap at its high-water mark.
-    """
-    while True:
-        try:
-            yield await content.readexactly(size)
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                yield exc.partial
-            return
-
-
 async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
     """The whole body, or its first ``limit`` bytes or more when it is longer.
 
@@ -555,8 +470,3 @@ async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
         if size >= limit:
             break
     return b"".join(parts)
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield b""

@@ -19,8 +19,9 @@ from starlette.responses import Response
 
 from spegel_core.errors import NotFound
 from spegel_core.mirror import arriving
+from spegel_core.mirror.blob_stream import BlobStream
 from spegel_core.mirror.metered import MeteredResponse, Outcome
-from spegel_core.mirror.peers import BlobStream, PeerFetcher
+from spegel_core.mirror.peers import PeerFetcher
 from spegel_core.mirror.ranges import parse_range
 from spegel_core.mirror.responses import (
     FileRangeResponse,
@@ -50,17 +51,16 @@ T = TypeVar("T")
 class Pull:
     """One parsed request for a manifest or a blob.
 
-    Attributes:
-        registry: the registry the content comes from (``ns``).
-        name: the repository.
-        method: ``GET`` or ``HEAD``.
-        path: the request path (for metrics and the debug page).
-        started: ``time.perf_counter()`` when the request arrived.
-        local_only: answer from this node's store only (a peer's request).
-        zerocopy: the server can send files and splice sockets (``spegel.zerocopy``).
-        client: the client's address (single flight: a fetcher never waits on itself).
-        wait: seconds a peer's request may be held for content this node is about to
-            receive (``X-Spegel-Wait``; 0: answer at once).
+    :ivar registry: the registry the content comes from (``ns``).
+    :ivar name: the repository.
+    :ivar method: ``GET`` or ``HEAD``.
+    :ivar path: the request path (for metrics and the debug page).
+    :ivar started: ``time.perf_counter()`` when the request arrived.
+    :ivar local_only: answer from this node's store only (a peer's request).
+    :ivar zerocopy: the server can send files and splice sockets (``spegel.zerocopy``).
+    :ivar client: the client's address (single flight: a fetcher never waits on itself).
+    :ivar wait: seconds a peer's request may be held for content this node is about to
+        receive (``X-Spegel-Wait``; 0: answer at once).
     """
 
     registry: str
@@ -77,14 +77,13 @@ class Pull:
 class PullService:
     """Manifests and blobs for the routes, from the local store or from peers.
 
-    Args:
-        local: the local lookups (tags, manifests, blob stats).
-        store: the content store (to read blobs that have no file).
-        peers: the peer path, or None when the node has no router.
-        metrics: where request outcomes and bytes served go.
-        arriving: serve peers content the store is still receiving
-            (``--advertise-arriving``).
-        flight: single flight (``--single-flight``), or None.
+    :param local: the local lookups (tags, manifests, blob stats).
+    :param store: the content store (to read blobs that have no file).
+    :param peers: the peer path, or None when the node has no router.
+    :param metrics: where request outcomes and bytes served go.
+    :param arriving: serve peers content the store is still receiving
+        (``--advertise-arriving``).
+    :param flight: single flight (``--single-flight``), or None.
     """
 
     def __init__(self, local: MirrorService, store: ContentStore, peers: PeerFetcher | None,

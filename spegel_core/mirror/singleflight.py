@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spegel_core.errors import BlobUnknown, NotFound, PeerError
-from spegel_core.mirror.peers import BlobStream, PeerFetcher
+from spegel_core.mirror.blob_stream import BlobStream
+from spegel_core.mirror.peers import PeerFetcher
 from spegel_core.protocols import (
     ArrivingStore,
     ClaimAnswer,

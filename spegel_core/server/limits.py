@@ -64,8 +64,12 @@ class ConnectionLimits:
 
 
 def raise_open_files() -> int:
-    """Lift the soft open-file limit to the hard one (tens of thousands of idle sockets
-    are cheap); returns the soft limit now in force."""
+    """Lift the soft open-file limit to the hard one.
+
+    Tens of thousands of idle sockets are cheap.
+
+    :returns: the soft limit now in force.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = max(soft, 1 << 20)

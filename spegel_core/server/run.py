@@ -61,6 +61,7 @@ class DrainingServer(uvicorn.Server):
     side: SideListener | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve, with the side listener started before and stopped after."""
         if self.side is not None:
             await self.side.start()
         try:
@@ -70,6 +71,7 @@ class DrainingServer(uvicorn.Server):
                 await self.side.stop()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Begin the graceful shutdown; a SIGTERM is not re-raised once drained."""
         super().handle_exit(sig, frame)
         captured = getattr(self, "_captured_signals", None)
         if sig == signal.SIGTERM and captured and captured[-1] == sig:

@@ -48,6 +48,7 @@ class SideListener:
         self._task: asyncio.Task[None] | None = None
 
     def bind(self) -> socket.socket | None:
+        """The listening socket, or None (logged) when the address cannot be used."""
         try:
             return listen_socket(self.address, backlog=128)
         except OSError as exc:
@@ -66,6 +67,7 @@ class SideListener:
         return True
 
     async def stop(self) -> None:
+        """Stop serving and wait for the listener to end; idempotent."""
         if self._task is None:
             return
         self.server.should_exit = True

@@ -41,6 +41,8 @@ class Stop(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SpliceResult:
+    """What a splice did: bytes ``moved`` and why it stopped."""
+
     moved: int
     stop: Stop
     detail: str = ""

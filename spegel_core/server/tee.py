@@ -62,7 +62,7 @@ _POOL_MAX = 16
 
 
 def _load_tee() -> Any:
-    """libc's ``tee`` (None where there is none): the process's own symbols, else libc."""
+    """Libc's ``tee`` (None where there is none): the process's own symbols, else libc."""
     for name in (None, ctypes.util.find_library("c")):
         try:
             function = ctypes.CDLL(name, use_errno=True).tee
@@ -84,9 +84,8 @@ AVAILABLE = SPLICE_AVAILABLE and _tee is not None
 def tee(fd_in: int, fd_out: int, length: int) -> int:
     """``tee(2)`` without blocking: duplicate up to ``length`` bytes of pipe ``fd_in``.
 
-    Raises:
-        BlockingIOError: ``fd_in`` is empty or ``fd_out`` is full.
-        OSError: any other failure (``errno`` set).
+    :raises BlockingIOError: ``fd_in`` is empty or ``fd_out`` is full.
+    :raises OSError: any other failure (``errno`` set).
     """
     if _tee is None:
         raise OSError(errno.ENOSYS, "tee(2) is not available")
@@ -131,14 +130,12 @@ def _pipe(size: int) -> tuple[int, int]:
 class HashTap:
     """One verified body on its way: its pipes, its hashing thread, its held tail.
 
-    Args:
-        length: the body's length (bytes the tap takes in, over every source).
-        algorithm: a :mod:`hashlib` name (``sha256``, ``sha512``).
-        hold: bytes at the end of the body kept back until :meth:`held` (at least 1).
+    :param length: the body's length (bytes the tap takes in, over every source).
+    :param algorithm: a :mod:`hashlib` name (``sha256``, ``sha512``).
+    :param hold: bytes at the end of the body kept back until :meth:`held` (at least 1).
 
-    Attributes:
-        taken: bytes taken from sources so far (where a resumed source starts).
-        delivered: bytes sent on to the client so far.
+    :ivar taken: bytes taken from sources so far (where a resumed source starts).
+    :ivar delivered: bytes sent on to the client so far.
     """
 
     def __init__(self, length: int, algorithm: str, hold: int = 1) -> None:

@@ -140,6 +140,7 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Admit the connection within the caps (total, per client); arm the header timer."""
         super().connection_made(transport)
         table = _client_table(self.server_state)
         host = self.client[0] if self.client else None
@@ -160,6 +161,7 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the header timer and give the client's connection slot back."""
         self._disarm_header_timer()
         host, self._client_host = self._client_host, None
         if host is not None:
@@ -191,21 +193,25 @@ class ZeroCopyHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def on_message_begin(self) -> None:
+        """A request starts: count its head afresh and arm the header timer."""
         self._request_bytes = 0
         self._arm_header_timer()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        """The request head is complete: stop the header timer."""
         self._disarm_header_timer()
         super().on_headers_complete()
 
     def on_url(self, url: bytes) -> None:
+        """Count ``url`` against the head limit; :class:`RequestTooLarge` over it."""
         self._request_bytes += len(url)
         if self._request_bytes > MAX_URL_BYTES:
             raise RequestTooLarge("URL too long")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Count a header against the head limit; :class:`RequestTooLarge` over it."""
         self._request_bytes += len(name) + len(value)
         if self._request_bytes > MAX_URL_BYTES + MAX_HEADER_BYTES:
             raise RequestTooLarge("request headers too large")

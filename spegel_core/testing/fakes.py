@@ -94,6 +94,7 @@ class MemoryContentStore:
         return digest
 
     def remove_blob(self, digest: str) -> None:
+        """Drop a blob and publish ``CONTENT_DELETED`` (if it was held)."""
         if self.blobs.pop(digest, None) is not None:
             self.media_types.pop(digest, None)
             self._hub.publish(StoreEvent(StoreEventKind.CONTENT_DELETED, digest))
@@ -113,6 +114,7 @@ class MemoryContentStore:
         return image
 
     def remove_image(self, reference: str) -> None:
+        """Drop a tag and publish ``IMAGE_DELETED`` (if it was held)."""
         key = _tag_key(Reference.parse(reference))
         old = self.images.pop(key, None)
         if old is not None:
@@ -134,19 +136,24 @@ class MemoryContentStore:
 
     # -- ContentStore ----------------------------------------------------------------
     async def start(self) -> None:
+        """Mark the store started."""
         self._started = True
 
     async def aclose(self) -> None:
+        """Close the store and end every subscription."""
         self._closed = True
         self._hub.close()
 
     async def list_images(self) -> list[Image]:
+        """The tags held, sorted."""
         return [image for _, image in sorted(self.images.items())]
 
     async def list_digests(self) -> list[str]:
+        """The digests held, sorted."""
         return sorted(self.blobs)
 
     async def resolve(self, reference: Reference) -> str:
+        """The digest ``reference`` names here; :class:`ManifestUnknown` if none."""
         if reference.tag is None:
             if reference.digest is not None and reference.digest in self.blobs:
                 return reference.digest
@@ -157,6 +164,7 @@ class MemoryContentStore:
         return image.digest
 
     async def stat(self, digest: str) -> ContentInfo:
+        """Size and media type of a blob; :class:`BlobUnknown` if not held."""
         data = self.blobs.get(parse_digest(digest))
         if data is None:
             raise BlobUnknown(f"blob {digest} is not in the store")
@@ -164,6 +172,7 @@ class MemoryContentStore:
 
     async def read(self, digest: str, offset: int = 0,
                    length: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes of a blob from ``offset``, ``length`` of them (or to the end)."""
         info = await self.stat(digest)
         if offset < 0 or (length is not None and length < 0):
             raise RangeInvalid(f"invalid range: offset {offset}, length {length}")
@@ -175,9 +184,11 @@ class MemoryContentStore:
             yield bytes(view[start : min(end, start + READ_CHUNK)])
 
     def subscribe(self) -> EventStream:
+        """Every change from now on."""
         return self._hub.subscribe()
 
     def status(self) -> StoreStatus:
+        """Ready once started and until closed."""
         if self._closed:
             return StoreStatus(False, "closed")
         if self._status_override is not None:
@@ -205,6 +216,7 @@ class MemoryNetwork:
         self._providers.setdefault(key, {})[peer] = None
 
     def remove_provider(self, key: str, peer: Peer) -> None:
+        """``peer`` no longer provides ``key``."""
         self._providers.get(key, {}).pop(peer, None)
 
     def providers(self, key: str) -> list[Peer]:
@@ -218,11 +230,10 @@ class MemoryNetwork:
 class MemoryRouter:
     """A :class:`~spegel_core.protocols.Router` over a :class:`MemoryNetwork`.
 
-    Args:
-        network: shared with the other routers of a test.
-        peer: where this node's mirror listens (what others get from lookups).
-        delay: seconds each lookup waits before its first peer (0 for none).
-        include_self: whether lookups may yield this router's own peer.
+    :param network: shared with the other routers of a test.
+    :param peer: where this node's mirror listens (what others get from lookups).
+    :param delay: seconds each lookup waits before its first peer (0 for none).
+    :param include_self: whether lookups may yield this router's own peer.
     """
 
     def __init__(self, network: MemoryNetwork, peer: Peer, *, name: str = "memory",
@@ -241,9 +252,11 @@ class MemoryRouter:
         network.routers.append(self)
 
     async def start(self) -> None:
+        """Mark the router started."""
         self.started = True
 
     async def aclose(self) -> None:
+        """Withdraw every key and mark the router closed."""
         if not self.closed:
             self.closed = True
             await self.withdraw(list(self.advertised))
@@ -251,11 +264,13 @@ class MemoryRouter:
                 self.network.routers.remove(self)
 
     async def advertise(self, keys: Sequence[str]) -> None:
+        """Record ``keys`` as advertised by this node."""
         for key in keys:
             self.advertised.add(key)
             self.network.add_provider(key, self.peer)
 
     async def withdraw(self, keys: Sequence[str]) -> None:
+        """Stop advertising ``keys``."""
         for key in keys:
             self.advertised.discard(key)
             self.network.remove_provider(key, self.peer)
@@ -263,6 +278,7 @@ class MemoryRouter:
     async def lookup(
         self, key: str, count: int, timeout: float  # noqa: ASYNC109 - the protocol's name
     ) -> AsyncIterator[Peer]:
+        """Yield up to ``count`` providers of ``key`` from the network."""
         self.lookups.append(key)
         if self.delay:
             if self.delay >= timeout:
@@ -288,12 +304,15 @@ class MemoryRouter:
                                          now=time.monotonic())
 
     async def release(self, digest: str) -> None:
+        """Release this node's claim of ``digest``."""
         self.network.claims.release(digest.encode(), self.peer)
 
     def flights(self) -> list[dict[str, object]]:
+        """The flights of the shared claim book."""
         return self.network.claims.snapshot(time.monotonic())
 
     def status(self) -> RouterStatus:
+        """The router's state now."""
         node_id = self.peer.node_id.hex() or f"{self.peer.host}:{self.peer.port}"
         return RouterStatus(node_id=node_id, address=f"{self.peer.host}:{self.peer.port}",
                             peers=len(self.network.routers) - 1,
@@ -315,10 +334,12 @@ class StaticListDiscovery:
         self.closed = False
 
     async def bootstrap_peers(self) -> list[PeerAddress]:
+        """The static list (each call counted)."""
         self.calls += 1
         return list(self.peers)
 
     async def aclose(self) -> None:
+        """Mark the source closed."""
         self.closed = True
 
     def __repr__(self) -> str:
@@ -332,6 +353,7 @@ class RecordingSink:
         self.events: list[MetricEvent] = []
 
     def emit(self, event: MetricEvent) -> None:
+        """Record ``event``."""
         self.events.append(event)
 
     def of_type(self, kind: type[E]) -> list[E]:
@@ -339,6 +361,7 @@ class RecordingSink:
         return [event for event in self.events if isinstance(event, kind)]
 
     def clear(self) -> None:
+        """Forget the events recorded so far."""
         self.events.clear()
 
     def __repr__(self) -> str:
@@ -358,6 +381,7 @@ class MemoryArrivingWriter:
         self.changed = asyncio.Condition()
 
     async def append(self, data: bytes) -> None:
+        """Add bytes that arrived and wake the readers."""
         self.data += data
         async with self.changed:
             self.changed.notify_all()
@@ -426,9 +450,11 @@ class MemoryArrivingStore(MemoryContentStore):
         return writer
 
     async def list_arriving(self) -> list[str]:
+        """The digests still arriving, sorted."""
         return sorted(self.arriving)
 
     async def open_arriving(self, digest: str) -> MemoryArrivingReader:
+        """A reader of arriving content; :class:`BlobUnknown` if not arriving."""
         writer = self.arriving.get(parse_digest(digest))
         if writer is None:
             raise BlobUnknown(f"blob {digest} is not arriving here")

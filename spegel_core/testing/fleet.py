@@ -84,6 +84,7 @@ class FleetNode:
         return None
 
     def ingest_dir(self, digest: str) -> Path | None:
+        """The ingest directory of ``digest`` in this node's containerd, or None."""
         root = self.daemon.content_path / "ingest"
         with contextlib.suppress(OSError):
             for entry in root.iterdir():
@@ -112,15 +113,14 @@ class FleetNode:
 class Fleet:
     """``nodes`` nodes with containerd behind an upstream throttled to ``rate`` bytes/s.
 
-    Args:
-        workdir: where the registry, image layout, logs and hosts files go.
-        nodes: how many nodes.
-        layer_sizes: sizes of the image's layers (one platform, linux/amd64).
-        rate: the upstream link's rate in bytes per second (shared by every node).
-        node_args: extra ``spegel registry`` flags of every node.
-        seed: selects the image's content.
-        resolve_timeout: ``--mirror-resolve-timeout`` of the nodes (each miss waits that
-            long; 20 ms in production, more on a loaded test machine).
+    :param workdir: where the registry, image layout, logs and hosts files go.
+    :param nodes: how many nodes.
+    :param layer_sizes: sizes of the image's layers (one platform, linux/amd64).
+    :param rate: the upstream link's rate in bytes per second (shared by every node).
+    :param node_args: extra ``spegel registry`` flags of every node.
+    :param seed: selects the image's content.
+    :param resolve_timeout: ``--mirror-resolve-timeout`` of the nodes (each miss waits that
+        long; 20 ms in production, more on a loaded test machine).
     """
 
     def __init__(self, workdir: Path, *, nodes: int = 2, layer_sizes: Sequence[int] = (2**20,),
@@ -142,15 +142,18 @@ class Fleet:
 
     @property
     def upstream(self) -> ThrottledProxy:
+        """The throttled proxy in front of the upstream registry."""
         assert self.proxy is not None, "fleet not started"
         return self.proxy
 
     @property
     def layers(self) -> list[str]:
+        """The digests of the image's layers."""
         assert self.image is not None, "fleet not started"
         return list(self.image.layer_digests)
 
     def start(self) -> Fleet:
+        """Start the registry, the proxy, the containerds and the nodes; returns ``self``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.registry = UpstreamRegistry(self.workdir / "upstream", port=_free_port()).start()
         self.proxy = ThrottledProxy(self.registry.host, self.registry.port, self.rate).start()
@@ -197,6 +200,7 @@ class Fleet:
         return reference
 
     def stop(self) -> None:
+        """Stop every node and containerd, then the proxy and the registry; idempotent."""
         for member in self.nodes:
             member.node.stop()
             member.daemon.stop()

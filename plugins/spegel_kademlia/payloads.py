@@ -1,0 +1,377 @@
+"""The payloads of DHT datagrams: each message body's bytes, both ways (pure: no I/O).
+
+The wire format is described in :mod:`spegel_kademlia.codec`, which frames these
+payloads (header, authentication trailer) and re-exports :class:`DecodeError` and
+:class:`EncodeError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import struct
+from collections.abc import Callable
+from typing import TypeVar
+
+from spegel_kademlia.ids import ID_BYTES, Contact
+from spegel_kademlia.messages import (
+    AddProvider,
+    AddProviderAck,
+    Body,
+    Claim,
+    ClaimReply,
+    FindNode,
+    GetProviders,
+    MessageType,
+    Nodes,
+    Ping,
+    Pong,
+    ProviderInfo,
+    Providers,
+)
+
+#: Most entries a NODES / PROVIDERS list (or a count byte) holds.
+MAX_COUNT = 255
+#: Largest entry of a NODES / PROVIDERS list: id, family byte, IPv6 address, port.
+MAX_ENTRY = ID_BYTES + 1 + 16 + 2
+
+_Entry = TypeVar("_Entry", Contact, ProviderInfo)
+
+
+class DecodeError(Exception):
+    """A datagram that is not a valid message; ``reason`` is a short metric label.
+
+    ``message_type`` is the type the header claimed, once the header was read (so a
+    dropped ADD_PROVIDER can be counted as one), else None.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.message_type: MessageType | None = None
+
+
+class EncodeError(ValueError):
+    """A message that cannot be encoded (bad field, or too large for one datagram)."""
+
+
+def check_id(value: bytes, what: str) -> None:
+    """Raise :class:`EncodeError` unless ``value`` is a 32-byte id."""
+    if not isinstance(value, bytes) or len(value) != ID_BYTES:
+        raise EncodeError(f"{what} must be {ID_BYTES} bytes")
+
+
+def check_port(value: int, what: str, *, allow_zero: bool = False) -> None:
+    """Raise :class:`EncodeError` unless ``value`` is a port (0 only if allowed)."""
+    if not (0 if allow_zero else 1) <= value <= 0xFFFF:
+        raise EncodeError(f"{what} {value} out of range")
+
+
+# The addresses of one cluster are few and recur in every answer: cache their conversions.
+@functools.lru_cache(maxsize=16384)
+def _packed_ip(host: str) -> bytes | None:
+    """Family byte + packed address of an IP literal (IPv4-mapped as IPv4); None if not one."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bytes((ip.version,)) + ip.packed
+
+
+@functools.lru_cache(maxsize=16384)
+def _ip_text(packed: bytes) -> str | None:
+    """Text of a family byte + packed address; None for unspecified or multicast ones."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if packed[0] == 4:
+        ip = ipaddress.IPv4Address(packed[1:])
+    else:
+        ip = ipaddress.IPv6Address(packed[1:])
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+    return None if ip.is_unspecified or ip.is_multicast else str(ip)
+
+
+def _pack_ip(host: str) -> bytes:
+    packed = _packed_ip(host) if isinstance(host, str) else None
+    if packed is None:
+        raise EncodeError(f"not an IP address: {host!r}")
+    return packed
+
+
+def entry_size(host: str) -> int:
+    """Bytes of an entry for ``host`` on the wire (an IPv6 one if not an IP literal)."""
+    packed = _packed_ip(host) if isinstance(host, str) else None
+    return ID_BYTES + (17 if packed is None else len(packed)) + 2
+
+
+def take_fitting(items: tuple[_Entry, ...], room: int) -> tuple[_Entry, ...]:
+    """The first of ``items`` whose entries fit in ``room`` bytes (at most 255)."""
+    used = 0
+    for n, item in enumerate(items[:MAX_COUNT]):
+        used += entry_size(item.host)
+        if used > room:
+            return items[:n]
+    return items[:MAX_COUNT]
+
+
+def _pack_entries(items: tuple[Contact, ...] | tuple[ProviderInfo, ...]) -> bytes:
+    if len(items) > MAX_COUNT:
+        raise EncodeError(f"{len(items)} entries exceed {MAX_COUNT}")
+    out = [bytes((len(items),))]
+    out += [_packed_entry(item.node_id, item.host, item.port) for item in items]
+    return b"".join(out)
+
+
+# The same contacts go out in answer after answer: pack each one once.
+@functools.lru_cache(maxsize=16384)
+def _packed_entry(node_id: bytes, host: str, port: int) -> bytes:
+    check_id(node_id, "node id")
+    check_port(port, "port")
+    return node_id + _pack_ip(host) + port.to_bytes(2, "big")
+
+
+def encode_body(body: Body) -> bytes:
+    """The payload bytes of ``body``; raises :class:`EncodeError` if a field is invalid."""
+    match body:
+        case Ping() | Pong():
+            return b""
+        case FindNode(target):
+            check_id(target, "target")
+            return target
+        case Nodes(contacts):
+            return _pack_entries(contacts)
+        case AddProvider(key, provider_id, mirror_port, ttl):
+            check_id(key, "key")
+            check_id(provider_id, "provider id")
+            check_port(mirror_port, "mirror port")
+            if not 0 <= ttl < 1 << 32:
+                raise EncodeError(f"ttl {ttl} out of range")
+            return key + provider_id + struct.pack("!HI", mirror_port, ttl)
+        case AddProviderAck(accepted):
+            return b"\x01" if accepted else b"\x00"
+        case GetProviders(key, wanted):
+            check_id(key, "key")
+            if not 0 <= wanted <= MAX_COUNT:
+                raise EncodeError(f"wanted {wanted} out of range")
+            return key + bytes((wanted,))
+        case Providers(providers, contacts):
+            return _pack_entries(providers) + _pack_entries(contacts)
+        case Claim(key, fanout, ttl_ms):
+            check_id(key, "key")
+            if not 1 <= fanout <= MAX_COUNT or not 0 <= ttl_ms < 1 << 32:
+                raise EncodeError(f"claim fanout {fanout} or ttl {ttl_ms} out of range")
+            return key + struct.pack("!BI", fanout, ttl_ms)
+        case ClaimReply(go, depth, ttl_ms, fetcher, parent):
+            if not 0 <= depth <= MAX_COUNT or not 0 <= ttl_ms < 1 << 32:
+                raise EncodeError(f"claim depth {depth} or ttl {ttl_ms} out of range")
+            parents = () if parent is None else (parent,)
+            return (struct.pack("!BBI", int(go), depth, ttl_ms)
+                    + _pack_entries((fetcher,)) + _pack_entries(parents))
+    raise EncodeError(f"unknown body {type(body).__name__}")
+
+
+def body_size(body: Body) -> int:
+    """Bytes of ``body``'s payload, without encoding it."""
+    match body:
+        case Nodes(contacts):
+            return 1 + sum(entry_size(c.host) for c in contacts)
+        case Providers(providers, contacts):
+            return (2 + sum(entry_size(p.host) for p in providers)
+                    + sum(entry_size(c.host) for c in contacts))
+        case FindNode():
+            return ID_BYTES
+        case AddProvider():
+            return 2 * ID_BYTES + 6
+        case AddProviderAck():
+            return 1
+        case GetProviders():
+            return ID_BYTES + 1
+        case Claim():
+            return ID_BYTES + 5
+        case ClaimReply(_, _, _, fetcher, parent):
+            return (8 + entry_size(fetcher.host)
+                    + (0 if parent is None else entry_size(parent.host)))
+    return 0
+
+
+class Reader:
+    """Bounds-checked reads from ``data[pos:end]``; every failure is a DecodeError."""
+
+    __slots__ = ("contacts_seen", "data", "end", "pos")
+
+    #: Entries of :attr:`contacts_seen` kept at most (then it starts afresh).
+    CONTACTS_SEEN = 4096
+
+    def __init__(self, data: bytes, pos: int, end: int,
+                 contacts_seen: dict[bytes, Contact]) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = end
+        self.contacts_seen = contacts_seen
+
+    def take(self, n: int) -> bytes:
+        """The next ``n`` bytes."""
+        if self.pos + n > self.end:
+            raise DecodeError("short", f"wanted {n} bytes at {self.pos}")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u8(self) -> int:
+        """The next byte."""
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        """The next big-endian 16-bit integer."""
+        return int.from_bytes(self.take(2), "big")
+
+    def u32(self) -> int:
+        """The next big-endian 32-bit integer."""
+        return int.from_bytes(self.take(4), "big")
+
+    def entries(self) -> list[tuple[bytes, str, int]]:
+        """A count byte, then that many ``id + family + address + port`` entries."""
+        out: list[tuple[bytes, str, int]] = []
+        for raw, text, port in self._entries(None):
+            assert text is not None  # (only an entry of ``known`` comes without text)
+            out.append((raw[:ID_BYTES], text, port))
+        return out
+
+    def contacts(self) -> tuple[Contact, ...]:
+        """:meth:`entries` as contacts; an entry decoded before gives the same contact."""
+        seen = self.contacts_seen
+        out: list[Contact] = []
+        for raw, text, port in self._entries(seen):
+            if text is None:
+                out.append(seen[raw])
+                continue
+            contact = Contact(raw[:ID_BYTES], text, port)
+            if len(seen) >= self.CONTACTS_SEEN:
+                seen.clear()
+            seen[raw] = contact
+            out.append(contact)
+        return tuple(out)
+
+    def _entries(self, known: dict[bytes, Contact] | None
+                 ) -> list[tuple[bytes, str | None, int]]:
+        """``(raw entry, address text, port)`` of each entry.
+
+        The text is None for an entry in ``known`` (checked when first decoded).
+
+        One tight loop over the buffer (this runs for every NODES and PROVIDERS
+        answer: up to 20 entries each), with the same checks as reading field by field.
+        """
+        data, pos, end = self.data, self.pos, self.end
+        if pos >= end:
+            raise DecodeError("short", f"wanted 1 bytes at {pos}")
+        count = data[pos]
+        pos += 1
+        out: list[tuple[bytes, str | None, int]] = []
+        for _ in range(count):
+            if pos + ID_BYTES + 1 > end:
+                raise DecodeError("short", f"wanted {ID_BYTES + 1} bytes at {pos}")
+            family = data[pos + ID_BYTES]
+            if family == 4:
+                size = 4
+            elif family == 6:
+                size = 16
+            else:
+                raise DecodeError("address", f"family {family}")
+            after = pos + ID_BYTES + 1 + size + 2
+            if after > end:
+                raise DecodeError("short", f"wanted {after - pos} bytes at {pos}")
+            raw = data[pos:after]
+            if known is not None and raw in known:
+                out.append((raw, None, 0))
+                pos = after
+                continue
+            text = _ip_text(raw[ID_BYTES:-2])
+            port = (data[after - 2] << 8) | data[after - 1]
+            if port == 0 or text is None:
+                raise DecodeError("address", f"{text} port {port}")
+            out.append((raw, text, port))
+            pos = after
+        self.pos = pos
+        return out
+
+
+def _decode_ping(reader: Reader) -> Body:
+    return Ping()
+
+
+def _decode_pong(reader: Reader) -> Body:
+    return Pong()
+
+
+def _decode_find_node(reader: Reader) -> Body:
+    return FindNode(reader.take(ID_BYTES))
+
+
+def _decode_nodes(reader: Reader) -> Body:
+    return Nodes(reader.contacts())
+
+
+def _decode_add_provider(reader: Reader) -> Body:
+    key = reader.take(ID_BYTES)
+    provider_id = reader.take(ID_BYTES)
+    port = reader.u16()
+    ttl = reader.u32()
+    if port == 0:
+        raise DecodeError("address", "mirror port 0")
+    return AddProvider(key, provider_id, port, ttl)
+
+
+def _decode_ack(reader: Reader) -> Body:
+    value = reader.u8()
+    if value > 1:
+        raise DecodeError("value", f"accepted {value}")
+    return AddProviderAck(bool(value))
+
+
+def _decode_get_providers(reader: Reader) -> Body:
+    return GetProviders(reader.take(ID_BYTES), reader.u8())
+
+
+def _decode_providers(reader: Reader) -> Body:
+    providers = tuple(ProviderInfo(*e) for e in reader.entries())
+    contacts = reader.contacts()
+    return Providers(providers, contacts)
+
+
+def _decode_claim(reader: Reader) -> Body:
+    key = reader.take(ID_BYTES)
+    fanout = reader.u8()
+    if fanout == 0:
+        raise DecodeError("value", "fanout 0")
+    return Claim(key, fanout, reader.u32())
+
+
+def _decode_claim_answer(reader: Reader) -> Body:
+    go = reader.u8()
+    if go > 1:
+        raise DecodeError("value", f"go {go}")
+    depth = reader.u8()
+    ttl_ms = reader.u32()
+    fetchers = reader.entries()
+    parents = reader.entries()
+    if len(fetchers) != 1 or len(parents) > 1 or bool(go) == bool(parents):
+        raise DecodeError("value", f"{len(fetchers)} fetchers, {len(parents)} parents, go={go}")
+    parent = ProviderInfo(*parents[0]) if parents else None
+    return ClaimReply(bool(go), depth, ttl_ms, ProviderInfo(*fetchers[0]), parent)
+
+
+DECODERS: dict[MessageType, Callable[[Reader], Body]] = {
+    MessageType.PING: _decode_ping,
+    MessageType.PONG: _decode_pong,
+    MessageType.FIND_NODE: _decode_find_node,
+    MessageType.NODES: _decode_nodes,
+    MessageType.ADD_PROVIDER: _decode_add_provider,
+    MessageType.ADD_PROVIDER_ACK: _decode_ack,
+    MessageType.GET_PROVIDERS: _decode_get_providers,
+    MessageType.PROVIDERS: _decode_providers,
+    MessageType.CLAIM: _decode_claim,
+    MessageType.CLAIM_ANSWER: _decode_claim_answer,
+}
