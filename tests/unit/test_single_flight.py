@@ -96,7 +96,8 @@ async def test_hold_waits_for_the_ingest_and_wakes_on_its_event(nodes: list[Node
     try:
         await asyncio.sleep(0)
         held = asyncio.ensure_future(a.flight.hold(DIGEST, 5.0))
-        await asyncio.sleep(0.05)
+        for _ in range(10):  # loop turns, not time: hold() reaches its wait and stays
+            await asyncio.sleep(0)
         assert not held.done()
         a.store.begin_arriving(DIGEST, 10)
         assert await asyncio.wait_for(held, 2.0)
