@@ -59,6 +59,12 @@ def test_environment_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> N
     ({"log_level": "LOUD"}, "--log-level"),
     ({"peer_blob_verify": "sometimes"}, "--peer-blob-verify"),
     ({"peer_blob_verify": ""}, "--peer-blob-verify"),
+    ({"peer_fanout": "0"}, "--peer-fanout"),
+    ({"peer_fanout": "many"}, "--peer-fanout"),
+    ({"single_flight_wait": "0s"}, "--single-flight-wait"),
+    ({"single_flight_wait": "31s"}, "--single-flight-wait"),
+    ({"single_flight": "perhaps"}, "--single-flight"),
+    ({"advertise_arriving": "perhaps"}, "--advertise-arriving"),
 ])
 def test_errors_name_the_flag(values: dict[str, object], flag: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -262,3 +262,14 @@ async def test_plugins_add_routes(
     async with mirror_client(make_config(content_store="memory"), store) as client:
         assert (await client.get("/debug/hello")).json() == {"store": "memory"}
         assert "/debug/hello" in (await client.get("/openapi.json")).json()["paths"]
+
+
+@pytest.mark.parametrize("wait", ["abc", "-5", "nan", "inf", "1e999", "", "0x10", "5" * 400])
+async def test_a_malformed_wait_header_is_ignored(client: httpx.AsyncClient, wait: str) -> None:
+    # X-Spegel-Wait (single flight) from a peer: any value that is not a positive number
+    # means "answer at once"; nothing makes the mirror fail or hang.
+    missing = "sha256:" + "e" * 64
+    response = await client.get(f"/v2/library/x/blobs/{missing}",
+                                headers={"X-Spegel-Mirrored": "true", "X-Spegel-Wait": wait})
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["code"] == "BLOB_UNKNOWN"

@@ -17,6 +17,8 @@ from spegel_kademlia.messages import (
     AddProvider,
     AddProviderAck,
     Body,
+    Claim,
+    ClaimReply,
     FindNode,
     GetProviders,
     Message,
@@ -54,6 +56,11 @@ bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(GetProviders, ids, st.integers(0, 255)),
     st.builds(Providers, st.lists(providers, max_size=30).map(tuple),
               st.lists(contacts, max_size=25).map(tuple)),
+    st.builds(Claim, ids, st.integers(1, 255), st.integers(0, 2**32 - 1)),
+    st.builds(ClaimReply, st.just(True), st.integers(0, 255), st.integers(0, 2**32 - 1),
+              providers),
+    st.builds(ClaimReply, st.just(False), st.integers(0, 255), st.integers(0, 2**32 - 1),
+              providers, providers),
 )
 messages = st.builds(Message, bodies, st.integers(0, 2**64 - 1), ids, st.integers(0, 65535))
 
