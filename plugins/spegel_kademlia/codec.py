@@ -52,7 +52,6 @@ datagram signed with any of them, so a cluster changes its key in three rolls
 from __future__ import annotations
 
 import functools
-import ipaddress
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -75,6 +74,7 @@ from spegel_kademlia.payloads import (
     EncodeError,
     Reader,
     body_size,
+    canonical_ip,
     check_id,
     check_port,
     encode_body,
@@ -227,13 +227,8 @@ class Codec:
 
 @functools.lru_cache(maxsize=16384)
 def _source_host(host: str) -> str | None:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
+    ip = canonical_ip(host)
+    return None if ip is None else str(ip)
 
 
 def _source(source: tuple[Any, ...]) -> tuple[str, int]:

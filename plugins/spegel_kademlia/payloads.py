@@ -69,16 +69,25 @@ def check_port(value: int, what: str, *, allow_zero: bool = False) -> None:
 
 
 # The addresses of one cluster are few and recur in every answer: cache their conversions.
-@functools.lru_cache(maxsize=16384)
-def _packed_ip(host: str) -> bytes | None:
-    """Family byte + packed address of an IP literal (IPv4-mapped as IPv4); None if not one."""
+def canonical_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of an IP literal, IPv4-mapped IPv6 as IPv4; None if ``host`` is not one.
+
+    :param host: an address as text (a datagram's source, a contact's host).
+    """
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return bytes((ip.version,)) + ip.packed
+        return ip.ipv4_mapped
+    return ip
+
+
+@functools.lru_cache(maxsize=16384)
+def _packed_ip(host: str) -> bytes | None:
+    """Family byte + packed address of an IP literal (IPv4-mapped as IPv4); None if not one."""
+    ip = canonical_ip(host)
+    return None if ip is None else bytes((ip.version,)) + ip.packed
 
 
 @functools.lru_cache(maxsize=16384)
