@@ -115,8 +115,10 @@ class ArrivingResponse(Response):
 async def arriving_response(store: ContentStore, digest: str, range_header: str | None,
                             headers: dict[str, str],
                             on_sent: Callable[[int], None] | None = None,
-                            ) -> ArrivingResponse | None:
+                            *, started_only: bool = False) -> ArrivingResponse | None:
     """A response for ``digest`` if ``store`` has it arriving, else None.
+
+    With ``started_only``, content of which no byte has landed yet counts as not here.
 
     ``headers`` get ``Content-Range`` for a range; raises
     :class:`~spegel_core.errors.RangeNotSatisfiable` for a range past the expected size.
@@ -127,6 +129,12 @@ async def arriving_response(store: ContentStore, digest: str, range_header: str 
         content = await store.open_arriving(digest)
     except NotFound:
         return None
+    if started_only and content.size > 0:
+        try:
+            await content.wait(0, 0.0)
+        except ArrivingAborted:  # nothing yet (or abandoned): not a source
+            await content.aclose()
+            return None
     try:
         byte_range = parse_range(range_header, content.size)
     except Exception:

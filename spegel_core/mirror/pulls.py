@@ -61,6 +61,8 @@ class Pull:
     :ivar client: the client's address (single flight: a fetcher never waits on itself).
     :ivar wait: seconds a peer's request may be held for content this node is about to
         receive (``X-Spegel-Wait``; 0: answer at once).
+    :ivar assigned: the requester was sent here by single flight (it asked with
+        ``X-Spegel-Wait``): arriving content is served even before its first byte.
     """
 
     registry: str
@@ -72,6 +74,7 @@ class Pull:
     zerocopy: bool = False
     client: str = ""
     wait: float = 0.0
+    assigned: bool = False
 
 
 class PullService:
@@ -153,7 +156,8 @@ class PullService:
                     return answer
             if (pull.local_only and pull.wait > 0 and self.flight is not None
                     and await self.flight.hold(digest, pull.wait)):
-                return await self.blob(replace(pull, wait=0.0), digest, range_header)
+                return await self.blob(replace(pull, wait=0.0, assigned=True), digest,
+                                       range_header)
             peers = self._peers_for(pull)
             if peers is None:
                 raise
@@ -185,8 +189,14 @@ class PullService:
             if count:
                 self.metrics.emit(ArrivingServed(count))
 
+        # A peer that found this node by lookup, not sent here by single flight, gets
+        # only content that has started to arrive: nodes that start one download at the
+        # same moment would otherwise stream from each other's empty ingests, in a
+        # circle that never gets a byte (each 404 sends the asker to another provider
+        # or upstream instead).
+        assigned = pull.assigned or pull.wait > 0
         response = await arriving.arriving_response(self.store, digest, range_header,
-                                                    headers, sent)
+                                                    headers, sent, started_only=not assigned)
         if response is None:
             return None
         return self._metered(pull, "blob", Source.LOCAL, response)
