@@ -130,11 +130,19 @@ def test_a_move_that_breaks_the_rule_keeps_the_old_address() -> None:
     a, b = far("10.0.0.1"), far("10.0.0.2")
     table.add(a)
     table.add(b)
+    assert not table.admits(Contact(b.node_id, "10.0.0.1", 7))
     table.add(Contact(b.node_id, "10.0.0.1", 7))
     assert table.get(b.node_id) == b
+    assert table.admits(Contact(b.node_id, "10.0.0.3", 7))  # a new address to prove
     table.add(Contact(b.node_id, "10.0.0.3", 7))
-    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.3", 7)
-    assert table.admits(far("10.0.0.2"))  # the old address was released
+    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.3", 7, (b.address,))
+    assert not table.admits(far("10.0.0.2"))  # still b's, as its fallback
+    table.add(Contact(b.node_id, "10.0.0.4", 7))
+    table.add(Contact(b.node_id, "10.0.0.5", 7))
+    # At most three addresses: the oldest went, and its IP was released.
+    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.5", 7,
+                                           (("10.0.0.4", 7), ("10.0.0.3", 7)))
+    assert table.admits(far("10.0.0.2"))
 
 
 @pytest.mark.parametrize(("host", "group"), [
