@@ -61,6 +61,7 @@ datagram signed with any of them, so a cluster changes its key in three rolls
 from __future__ import annotations
 
 import functools
+import operator
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +102,7 @@ MAX_DATAGRAM = 1280 - 40 - 8
 FLAG_AUTH = 0x01
 
 _HEADER = struct.Struct("!2sBBBQ32sH")
+_more = operator.attrgetter("more")
 
 
 class Codec:
@@ -172,8 +174,8 @@ class Codec:
             entries = len(body.contacts) + (
                 len(body.providers) if isinstance(body, Providers) else 0)
             if (entries <= MAX_COUNT and MAX_SINGLE_ENTRY * entries <= room - 2
-                    and not any(c.more for c in body.contacts)
-                    and not (isinstance(body, Providers) and any(p.more for p in body.providers))):
+                    and not any(map(_more, body.contacts))
+                    and not (isinstance(body, Providers) and any(map(_more, body.providers)))):
                 return message  # one address each, whatever the family (the usual case)
         if isinstance(body, Nodes):
             contacts = take_fitting(body.contacts, room - 1)

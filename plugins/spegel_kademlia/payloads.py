@@ -302,22 +302,20 @@ class Reader:
     def entries(self) -> list[tuple[bytes, str, int, tuple[tuple[str, int], ...]]]:
         """A count byte, then that many entries: ``(node id, host, port, more)`` each."""
         out: list[tuple[bytes, str, int, tuple[tuple[str, int], ...]]] = []
-        for raw, addresses in self._entries(None):
-            assert addresses is not None  # (only an entry of ``known`` comes without them)
-            (host, port), *more = addresses
-            out.append((raw[:ID_BYTES], host, port, tuple(more)))
+        for raw, host, port, more in self._entries(None):
+            assert host is not None  # (only an entry of ``known`` comes without one)
+            out.append((raw[:ID_BYTES], host, port, more))
         return out
 
     def contacts(self) -> tuple[Contact, ...]:
         """:meth:`entries` as contacts; an entry decoded before gives the same contact."""
         seen = self.contacts_seen
         out: list[Contact] = []
-        for raw, addresses in self._entries(seen):
-            if addresses is None:
+        for raw, host, port, more in self._entries(seen):
+            if host is None:
                 out.append(seen[raw])
                 continue
-            (host, port), *more = addresses
-            contact = Contact(raw[:ID_BYTES], host, port, tuple(more))
+            contact = Contact(raw[:ID_BYTES], host, port, more)
             if len(seen) >= self.CONTACTS_SEEN:
                 seen.clear()
             seen[raw] = contact
@@ -325,71 +323,95 @@ class Reader:
         return tuple(out)
 
     def _entries(self, known: dict[bytes, Contact] | None
-                 ) -> list[tuple[bytes, tuple[tuple[str, int], ...] | None]]:
-        """``(raw entry, addresses)`` of each entry.
+                 ) -> list[tuple[bytes, str | None, int, tuple[tuple[str, int], ...]]]:
+        """``(raw entry, host, port, more addresses)`` of each entry.
 
-        The addresses are None for an entry in ``known`` (checked when first decoded).
+        The host is None for an entry in ``known`` (checked when first decoded).
 
         One tight loop over the buffer (this runs for every NODES and PROVIDERS
-        answer: up to 20 entries each), with the same checks as reading field by field:
-        each address's tag byte is its family (4 or 6) with :data:`TAG_SAME_PORT`
-        (no port field: the previous address's port; never on the first) and
-        :data:`TAG_MORE` (another address follows; at most
-        :data:`~spegel_kademlia.ids.MAX_ADDRESSES` in all); no other bit may be set.
+        answer: up to 20 entries each), with the same checks as reading field by field;
+        an entry of one address (tag 4 or 6, the usual one) takes the short way.
         """
         data, pos, end = self.data, self.pos, self.end
         if pos >= end:
             raise DecodeError("short", f"wanted 1 bytes at {pos}")
         count = data[pos]
         pos += 1
-        out: list[tuple[bytes, tuple[tuple[str, int], ...] | None]] = []
+        out: list[tuple[bytes, str | None, int, tuple[tuple[str, int], ...]]] = []
         for _ in range(count):
-            start = pos
-            pos += ID_BYTES
-            spans: list[tuple[int, int, int]] = []  # (tag position, address end, port)
-            port = 0
-            while True:
-                if pos + 1 > end:
-                    raise DecodeError("short", f"wanted {pos + 1 - start} bytes at {start}")
-                tag = data[pos]
-                family = tag & 0x3F
-                if family == 4:
-                    size = 4
-                elif family == 6:
-                    size = 16
-                else:
-                    raise DecodeError("address", f"tag {tag:#04x}")
-                after = pos + 1 + size
-                if tag & TAG_SAME_PORT:
-                    if not spans:
-                        raise DecodeError("address", "first address without a port")
-                    if after > end:
-                        raise DecodeError("short", f"wanted {after - start} bytes at {start}")
-                else:
-                    after += 2
-                    if after > end:
-                        raise DecodeError("short", f"wanted {after - start} bytes at {start}")
-                    port = (data[after - 2] << 8) | data[after - 1]
-                spans.append((pos, pos + 1 + size, port))
+            tag_at = pos + ID_BYTES
+            if tag_at >= end:
+                raise DecodeError("short", f"wanted {ID_BYTES + 1} bytes at {pos}")
+            tag = data[tag_at]
+            if tag == 4 or tag == 6:
+                after = tag_at + (7 if tag == 4 else 19)
+                if after > end:
+                    raise DecodeError("short", f"wanted {after - pos} bytes at {pos}")
+                raw = data[pos:after]
                 pos = after
-                if not tag & TAG_MORE:
-                    break
-                if len(spans) == MAX_ADDRESSES:
-                    raise DecodeError("address", f"more than {MAX_ADDRESSES} addresses")
+                if known is not None and raw in known:
+                    out.append((raw, None, 0, ()))
+                    continue
+                text = _ip_text(raw[ID_BYTES:-2])
+                port = (data[after - 2] << 8) | data[after - 1]
+                if port == 0 or text is None:
+                    raise DecodeError("address", f"{text} port {port}")
+                out.append((raw, text, port, ()))
+                continue
+            start, pos = pos, self._addresses(tag_at)
             raw = data[start:pos]
             if known is not None and raw in known:
-                out.append((raw, None))
+                out.append((raw, None, 0, ()))
                 continue
-            addresses: list[tuple[str, int]] = []
-            for tag_at, address_end, address_port in spans:
-                text = _ip_text(bytes((data[tag_at] & 0x0F,)) + data[tag_at + 1:address_end])
-                if address_port == 0 or text is None:
-                    raise DecodeError("address", f"{text} port {address_port}")
-                if any(text == other for other, _ in addresses):
-                    raise DecodeError("address", f"{text} given twice")
-                addresses.append((text, address_port))
-            out.append((raw, tuple(addresses)))
+            addresses = self._address_texts(tag_at, pos)
+            out.append((raw, addresses[0][0], addresses[0][1], tuple(addresses[1:])))
         self.pos = pos
+        return out
+
+    def _addresses(self, pos: int) -> int:
+        """The end of the addresses of an entry whose first tag byte is at ``pos``.
+
+        Each address's tag byte is its family (4 or 6) with :data:`TAG_SAME_PORT` (no
+        port field: the previous address's port; never on the first) and
+        :data:`TAG_MORE` (another address follows; at most
+        :data:`~spegel_kademlia.ids.MAX_ADDRESSES` in all); no other bit may be set.
+        """
+        data, end, start = self.data, self.end, pos - ID_BYTES
+        for n in range(MAX_ADDRESSES):
+            if pos >= end:
+                raise DecodeError("short", f"wanted {pos + 1 - start} bytes at {start}")
+            tag = data[pos]
+            family = tag & 0x3F
+            if family != 4 and family != 6:
+                raise DecodeError("address", f"tag {tag:#04x}")
+            if tag & TAG_SAME_PORT and n == 0:
+                raise DecodeError("address", "first address without a port")
+            pos += 1 + (4 if family == 4 else 16) + (0 if tag & TAG_SAME_PORT else 2)
+            if pos > end:
+                raise DecodeError("short", f"wanted {pos - start} bytes at {start}")
+            if not tag & TAG_MORE:
+                return pos
+        raise DecodeError("address", f"more than {MAX_ADDRESSES} addresses")
+
+    def _address_texts(self, pos: int, end: int) -> list[tuple[str, int]]:
+        """``(host, port)`` of each address in ``data[pos:end]`` (checked by :meth:`_addresses`)."""
+        data = self.data
+        out: list[tuple[str, int]] = []
+        port = 0
+        while pos < end:
+            tag = data[pos]
+            family = tag & 0x0F
+            after = pos + 1 + (4 if family == 4 else 16)
+            text = _ip_text(bytes((family,)) + data[pos + 1:after])
+            if not tag & TAG_SAME_PORT:
+                port = (data[after] << 8) | data[after + 1]
+                after += 2
+            if port == 0 or text is None:
+                raise DecodeError("address", f"{text} port {port}")
+            if any(text == other for other, _ in out):
+                raise DecodeError("address", f"{text} given twice")
+            out.append((text, port))
+            pos = after
         return out
 
 
