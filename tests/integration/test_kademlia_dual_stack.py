@@ -13,12 +13,14 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 import pytest
 
 from spegel_core.protocols import PeerAddress
 from spegel_kademlia import KademliaRouter, KademliaSettings
-from spegel_kademlia.ids import key_id, random_id
+from spegel_kademlia.ids import Contact, key_id, random_id
+from spegel_kademlia.lookup import Lookup, QueryState
 from spegel_kademlia.messages import FindNode, GetProviders, Nodes, Ping, Providers
 
 KEY = "sha256:" + "6" * 64
@@ -151,7 +153,19 @@ async def test_a_query_falls_back_to_the_second_address_when_the_first_is_dead(
     assert isinstance(reply.body, Nodes)
     [contact] = [e for e in reply.body.contacts if e.node_id == node_id]
     assert contact.addresses == (v4, v6)
-    # What a lookup sends to a contact: the dead address first, then ::1, which answers.
+    # A FIND_NODE lookup of A that starts at B alone: B names A at the dead address
+    # first; the lookup asks A there, then at ::1, and A answers.
+    timeouts = c._rpc.timeouts
+    lookup = Lookup(node_id, [Contact(b.node_id, "127.0.0.1", b.bound[1])],
+                    own_id=c.node_id)
+    deadline = asyncio.get_running_loop().time() + 10.0
+    async with aclosing(c._drive(lookup, FindNode(node_id), deadline)) as steps:
+        async for _ in steps:
+            pass
+    assert lookup.state(node_id) is QueryState.RESPONDED
+    assert node_id in [found.node_id for found in lookup.result]
+    assert c._rpc.timeouts >= timeouts + 1  # the query at the dead address
+    # The query itself: the answer comes from ::1.
     timeouts = c._rpc.timeouts
     answer = await c._start_request(contact, Ping(), retries=0)
     assert (answer.sender, answer.source_host, answer.source_port) == (node_id, *v6)
