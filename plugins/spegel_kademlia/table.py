@@ -215,7 +215,10 @@ class RoutingTable:
 
     # -- membership -------------------------------------------------------------------
     def add(self, contact: Contact) -> Contact | None:
-        """Record that ``contact`` was seen alive.
+        """Record that ``contact`` was seen alive (at its addresses, from datagrams).
+
+        An id already in a bucket stays one contact: ``contact``'s addresses come
+        first, its other known ones follow (see the module docstring).
 
         Returns None when the contact is (now) in its bucket, or, when the bucket is
         full, the least recently seen contact of that bucket, which the caller should
