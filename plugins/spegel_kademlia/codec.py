@@ -32,7 +32,13 @@ Wire format, integers big-endian::
     CLAIM_ANSWER        go 1 (0 or 1), depth 1, ttl ms 4, count 1 (1), fetcher entry,
                         count 1 (0 or 1), count x parent entry (ports = mirror ports)
     ECHO                (empty; carries the cookie it returns, flag bit 1)
-    entry               node id 32, family 1 (4 or 6), address 4 or 16, port 2
+    entry               node id 32, then 1 to 3 addresses, best first, each:
+                          tag 1       family (4 or 6) | 0x40 same port | 0x80 more
+                          address     4 or 16 bytes, by the family
+                          port 2      absent with 0x40: the previous address's port
+                        0x80: another address of the same node follows. A one-address
+                        entry is id, family, address, port (38 or 50 bytes); a
+                        dual-stack node on one port adds 17 (an IPv4 and an IPv6 one)
 
 Address validation (open DHT, :mod:`spegel_kademlia.admission`): a FIND_NODE or
 GET_PROVIDERS is padded to :data:`PADDED_REQUEST` bytes, a third of the largest answer,
@@ -46,10 +52,13 @@ none, the receiver records the datagram's source address.
 
 Size: a datagram is at most :data:`MAX_DATAGRAM` bytes (1280-byte IPv6 minimum MTU less
 40 + 8 bytes of IPv6 and UDP headers), so it never fragments. :meth:`Codec.encode`
-refuses anything larger; :meth:`Codec.fit` trims NODES and PROVIDERS to fit by dropping
-entries from the end of each list (closer contacts first, then providers), so callers
-order lists best first. Twenty contacts always fit, even IPv6 with the auth trailer; a
-PROVIDERS answer carries about a dozen providers, which is more than a lookup asks for.
+refuses anything larger; :meth:`Codec.fit` trims NODES and PROVIDERS to fit: first the
+extra addresses of the last entries, then entries from the end of each list (closer
+contacts first, then providers), so callers order lists best first. Twenty contacts
+always fit, even IPv6 with the auth trailer (each keeps its preferred address, 50 bytes
+at most: 47 + 1 + 20 x 50 + 40 = 1088), and twenty dual-stack contacts on one port keep
+both addresses (47 + 1 + 20 x 56 + 40 = 1208 <= 1232); a PROVIDERS answer carries about a
+dozen providers, which is more than a lookup asks for.
 
 Authentication: with a cluster key every datagram carries the trailer and a datagram
 without one is dropped; without a key a datagram carrying one is dropped too, so a
@@ -65,6 +74,7 @@ datagram signed with any of them, so a cluster changes its key in three rolls
 from __future__ import annotations
 
 import functools
+import operator
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -82,7 +92,7 @@ from spegel_kademlia.messages import (
 from spegel_kademlia.payloads import (
     DECODERS,
     MAX_COUNT,
-    MAX_ENTRY,
+    MAX_SINGLE_ENTRY,
     DecodeError,
     EncodeError,
     Reader,
@@ -114,6 +124,7 @@ _FLAGS = FLAG_AUTH | FLAG_COOKIE | FLAG_PADDING
 _PADDED_TYPES = frozenset({MessageType.FIND_NODE, MessageType.GET_PROVIDERS})
 
 _HEADER = struct.Struct("!2sBBBQ32sH")
+_more = operator.attrgetter("more")
 
 
 class Codec:
@@ -205,14 +216,16 @@ class Codec:
         if isinstance(body, Nodes | Providers):
             entries = len(body.contacts) + (
                 len(body.providers) if isinstance(body, Providers) else 0)
-            if entries <= MAX_COUNT and MAX_ENTRY * entries <= room - 2:
-                return message  # fits whatever the address families (the usual case)
+            if (entries <= MAX_COUNT and MAX_SINGLE_ENTRY * entries <= room - 2
+                    and not any(map(_more, body.contacts))
+                    and not (isinstance(body, Providers) and any(map(_more, body.providers)))):
+                return message  # one address each, whatever the family (the usual case)
         if isinstance(body, Nodes):
             contacts = take_fitting(body.contacts, room - 1)
             return message if contacts == body.contacts else replace(message, body=Nodes(contacts))
         if isinstance(body, Providers):
             providers = take_fitting(body.providers, room - 2)
-            used = sum(entry_size(p.host) for p in providers)
+            used = sum(entry_size(p) for p in providers)
             contacts = take_fitting(body.contacts, room - 2 - used)
             if providers == body.providers and contacts == body.contacts:
                 return message

@@ -41,6 +41,7 @@ from spegel_kademlia.messages import (
     ProviderInfo,
     Providers,
 )
+from spegel_kademlia.payloads import entry_size
 from spegel_kademlia.rpc import RpcEndpoint
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class RequestGate:
             return False
         size = codec.size(Message(body, request.request_id, self._rpc.node_id,
                                   self._rpc.mirror_port, cookie=cookie))
-        if size > room:  # (never: _cut counts entries at their largest)
+        if size > room:  # (never: _cut counts entries as the codec encodes them)
             self._refuse("amplification")
             return False
         self.admission.spend(address, size)
@@ -170,14 +171,6 @@ class RequestGate:
         return f"<RequestGate {self.admission!r} refused={sum(self.refused.values())}>"
 
 
-def _entry_bytes(host: str) -> int:
-    """Bytes of a contact or provider entry on the wire, at most.
-
-    IPv6 for anything with a colon, as an IPv4-mapped address may be sent as IPv4.
-    """
-    return 51 if ":" in host else 39
-
-
 def _cut(body: Body, room: int) -> Body | None:
     """``body`` with the entries that do not fit in ``room`` bytes dropped from the end.
 
@@ -194,7 +187,7 @@ def _cut(body: Body, room: int) -> Body | None:
         if room < 0:
             return None
         providers = _prefix(body.providers, room)
-        room -= sum(_entry_bytes(p.host) for p in providers)
+        room -= sum(entry_size(p) for p in providers)
         contacts = _prefix(body.contacts, room)
         if len(providers) == len(body.providers) and len(contacts) == len(body.contacts):
             return body
@@ -205,7 +198,7 @@ def _cut(body: Body, room: int) -> Body | None:
 def _prefix(entries: tuple[_E, ...], room: int) -> tuple[_E, ...]:
     used = 0
     for n, entry in enumerate(entries):
-        used += _entry_bytes(entry.host)
+        used += entry_size(entry)
         if used > room:
             return entries[:n]
     return entries

@@ -38,11 +38,21 @@ class MessageType(enum.IntEnum):
 # dataclasses that are hashable by value and never mutated (treat them as frozen).
 @dataclass(slots=True, unsafe_hash=True)
 class ProviderInfo:
-    """A provider in a PROVIDERS answer: its node id and where its mirror listens."""
+    """A provider in a PROVIDERS answer: its node id and where its mirror listens.
+
+    ``more`` holds the provider's other addresses, best first, as
+    :attr:`Contact.more <spegel_kademlia.ids.Contact.more>` (ports are mirror ports).
+    """
 
     node_id: bytes
     host: str
     port: int
+    more: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every ``(host, mirror port)``, the preferred one first."""
+        return ((self.host, self.port), *self.more)
 
 
 _LABELS = {member: member.name.lower() for member in MessageType}

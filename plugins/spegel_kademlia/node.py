@@ -54,6 +54,7 @@ from spegel_kademlia.messages import (
     Ping,
     ProviderInfo,
 )
+from spegel_kademlia.reach import BOTH, provider_peer, socket_families, start_request
 from spegel_kademlia.replicate import GrowthWatch
 from spegel_kademlia.rpc import (
     RpcEndpoint,
@@ -146,6 +147,8 @@ class KademliaRouter(Announcing, Joining):
         self._gate = self._make_gate()
         self._state = "new"
         self._address: tuple[str, int] | None = None
+        #: IP versions the bound socket reaches (a contact's other addresses are skipped).
+        self._families = BOTH
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pinging: set[bytes] = set()
         self._heard: dict[bytes, float] = {}
@@ -186,6 +189,7 @@ class KademliaRouter(Announcing, Joining):
             raise ConfigError("--router-addr", f"cannot listen on UDP {self._host}:"
                                                f"{self._port}: {exc.strerror or exc}") from exc
         sockname = transport.get_extra_info("sockname")
+        self._families = socket_families(transport.get_extra_info("socket"))
         self._address = (str(sockname[0]), int(sockname[1]))
         self._state = "running"
         self._spawn(self._bootstrap_loop(), "bootstrap")
@@ -269,7 +273,7 @@ class KademliaRouter(Announcing, Joining):
         for record in self.providers.get(kid):
             if record.node_id not in seen:
                 seen.add(record.node_id)
-                yield Peer(record.host, record.port, record.node_id)
+                yield self._peer(record.node_id, record.host, record.port)
                 if len(seen) > count:
                     return
         if self._state != "running":
@@ -285,9 +289,15 @@ class KademliaRouter(Announcing, Joining):
                 for provider in providers:
                     if provider.node_id not in seen:
                         seen.add(provider.node_id)
-                        yield Peer(provider.host, provider.port, provider.node_id)
+                        yield self._peer(provider.node_id, provider.host, provider.port,
+                                         provider.more)
                         if len(seen) > count:
                             return
+
+    def _peer(self, node_id: bytes, host: str, port: int,
+              more: tuple[tuple[str, int], ...] = ()) -> Peer:
+        return provider_peer(self.table.get(node_id), self._families,
+                             ProviderInfo(node_id, host, port, more))
 
     # -- SingleFlightRouter API (spegel_core.protocols) -----------------------------------
     async def claim(self, digest: str, fanout: int, ttl: float,
@@ -427,12 +437,14 @@ class KademliaRouter(Announcing, Joining):
                        ) -> asyncio.Future[Message]:
         """Send ``body`` to ``contact``.
 
-        A timeout counts as a failure of the contact, whether or not anybody still
-        waits for the answer.
+        A contact with several addresses is asked at the first one this node reaches,
+        then at the next when that times out (:func:`~spegel_kademlia.reach.start_request`).
+        A timeout at every address counts as a failure of the contact, whether or not
+        anybody still waits for the answer.
         """
-        future = self._rpc.start(contact.address, body,
-                                 attempt_timeout=self.settings.kademlia_rpc_timeout,
-                                 retries=retries, node_id=contact.node_id)
+        future = start_request(self._rpc, contact, body, families=self._families,
+                               attempt_timeout=self.settings.kademlia_rpc_timeout,
+                               retries=retries)
         future.add_done_callback(functools.partial(self._request_done, contact.node_id))
         return future
 

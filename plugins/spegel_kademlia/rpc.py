@@ -17,11 +17,19 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from spegel_core.protocols import DhtMessage, DroppedDatagram, MetricsSink
 from spegel_kademlia.codec import Codec, DecodeError, EncodeError
-from spegel_kademlia.messages import Body, Message, Nodes, Providers, message_type
+from spegel_kademlia.ids import Contact
+from spegel_kademlia.messages import (
+    Body,
+    Message,
+    Nodes,
+    ProviderInfo,
+    Providers,
+    message_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -323,18 +331,41 @@ class RpcEndpoint:
 
 
 def _only_allowed(message: Message, allowed: Callable[[str], bool]) -> Message:
-    """``message`` without the contacts and providers at addresses that are not allowed."""
+    """``message`` without the contacts' and providers' addresses that are not allowed.
+
+    An entry keeps its allowed addresses (in order) and goes when none is left.
+    """
     body = message.body
     if isinstance(body, Nodes):
-        contacts = tuple(c for c in body.contacts if allowed(c.host))
-        if len(contacts) != len(body.contacts):
+        contacts = _allowed_entries(body.contacts, allowed)
+        if contacts is not body.contacts:
             return replace(message, body=Nodes(contacts))
     elif isinstance(body, Providers):
-        providers = tuple(p for p in body.providers if allowed(p.host))
-        contacts = tuple(c for c in body.contacts if allowed(c.host))
-        if len(providers) != len(body.providers) or len(contacts) != len(body.contacts):
+        providers = _allowed_entries(body.providers, allowed)
+        contacts = _allowed_entries(body.contacts, allowed)
+        if providers is not body.providers or contacts is not body.contacts:
             return replace(message, body=Providers(providers, contacts))
     return message
+
+
+_E = TypeVar("_E", Contact, ProviderInfo)
+
+
+def _allowed_entries(entries: tuple[_E, ...], allowed: Callable[[str], bool]
+                     ) -> tuple[_E, ...]:
+    """``entries`` at their allowed addresses only (the same tuple if all are)."""
+    out: list[_E] = []
+    changed = False
+    for entry in entries:
+        kept = [a for a in entry.addresses if allowed(a[0])]
+        if len(kept) == len(entry.addresses):
+            out.append(entry)
+            continue
+        changed = True
+        if kept:
+            (host, port), *more = kept
+            out.append(type(entry)(entry.node_id, host, port, tuple(more)))
+    return tuple(out) if changed else entries
 
 
 def _matches(pending: _Pending, message: Message) -> bool:

@@ -220,3 +220,21 @@ async def test_slow_provider_gets_a_hedged_request(consumer: Any, provider: Node
         assert slow.requests >= 1
     finally:
         await slow.aclose()
+
+
+async def test_a_provider_is_asked_at_its_next_address_when_the_first_is_dead(
+        consumer: Any, provider: NodeProcess, image: BuiltImage) -> None:
+    import socket
+
+    client, network, _ = consumer
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    # One node at two addresses (as a dual-stack node's IPv4 and IPv6 ones): dead first.
+    _announce(network, Peer("127.0.0.1", dead, b"\x05" * 32,
+                            ((provider.ip, provider.port),)), image)
+    head = await client.head("/v2/library/demo/manifests/v1?ns=docker.io")
+    assert head.status_code == 200 and head.headers["x-spegel-source"] == "peer"
+    layer = image.layer_digests[0]
+    blob = await client.get(f"/v2/library/demo/blobs/{layer}")
+    assert blob.status_code == 200 and blob.content == image.blob_path(layer).read_bytes()

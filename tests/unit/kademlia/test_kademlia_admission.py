@@ -153,11 +153,19 @@ def test_a_move_that_breaks_the_rule_keeps_the_old_address() -> None:
     a, b = far("10.0.0.1"), far("10.0.0.2")
     table.add(a)
     table.add(b)
+    assert not table.admits(Contact(b.node_id, "10.0.0.1", 7))
     table.add(Contact(b.node_id, "10.0.0.1", 7))
     assert table.get(b.node_id) == b
+    assert table.admits(Contact(b.node_id, "10.0.0.3", 7))  # a new address to prove
     table.add(Contact(b.node_id, "10.0.0.3", 7))
-    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.3", 7)
-    assert table.admits(far("10.0.0.2"))  # the old address was released
+    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.3", 7, (b.address,))
+    assert not table.admits(far("10.0.0.2"))  # still b's, as its fallback
+    table.add(Contact(b.node_id, "10.0.0.4", 7))
+    table.add(Contact(b.node_id, "10.0.0.5", 7))
+    # At most three addresses: the oldest went, and its IP was released.
+    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.5", 7,
+                                           (("10.0.0.4", 7), ("10.0.0.3", 7)))
+    assert table.admits(far("10.0.0.2"))
 
 
 @pytest.mark.parametrize(("host", "group"), [
@@ -201,3 +209,20 @@ def test_answers_are_cut_to_the_credit_closer_contacts_first() -> None:
     assert _cut(Nodes(contacts), 0) is None  # not even the count byte
     v6 = tuple(far(f"fd00::{n}") for n in range(5))
     assert len(_cut(Nodes(v6), 1 + 2 * 51).contacts) == 2  # type: ignore[union-attr]
+
+
+def test_answers_of_dual_stack_contacts_are_cut_at_their_real_size() -> None:
+    from spegel_kademlia.codec import Codec
+    from spegel_kademlia.gate import _cut
+    from spegel_kademlia.messages import Nodes
+
+    codec = Codec()
+    contacts = tuple(Contact(b"\x80" + random_id()[1:], f"10.0.0.{n}", 5001,
+                             more=((f"fd00::{n}", 5001),)) for n in range(20))
+    for room in (60, 200, 237, 500):
+        cut = _cut(Nodes(contacts), room)
+        assert isinstance(cut, Nodes) and cut.contacts
+        assert codec.size(Message(cut, 1, OWN, 1)) - codec.overhead <= room
+        if len(cut.contacts) < len(contacts):  # the next one would not have fitted
+            bigger = Nodes(contacts[:len(cut.contacts) + 1])
+            assert codec.size(Message(bigger, 1, OWN, 1)) - codec.overhead > room

@@ -45,8 +45,12 @@ def _valid_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 ids = st.binary(min_size=32, max_size=32)
 hosts = st.ip_addresses().filter(_valid_ip).map(str)
 ports = st.integers(1, 65535)
-contacts = st.builds(Contact, ids, hosts, ports)
-providers = st.builds(ProviderInfo, ids, hosts, ports)
+# Up to three distinct addresses per entry; ports often shared (the same-port tag bit).
+address_lists = st.lists(st.tuples(hosts, st.one_of(st.sampled_from([5000, 5001]), ports)),
+                         min_size=1, max_size=3, unique_by=lambda a: a[0])
+contacts = st.builds(lambda i, a: Contact(i, a[0][0], a[0][1], tuple(a[1:])), ids, address_lists)
+providers = st.builds(lambda i, a: ProviderInfo(i, a[0][0], a[0][1], tuple(a[1:])),
+                      ids, address_lists)
 bodies: st.SearchStrategy[Body] = st.one_of(
     st.just(Ping()),
     st.just(Pong()),
@@ -235,10 +239,12 @@ def _valid_datagrams(codec: Codec, rng: random.Random) -> list[bytes]:
 
     def contact(i: int) -> Contact:
         host = f"10.0.{i}.{rng.randint(1, 254)}" if rng.random() < 0.7 else f"fd00::{i + 1:x}"
-        return Contact(ident(), host, rng.randint(1, 65535))
+        port = rng.randint(1, 65535)
+        more = [(f"fd01::{i + 1:x}", port), (f"10.1.{i}.1", rng.randint(1, 65535))]
+        return Contact(ident(), host, port, tuple(more[:rng.randint(0, 2)]))
 
     cs = tuple(contact(i) for i in range(20))
-    ps = tuple(ProviderInfo(c.node_id, c.host, c.port) for c in cs[:8])
+    ps = tuple(ProviderInfo(c.node_id, c.host, c.port, c.more) for c in cs[:8])
     bodies: list[Body] = [
         Ping(), Pong(), FindNode(ident()), Nodes(cs), AddProvider(ident(), ident(), 5000, 1140),
         AddProviderAck(True), GetProviders(ident(), 3), Providers(ps, cs[:10]),
@@ -260,7 +266,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
         elif len(buf) > 47:
             # Plausible counts and families in the payload.
             pos = rng.randrange(47, len(buf))
-            buf[pos] = rng.choice([0, 1, 4, 6, 20, 255])
+            buf[pos] = rng.choice([0, 1, 4, 6, 20, 255, 0x44, 0x46, 0x84, 0x86, 0xC4, 0xC6, 0x94])
     return bytes(buf)
 
 
