@@ -139,6 +139,11 @@ class RequestGate:
         codec = self._rpc.codec
         address = (request.source_host, request.source_port)
         room = int(self.admission.credit(address))
+        if room >= codec.max_size:
+            # Any datagram fits (a padded request earns that much): no sizing needed.
+            self.admission.spend(address, self._rpc.send(address, reply, request.request_id,
+                                                         cookie=cookie))
+            return True
         if cookie and room < codec.overhead + len(cookie):
             cookie = b""  # (a cookie never costs an answer its place)
         body = _cut(reply, room - codec.overhead - len(cookie))

@@ -180,14 +180,14 @@ class RpcEndpoint:
 
     # -- sending ------------------------------------------------------------------------
     def send(self, address: tuple[str, int], body: Body, request_id: int, *,
-             cookie: bytes = b"") -> bool:
-        """Encode and send one datagram (trimmed to fit); False if it could not be sent.
+             cookie: bytes = b"") -> int:
+        """Encode and send one datagram (trimmed to fit): its size, 0 if it was not sent.
 
         ``cookie`` goes in the envelope (address validation: an answer's, or an ECHO's).
         """
         label = message_type(body).label
         if self._transport is None or self._closed:
-            return False
+            return 0
         message = Message(body, request_id, self.node_id, self.mirror_port, cookie=cookie)
         if self._map_v4 and ":" not in address[0]:
             address = ("::ffff:" + address[0], address[1])
@@ -197,10 +197,10 @@ class RpcEndpoint:
         except (EncodeError, OSError, ValueError, TypeError) as exc:
             log.warning("cannot send %s to %s: %s", label, address, exc)
             self._metrics.emit(DhtMessage(label, "error"))
-            return False
+            return 0
         self.sent += 1
         self._metrics.emit(DhtMessage(label, "sent"))
-        return True
+        return len(data)
 
     def start(
         self,

@@ -139,7 +139,7 @@ async def test_close_fails_outstanding_requests_and_refuses_new_ones() -> None:
     assert transport.closed
     with pytest.raises(RpcClosed):
         await rpc.request(ADDR, Ping(), attempt_timeout=1)
-    assert rpc.send(ADDR, Ping(), 1) is False
+    assert rpc.send(ADDR, Ping(), 1) == 0  # nothing sent
 
 
 async def test_ipv4_peers_are_reached_through_mapped_addresses_on_a_v6_socket() -> None:
