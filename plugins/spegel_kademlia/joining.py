@@ -19,7 +19,7 @@ from spegel_core.protocols import Discovery, PeerAddress
 from spegel_kademlia.announcing import IDLE_WAKE
 from spegel_kademlia.bootstrap import BootstrapSchedule, bootstrap_addresses, resolve
 from spegel_kademlia.ids import Contact, random_id_in_bucket
-from spegel_kademlia.messages import FindNode, Nodes
+from spegel_kademlia.messages import Body, FindNode, Message, Nodes, Ping
 from spegel_kademlia.rpc import RpcEndpoint, RpcError
 from spegel_kademlia.settings import KademliaSettings
 from spegel_kademlia.store import AdvertisedKeys, ProviderStore
@@ -54,8 +54,16 @@ class Joining:
     _bootstraps: int
     _joined: bool
     _seeds_were_new: bool
+    #: Seconds the bootstrap loop chose to wait after its last attempt (None before
+    #: the first attempt ended): the backoff while joining or growing, the
+    #: re-bootstrap interval once joined and settled. In :meth:`status` as
+    #: ``bootstrap_wait_s``.
+    bootstrap_wait: float | None = None
 
     if TYPE_CHECKING:
+        async def _request(self, contact: Contact, body: Body, *, retries: int
+                           ) -> Message: ...
+
         async def _find_node(self, target: bytes, *,
                              answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
                              ) -> list[Contact]: ...
@@ -76,6 +84,7 @@ class Joining:
                 log.exception("bootstrap attempt failed")
                 ok = False
             wait = schedule.after(ok, len(self.table), self._seeds_were_new)
+            self.bootstrap_wait = wait
             if not ok:
                 log.info("no DHT peers yet; bootstrapping again in %.1fs", wait)
             await self._wait(self._wake_bootstrap, wait)
@@ -140,6 +149,19 @@ class Joining:
             return None
         contacts = reply.body.contacts if isinstance(reply.body, Nodes) else ()
         return Contact(reply.sender, reply.source_host, reply.source_port), contacts
+
+    async def ping(self, contact: Contact) -> Message:
+        """PING ``contact``, retried ``kademlia_rpc_retries`` times (a liveness check).
+
+        A timeout counts as a failure of the contact in the routing table, as for any
+        request this node makes.
+
+        :param contact: the node to ask.
+        :returns: its PONG.
+        :raises RpcError: no answer (:class:`~spegel_kademlia.rpc.RpcTimeout`) or the
+            router is closed.
+        """
+        return await self._request(contact, Ping(), retries=self.settings.kademlia_rpc_retries)
 
     async def _refresh(self, interval: float) -> None:
         for index in self.table.stale_buckets(interval):

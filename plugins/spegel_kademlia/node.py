@@ -327,7 +327,13 @@ class KademliaRouter(Announcing, Joining):
         self._rpc.send(contact.address, body, secrets.randbits(64))
 
     def status(self) -> RouterStatus:
-        """Node id, address, routing table size, advertised keys and health."""
+        """Node id, address, routing table size, advertised keys and health.
+
+        ``extra`` holds counters and state for operators and tests, among them
+        ``bootstrap_attempts`` (started), ``joined`` (the first self lookup has ended),
+        ``bootstrap_wait_s`` (:attr:`bootstrap_wait`), ``rpc_timeouts``,
+        ``dropped_by_reason`` and ``dropped_by_type`` (datagrams dropped).
+        """
         peers = len(self.table)
         if self._state == "running":
             detail = "ok" if peers else ("bootstrapping" if not self._bootstraps else "no peers")
@@ -338,6 +344,7 @@ class KademliaRouter(Announcing, Joining):
             advertised_keys=len(self.advertised), detail=detail,
             extra={"provider_records": len(self.providers), "buckets":
                    self.table.nonempty_buckets, "bootstrap_attempts": self._bootstraps,
+                   "joined": self._joined, "bootstrap_wait_s": self.bootstrap_wait,
                    "provides": self._provided, "provide_failures": self._provide_failures,
                    "unstored_keys": len(self._unstored),
                    "reannounced_keys": 0 if self.growth is None else self.growth.triggered,
