@@ -35,6 +35,9 @@ class FakePeer(asyncio.DatagramProtocol):
     def __init__(self, own: bytes) -> None:
         self.node_id = bytes([own[0] ^ 0x80]) + random_id()[1:]
         self.got: list[Body] = []
+        #: Request ids of the PONGs it received.
+        self.ponged: set[int] = set()
+        self.pong = asyncio.Event()
         self.transport: asyncio.DatagramTransport | None = None
         #: A contact it names in its answers to GET_PROVIDERS.
         self.introduce: Contact | None = None
@@ -45,6 +48,9 @@ class FakePeer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         message = CODEC.decode(data, addr)
         self.got.append(message.body)
+        if isinstance(message.body, Pong):
+            self.ponged.add(message.request_id)
+            self.pong.set()
         named = (self.introduce,) if self.introduce is not None else ()
         reply: Body | None = {Ping: Pong(), FindNode: Nodes(()),
                               GetProviders: Providers((), named)}.get(type(message.body))
@@ -58,6 +64,14 @@ class FakePeer(asyncio.DatagramProtocol):
 
     def pings(self) -> int:
         return sum(isinstance(body, Ping) for body in self.got)
+
+    async def round_trip(self, to: tuple[str, int], request_id: int) -> None:
+        """PING ``to`` and wait for its PONG (a barrier through the router's loop)."""
+        self.send(Ping(), request_id, to)
+        async with asyncio.timeout(10):
+            while request_id not in self.ponged:
+                self.pong.clear()
+                await self.pong.wait()
 
 
 @pytest.fixture
@@ -83,9 +97,9 @@ async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
         if n == 20:
             break
         peer.send(Ping(), n + 1, router.bound)
-        for _ in range(400):  # each one in the table (once proven) before the next
-            if peer.node_id in router.table:
-                break
+        deadline = loop.time() + 10  # each one in the table (once proven) before the next
+        while peer.node_id not in router.table:
+            assert loop.time() < deadline, f"peer {n} never entered the table"
             await asyncio.sleep(0.005)
     # The newcomer is learnt by asking: its answer proves its address, so it is a
     # validated newcomer for the full bucket.
@@ -96,7 +110,10 @@ async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
         peer.introduce = Contact(newcomer.node_id, LOOPBACK, port)
     _ = [p async for p in router.lookup("sha256:" + "e" * 64, 1, 1.0)]
     assert any(isinstance(body, GetProviders) for body in newcomer.got)
-    await asyncio.sleep(0.3)  # time for an eviction ping to arrive
+    # A barrier instead of a pause: the newcomer's answer reached the router before
+    # this PING (one socket, in order), and an eviction ping is sent in the loop turn
+    # after that answer, so it is in the head's socket before the PONG comes back.
+    await newcomer.round_trip(router.bound, 10_000)
     return peers
 
 
