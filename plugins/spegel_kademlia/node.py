@@ -76,7 +76,7 @@ _MAX_EVICTION_PINGS = 32
 #: it on every unknown sender made pings 80 % of all datagrams at 1000 nodes (each ping
 #: reaches a node that may not know the pinger and pings in turn); see docs/scale.md. A
 #: shorter quiet time would still cycle pings through every full bucket at steady state.
-_EVICTION_QUIET = 10 * 60.0
+EVICTION_QUIET = 10 * 60.0
 
 
 def _placeholder_host(host: str) -> str:
@@ -399,7 +399,7 @@ class KademliaRouter(Announcing, Joining):
             self._heard = {i: t for i, t in self._heard.items() if i in self.table}
         head = self.table.add(contact)
         heard = None if head is None else self._heard.get(head.node_id)
-        if heard is not None and now - heard < _EVICTION_QUIET:
+        if heard is not None and now - heard < EVICTION_QUIET:
             head = None  # the whole bucket was heard from lately: nobody to check
         if (head is not None and head.node_id not in self._pinging
                 and len(self._pinging) < _MAX_EVICTION_PINGS and self._state == "running"):

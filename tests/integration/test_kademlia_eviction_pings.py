@@ -132,7 +132,7 @@ async def test_a_bucket_heard_from_lately_is_not_pinged(router: KademliaRouter) 
 
 async def test_a_silent_head_is_still_pinged(router: KademliaRouter,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(node_module, "_EVICTION_QUIET", 0.0)
+    monkeypatch.setattr(node_module, "EVICTION_QUIET", 0.0)
     peers = await fill_then_newcomer(router)
     try:
         # Besides the address checks (1 each), an eviction ping of the head (the least
