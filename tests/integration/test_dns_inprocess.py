@@ -79,7 +79,9 @@ async def test_nxdomain_is_logged_and_counted(dns: InProcessDns,
         assert await source.bootstrap_peers() == []
     assert "cannot resolve missing.spegel.test" in caplog.text and "nxdomain" in caplog.text
     [event] = sink.of_type(DnsQuery)
-    assert event.result == "nxdomain" and 0 <= event.duration_s < 1
+    # Answered, not timed out: the result says so (a duration bound would only
+    # measure how busy the machine was).
+    assert event.result == "nxdomain" and event.duration_s >= 0
 
 
 async def test_name_without_addresses_is_ok_but_empty(dns: InProcessDns,
