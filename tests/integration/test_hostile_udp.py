@@ -169,7 +169,7 @@ async def flood(target: KademliaRouter, attackers: list[Attacker]) -> None:
     before = received(target)
     for n in range(FLOOD):
         attackers[n % len(attackers)].find_node(target.bound)
-        if n % 25 == 24:
+        if n % 25 == 24:  # the flood's pace is the scenario; the waits below are events
             await asyncio.sleep(0.002)
     await until(lambda: received(target) - before >= FLOOD)
     await until(lambda: admission(target)["challenges"] == 0)
@@ -250,7 +250,7 @@ async def test_with_a_cluster_key_nothing_gets_past_the_mac(
     try:
         for n in range(FLOOD):
             attacker.find_node(target.bound)
-            if n % 25 == 24:
+            if n % 25 == 24:  # the flood's pace is the scenario; the waits below are events
                 await asyncio.sleep(0.002)
         await until(lambda: cast(int, target.status().extra["datagrams_dropped"])
                     - dropped_before >= FLOOD)
