@@ -197,11 +197,14 @@ class KademliaRouter(Announcing, Joining):
                         "%s can join it and advertise content (see docs/security.md)",
                         self.address)
 
-    async def aclose(self) -> None:
-        """Tell the closest nodes our records are gone, stop the tasks, close the socket."""
+    async def aclose(self, *, withdraw: bool = True) -> None:
+        """Tell the closest nodes our records are gone, stop the tasks, close the socket.
+
+        :param withdraw: False closes like a crashed node (simulations): nobody is told.
+        """
         if self._state == "closed":
             return
-        if self._state == "running":
+        if self._state == "running" and withdraw:
             self._send_withdrawals(list(self.advertised))
         self._state = "closed"
         tasks = list(self._tasks)
@@ -329,10 +332,8 @@ class KademliaRouter(Announcing, Joining):
     def status(self) -> RouterStatus:
         """Node id, address, routing table size, advertised keys and health.
 
-        ``extra`` holds counters and state for operators and tests, among them
-        ``bootstrap_attempts`` (started), ``joined`` (the first self lookup has ended),
-        ``bootstrap_wait_s`` (:attr:`bootstrap_wait`), ``rpc_timeouts``,
-        ``dropped_by_reason`` and ``dropped_by_type`` (datagrams dropped).
+        ``extra``: counters and state (``bootstrap_attempts`` started, ``joined``: the first
+        self lookup has ended, ``bootstrap_wait_s``: :attr:`bootstrap_wait`, ...).
         """
         peers = len(self.table)
         if self._state == "running":
@@ -440,6 +441,8 @@ class KademliaRouter(Announcing, Joining):
                                  attempt_timeout=self.settings.kademlia_rpc_timeout,
                                  retries=retries, node_id=contact.node_id)
         future.add_done_callback(functools.partial(self._request_done, contact.node_id))
+        if self.watch is not None:
+            self.watch.requested(contact, future)
         return future
 
     def _request_done(self, node_id: bytes, future: asyncio.Future[Message]) -> None:
