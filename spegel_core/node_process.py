@@ -1,7 +1,7 @@
 """A ``spegel registry`` subprocess on a chosen address: started, awaited ready, stopped.
 
 Public, so that tools (``spegel demo``, benchmarks, the test kit) run real nodes the
-same way; the test kit adds free loopback addresses (:mod:`spegel_core.testing.nodes`).
+same way; free loopback addresses for them come from :mod:`spegel_core.localcluster.loopback`.
 """
 
 from __future__ import annotations

@@ -6,11 +6,16 @@ Wire format, integers big-endian::
       magic         2   b"SK"
       version       1   1
       type          1   MessageType
-      flags         1   bit 0: the auth trailer is present; other bits must be 0
+      flags         1   bit 0: the auth trailer is present
+                        bit 1: a cookie follows the payload
+                        bit 2: zero padding follows the payload (and cookie)
+                        other bits must be 0
       request id    8   random per request, echoed by its response
       sender id    32   node id of the sender
       mirror port   2   where the sender's mirror (HTTP) listens
     payload             depends on the type, below
+    cookie         8   iff flag bit 1: address validation (below)
+    padding      >=1   iff flag bit 2: zero bytes, up to the trailer
     auth trailer, 40 bytes, present iff flag bit 0
       timestamp     8   unix time of sending, milliseconds
       mac          32   HMAC-SHA256(cluster key, every byte before the mac)
@@ -26,7 +31,15 @@ Wire format, integers big-endian::
     CLAIM               key id 32, fanout 1, ttl ms 4 (0: release)
     CLAIM_ANSWER        go 1 (0 or 1), depth 1, ttl ms 4, count 1 (1), fetcher entry,
                         count 1 (0 or 1), count x parent entry (ports = mirror ports)
+    ECHO                (empty; carries the cookie it returns, flag bit 1)
     entry               node id 32, family 1 (4 or 6), address 4 or 16, port 2
+
+Address validation (open DHT, :mod:`spegel_kademlia.admission`): a FIND_NODE or
+GET_PROVIDERS is padded to :data:`PADDED_REQUEST` bytes, a third of the largest answer,
+so that answering it in full never sends more than 3x the bytes received (QUIC pads its
+first packet for the same reason). An answer to a sender not yet validated carries a
+cookie bound to the sender's address and id; the sender proves it receives at that
+address by returning it in an ECHO.
 
 A provider's address is never read from a payload that announces it: ADD_PROVIDER has
 none, the receiver records the datagram's source address.
@@ -82,14 +95,23 @@ from spegel_kademlia.payloads import (
     take_fitting,
 )
 
-__all__ = ["FLAG_AUTH", "MAGIC", "MAX_DATAGRAM", "VERSION", "Codec", "DecodeError",
-           "EncodeError"]
+__all__ = ["COOKIE_BYTES", "FLAG_AUTH", "FLAG_COOKIE", "FLAG_PADDING", "MAGIC", "MAX_DATAGRAM",
+           "PADDED_REQUEST", "VERSION", "Codec", "DecodeError", "EncodeError"]
 
 MAGIC = b"SK"
-VERSION = 1
+#: 2: cookies, padding and ECHO (address validation in one datagram).
+VERSION = 2
 #: Largest datagram sent or accepted: IPv6 minimum MTU less the IPv6 and UDP headers.
 MAX_DATAGRAM = 1280 - 40 - 8
+#: Size a padded request is brought to: any answer (<= MAX_DATAGRAM) is within 3x of it.
+PADDED_REQUEST = -(-MAX_DATAGRAM // 3)
+COOKIE_BYTES = 8
 FLAG_AUTH = 0x01
+FLAG_COOKIE = 0x02
+FLAG_PADDING = 0x04
+_FLAGS = FLAG_AUTH | FLAG_COOKIE | FLAG_PADDING
+#: Requests whose answers can be large: padded when the codec pads.
+_PADDED_TYPES = frozenset({MessageType.FIND_NODE, MessageType.GET_PROVIDERS})
 
 _HEADER = struct.Struct("!2sBBBQ32sH")
 
@@ -102,6 +124,8 @@ class Codec:
     :param max_skew: accepted clock difference in seconds for authenticated datagrams.
     :param max_size: the largest datagram encoded or decoded.
     :param clock: wall clock in seconds (for tests).
+    :param pad: pad FIND_NODE and GET_PROVIDERS to :data:`PADDED_REQUEST` bytes (the
+        open DHT: receivers answer unvalidated senders with at most 3x their bytes).
     """
 
     def __init__(
@@ -111,10 +135,12 @@ class Codec:
         max_skew: float = 30.0,
         max_size: int = MAX_DATAGRAM,
         clock: Callable[[], float] = time.time,
+        pad: bool = False,
     ) -> None:
         keys = [] if key is None else [key] if isinstance(key, bytes) else list(key)
         self._auth = DatagramAuth(keys, max_skew=max_skew, clock=clock) if keys else None
         self.max_size = max_size
+        self.pad = pad
         # Contacts decoded before, by their wire entry: a node hears of the same
         # neighbourhood in answer after answer (a join's ~25 answers of 20 contacts name
         # far fewer distinct nodes). Contacts are never mutated, so one object serves.
@@ -143,8 +169,22 @@ class Codec:
         if not 0 <= message.request_id < 1 << 64:
             raise EncodeError("request id out of range")
         flags = FLAG_AUTH if self._auth is not None else 0
-        data = _HEADER.pack(MAGIC, VERSION, message.type, flags, message.request_id,
-                            message.sender, message.mirror_port) + encode_body(message.body)
+        mtype = message.type
+        cookie = message.cookie
+        tail = b""
+        if cookie:
+            if len(cookie) != COOKIE_BYTES:
+                raise EncodeError(f"cookie of {len(cookie)} bytes")
+            flags |= FLAG_COOKIE
+            tail = cookie
+        payload = encode_body(message.body)
+        if self.pad and mtype in _PADDED_TYPES:
+            short = PADDED_REQUEST - self.overhead - len(payload) - len(tail)
+            if short > 0:
+                flags |= FLAG_PADDING
+                tail += bytes(short)
+        data = _HEADER.pack(MAGIC, VERSION, mtype, flags, message.request_id,
+                            message.sender, message.mirror_port) + payload + tail
         if self._auth is not None:
             data = self._auth.sign(data)
         if len(data) > self.max_size:
@@ -153,12 +193,15 @@ class Codec:
 
     def size(self, message: Message) -> int:
         """Encoded size of ``message`` in bytes (without encoding it)."""
-        return self.overhead + body_size(message.body)
+        size = self.overhead + body_size(message.body) + (COOKIE_BYTES if message.cookie else 0)
+        if self.pad and size < PADDED_REQUEST and message.type in _PADDED_TYPES:
+            return PADDED_REQUEST
+        return size
 
     def fit(self, message: Message) -> Message:
         """``message`` with NODES / PROVIDERS lists trimmed from the end to fit one datagram."""
         body = message.body
-        room = self.max_size - self.overhead
+        room = self.max_size - self.overhead - (COOKIE_BYTES if message.cookie else 0)
         if isinstance(body, Nodes | Providers):
             entries = len(body.contacts) + (
                 len(body.providers) if isinstance(body, Providers) else 0)
@@ -203,7 +246,7 @@ class Codec:
         except ValueError:
             raise DecodeError("type", str(type_byte)) from None
         try:
-            if flags & ~FLAG_AUTH:
+            if flags & ~_FLAGS:
                 raise DecodeError("flags", hex(flags))
             end = len(data)
             if flags & FLAG_AUTH:
@@ -217,12 +260,16 @@ class Codec:
                 raise DecodeError("auth_missing")
             reader = Reader(data, _HEADER.size, end, self._contacts)
             body = DECODERS[mtype](reader)
-            if reader.pos != end:
+            cookie = reader.take(COOKIE_BYTES) if flags & FLAG_COOKIE else b""
+            if flags & FLAG_PADDING:
+                if reader.pos >= end or data.count(0, reader.pos, end) != end - reader.pos:
+                    raise DecodeError("padding", f"{end - reader.pos} bytes")
+            elif reader.pos != end:
                 raise DecodeError("trailing", f"{end - reader.pos} bytes")
         except DecodeError as exc:
             exc.message_type = mtype
             raise
-        return Message(body, request_id, sender, mirror_port, host, port)
+        return Message(body, request_id, sender, mirror_port, host, port, cookie, len(data))
 
 
 @functools.lru_cache(maxsize=16384)

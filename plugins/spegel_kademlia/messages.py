@@ -25,6 +25,7 @@ class MessageType(enum.IntEnum):
     PROVIDERS = 8
     CLAIM = 9
     CLAIM_ANSWER = 10
+    ECHO = 11
 
     @property
     def label(self) -> str:
@@ -131,8 +132,17 @@ class ClaimReply:
     parent: ProviderInfo | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """Return a cookie to the node that put it in an answer (address validation).
+
+    Sent by a requester whose answer carried a cookie; the cookie travels in the
+    envelope (:attr:`Message.cookie`). Not answered. See :mod:`spegel_kademlia.admission`.
+    """
+
+
 Body = (Ping | Pong | FindNode | Nodes | AddProvider | AddProviderAck | GetProviders | Providers
-        | Claim | ClaimReply)
+        | Claim | ClaimReply | Echo)
 
 _TYPES: dict[type[Any], MessageType] = {
     Ping: MessageType.PING,
@@ -145,6 +155,7 @@ _TYPES: dict[type[Any], MessageType] = {
     Providers: MessageType.PROVIDERS,
     Claim: MessageType.CLAIM,
     ClaimReply: MessageType.CLAIM_ANSWER,
+    Echo: MessageType.ECHO,
 }
 #: Types that answer a request (matched by request id).
 RESPONSE_TYPES = frozenset(
@@ -158,7 +169,9 @@ class Message:
     """One datagram: the header fields and a body.
 
     ``source_host``/``source_port`` are where a decoded datagram came from (empty for a
-    message about to be sent).
+    message about to be sent); ``size`` is a decoded datagram's length in bytes (0 for a
+    message about to be sent). ``cookie`` is an address-validation cookie carried in the
+    envelope (empty: none).
     """
 
     body: Body
@@ -167,6 +180,8 @@ class Message:
     mirror_port: int
     source_host: str = ""
     source_port: int = 0
+    cookie: bytes = b""
+    size: int = 0
 
     @property
     def type(self) -> MessageType:

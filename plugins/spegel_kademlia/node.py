@@ -370,14 +370,15 @@ class KademliaRouter(Announcing, Joining):
         s = self.settings
         mode = s.kademlia_address_validation
         validate = mode == "on" or (mode == "auto" and not self._rpc.codec.authenticated)
+        # Requests are padded wherever a receiver may validate (an open DHT, whatever
+        # this node's own mode), so that their answers come whole.
+        self._rpc.codec.pad = mode == "on" or not self._rpc.codec.authenticated
         admission = Admission(rate=s.kademlia_answer_rate,
                               unvalidated_rate=s.kademlia_unvalidated_answer_rate
                               ) if validate else None
         return RequestGate(
             admission, rpc=self._rpc, admit=self._saw, admits=self.table.admits,
-            answer=self._answer,
-            metrics=self._metrics, ping_timeout=s.kademlia_rpc_timeout,
-            admit_delay=s.kademlia_hedge_after)
+            answer=self._answer, metrics=self._metrics)
 
     def _answer(self, message: Message) -> Body | None:
         if isinstance(message.body, Claim):

@@ -20,6 +20,7 @@ from spegel_kademlia.messages import (
     Body,
     Claim,
     ClaimReply,
+    Echo,
     FindNode,
     GetProviders,
     MessageType,
@@ -145,7 +146,7 @@ def _packed_entry(node_id: bytes, host: str, port: int) -> bytes:
 def encode_body(body: Body) -> bytes:
     """The payload bytes of ``body``; raises :class:`EncodeError` if a field is invalid."""
     match body:
-        case Ping() | Pong():
+        case Ping() | Pong() | Echo():
             return b""
         case FindNode(target):
             check_id(target, "target")
@@ -315,6 +316,10 @@ def _decode_pong(reader: Reader) -> Body:
     return Pong()
 
 
+def _decode_echo(reader: Reader) -> Body:
+    return Echo()
+
+
 def _decode_find_node(reader: Reader) -> Body:
     return FindNode(reader.take(ID_BYTES))
 
@@ -383,4 +388,5 @@ DECODERS: dict[MessageType, Callable[[Reader], Body]] = {
     MessageType.PROVIDERS: _decode_providers,
     MessageType.CLAIM: _decode_claim,
     MessageType.CLAIM_ANSWER: _decode_claim_answer,
+    MessageType.ECHO: _decode_echo,
 }

@@ -171,12 +171,16 @@ class RpcEndpoint:
         return len(self._pending)
 
     # -- sending ------------------------------------------------------------------------
-    def send(self, address: tuple[str, int], body: Body, request_id: int) -> bool:
-        """Encode and send one datagram (trimmed to fit); False if it could not be sent."""
+    def send(self, address: tuple[str, int], body: Body, request_id: int, *,
+             cookie: bytes = b"") -> bool:
+        """Encode and send one datagram (trimmed to fit); False if it could not be sent.
+
+        ``cookie`` goes in the envelope (address validation: an answer's, or an ECHO's).
+        """
         label = message_type(body).label
         if self._transport is None or self._closed:
             return False
-        message = Message(body, request_id, self.node_id, self.mirror_port)
+        message = Message(body, request_id, self.node_id, self.mirror_port, cookie=cookie)
         if self._map_v4 and ":" not in address[0]:
             address = ("::ffff:" + address[0], address[1])
         try:

@@ -16,6 +16,7 @@ from spegel_kademlia.codec import Codec
 from spegel_kademlia.ids import Contact, random_id
 from spegel_kademlia.messages import (
     Body,
+    Echo,
     FindNode,
     GetProviders,
     Message,
@@ -51,15 +52,17 @@ class FakePeer(asyncio.DatagramProtocol):
         if isinstance(message.body, Pong):
             self.ponged.add(message.request_id)
             self.pong.set()
+        if message.cookie:  # the router checks our address: return its cookie
+            self.send(Echo(), message.request_id, addr, cookie=message.cookie)
         named = (self.introduce,) if self.introduce is not None else ()
         reply: Body | None = {Ping: Pong(), FindNode: Nodes(()),
                               GetProviders: Providers((), named)}.get(type(message.body))
         if reply is not None and not message.is_response:
             self.send(reply, message.request_id, addr)
 
-    def send(self, body: Body, request_id: int, to: tuple[Any, ...]) -> None:
+    def send(self, body: Body, request_id: int, to: tuple[Any, ...], cookie: bytes = b"") -> None:
         assert self.transport is not None
-        message = Message(body, request_id, self.node_id, 1)
+        message = Message(body, request_id, self.node_id, 1, cookie=cookie)
         self.transport.sendto(CODEC.encode(message), to)
 
     def pings(self) -> int:
@@ -76,8 +79,8 @@ class FakePeer(asyncio.DatagramProtocol):
 
 @pytest.fixture
 async def router() -> AsyncIterator[KademliaRouter]:
-    # The peers share 127.0.0.1: no per-IP cap. Each is validated (it answers the
-    # router's PING) before it enters the table.
+    # The peers share 127.0.0.1: no per-IP cap. Each is validated (it returns the
+    # cookie of the router's PONG in an ECHO) before it enters the table.
     async with KademliaRouter(host=LOOPBACK, port=0, mirror_port=1,
                               settings=KademliaSettings(kademlia_max_per_ip=0)) as node:
         yield node
@@ -122,8 +125,8 @@ async def test_a_bucket_heard_from_lately_is_not_pinged(router: KademliaRouter) 
     try:
         assert all(Pong() in peer.got for peer in peers[:20])
         assert len(router.table) == 20 and peers[20].node_id not in router.table
-        # Each was pinged once: the address check before it entered the table.
-        assert [peer.pings() for peer in peers[:20]] == [1] * 20
+        # None was pinged: the address check was the cookie in the router's PONG.
+        assert [peer.pings() for peer in peers[:20]] == [0] * 20
     finally:
         for peer in peers:
             assert peer.transport is not None
@@ -135,10 +138,9 @@ async def test_a_silent_head_is_still_pinged(router: KademliaRouter,
     monkeypatch.setattr(node_module, "EVICTION_QUIET", 0.0)
     peers = await fill_then_newcomer(router)
     try:
-        # Besides the address checks (1 each), an eviction ping of the head (the least
-        # recently seen: the router's own bootstrap lookups reorder them): it answers,
-        # it stays, the newcomer waits.
-        assert sum(peer.pings() >= 2 for peer in peers[:20]) >= 1
+        # An eviction ping of the head (the least recently seen: the router's own
+        # bootstrap lookups reorder them): it answers, it stays, the newcomer waits.
+        assert sum(peer.pings() >= 1 for peer in peers[:20]) >= 1
         assert all(peer.node_id in router.table for peer in peers[:20])
         assert peers[20].node_id not in router.table
     finally:

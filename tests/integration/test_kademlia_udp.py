@@ -175,8 +175,8 @@ async def test_malformed_datagrams_are_dropped_and_counted() -> None:
     router = KademliaRouter(host=LOOPBACK, port=0, mirror_port=5000, metrics=recorder)
     async with router:
         assert router.bound is not None
-        garbage = [b"", b"junk" * 20, b"SK\x01\x63" + bytes(43),
-                   b"SK\x01\x04\x00" + bytes(42) + b"\x09",
+        garbage = [b"", b"junk" * 20, b"SK\x02\x63" + bytes(43),
+                   b"SK\x02\x04\x00" + bytes(42) + b"\x09",
                    bytes(2000)]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
             raw.bind((LOOPBACK, 0))
@@ -196,12 +196,16 @@ async def test_malformed_datagrams_are_dropped_and_counted() -> None:
             pong = codec.decode(data, router.bound)
             assert isinstance(pong.body, Pong) and pong.request_id == 99
             assert pong.sender == router.node_id and pong.mirror_port == 5000
-            # The unknown sender is challenged (address validation, docs/security.md);
-            # this socket never answers, so it never becomes a contact.
+            # The unknown sender's address is checked (address validation,
+            # docs/security.md): the PONG carries a cookie, which this socket never
+            # returns, so it never becomes a contact (a second round trip shows that the
+            # router has handled everything before it).
+            assert len(pong.cookie) == 8
+            raw.sendto(codec.encode(Message(Ping(), 100, ping.sender, 1)), router.bound)
             async with asyncio.timeout(10):
                 data = await loop.sock_recv(raw, 2048)
-            assert isinstance(codec.decode(data, router.bound).body, Ping)
-            await wait_for(lambda: router.status().extra["rpc_timeouts"] == 1)
+            assert codec.decode(data, router.bound).request_id == 100
+            assert len(router.table) == 0
     assert any(isinstance(e, DhtMessage) and e == DhtMessage("pong", "sent")
                for e in recorder.events)
     assert PeerCount(1) not in recorder.events

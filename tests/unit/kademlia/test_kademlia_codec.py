@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spegel_kademlia.codec import MAX_DATAGRAM, Codec, DecodeError, EncodeError
+from spegel_kademlia.codec import MAX_DATAGRAM, PADDED_REQUEST, Codec, DecodeError, EncodeError
 from spegel_kademlia.ids import Contact
 from spegel_kademlia.messages import (
     AddProvider,
@@ -19,6 +19,7 @@ from spegel_kademlia.messages import (
     Body,
     Claim,
     ClaimReply,
+    Echo,
     FindNode,
     GetProviders,
     Message,
@@ -62,8 +63,11 @@ bodies: st.SearchStrategy[Body] = st.one_of(
               providers),
     st.builds(ClaimReply, st.just(False), st.integers(0, 255), st.integers(0, 2**32 - 1),
               providers, providers),
+    st.just(Echo()),
 )
-messages = st.builds(Message, bodies, st.integers(0, 2**64 - 1), ids, st.integers(0, 65535))
+cookies = st.one_of(st.just(b""), st.binary(min_size=8, max_size=8))
+messages = st.builds(Message, bodies, st.integers(0, 2**64 - 1), ids, st.integers(0, 65535),
+                     cookie=cookies)
 
 
 def sample_message(body: Body | None = None) -> Message:
@@ -71,14 +75,18 @@ def sample_message(body: Body | None = None) -> Message:
 
 
 @settings(max_examples=300, deadline=None)
-@given(messages, st.booleans())
-def test_round_trip(message: Message, keyed: bool) -> None:
-    codec = Codec(KEY if keyed else None)
+@given(messages, st.booleans(), st.booleans())
+def test_round_trip(message: Message, keyed: bool, pad: bool) -> None:
+    codec = Codec(KEY if keyed else None, pad=pad)
     fitted = codec.fit(message)
     data = codec.encode(fitted)
     assert len(data) == codec.size(fitted) <= MAX_DATAGRAM
+    if pad and fitted.type in (MessageType.FIND_NODE, MessageType.GET_PROVIDERS):
+        assert len(data) == PADDED_REQUEST  # an answer of any size is within 3x of it
     decoded = codec.decode(data, SOURCE)
     assert decoded.body == fitted.body
+    assert decoded.cookie == fitted.cookie
+    assert decoded.size == len(data)
     assert (decoded.request_id, decoded.sender, decoded.mirror_port) == (
         fitted.request_id, fitted.sender, fitted.mirror_port)
     assert (decoded.source_host, decoded.source_port) == SOURCE
@@ -201,13 +209,18 @@ def test_tampered_authenticated_datagram_is_rejected() -> None:
 @pytest.mark.parametrize(("data", "reason"), [
     (b"", "short"),
     (b"XX" + bytes(45), "magic"),
-    (b"SK\x02" + bytes(44), "version"),
-    (b"SK\x01\x63" + bytes(43), "type"),
-    (b"SK\x01\x01\x80" + bytes(42), "flags"),
-    (b"SK\x01\x03\x00" + bytes(42) + b"\x00" * 31, "short"),
-    (b"SK\x01\x01\x00" + bytes(42) + b"\x00", "trailing"),
-    (b"SK\x01\x04\x00" + bytes(42) + b"\x01" + bytes(32) + b"\x05", "address"),
-    (b"SK\x01\x06\x00" + bytes(42) + b"\x02", "value"),
+    (b"SK\x01" + bytes(44), "version"),
+    (b"SK\x02\x63" + bytes(43), "type"),
+    (b"SK\x02\x01\x80" + bytes(42), "flags"),
+    (b"SK\x02\x03\x00" + bytes(42) + b"\x00" * 31, "short"),
+    (b"SK\x02\x01\x00" + bytes(42) + b"\x00", "trailing"),
+    (b"SK\x02\x04\x00" + bytes(42) + b"\x01" + bytes(32) + b"\x05", "address"),
+    (b"SK\x02\x06\x00" + bytes(42) + b"\x02", "value"),
+    # A cookie flag without its 8 bytes; padding missing or not zeros; bytes after a cookie.
+    (b"SK\x02\x0b\x02" + bytes(42) + bytes(7), "short"),
+    (b"SK\x02\x03\x04" + bytes(42) + bytes(32), "padding"),
+    (b"SK\x02\x03\x04" + bytes(42) + bytes(32) + b"\x00\x01", "padding"),
+    (b"SK\x02\x0b\x02" + bytes(42) + bytes(9), "trailing"),
     (bytes(MAX_DATAGRAM + 1), "size"),
 ])
 def test_decode_reasons(data: bytes, reason: str) -> None:
