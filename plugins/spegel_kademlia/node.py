@@ -77,7 +77,7 @@ _MAX_EVICTION_PINGS = 32
 #: it on every unknown sender made pings 80 % of all datagrams at 1000 nodes (each ping
 #: reaches a node that may not know the pinger and pings in turn); see docs/scale.md. A
 #: shorter quiet time would still cycle pings through every full bucket at steady state.
-_EVICTION_QUIET = 10 * 60.0
+EVICTION_QUIET = 10 * 60.0
 
 
 def _placeholder_host(host: str) -> str:
@@ -201,11 +201,14 @@ class KademliaRouter(Announcing, Joining):
                         "%s can join it and advertise content (see docs/security.md)",
                         self.address)
 
-    async def aclose(self) -> None:
-        """Tell the closest nodes our records are gone, stop the tasks, close the socket."""
+    async def aclose(self, *, withdraw: bool = True) -> None:
+        """Tell the closest nodes our records are gone, stop the tasks, close the socket.
+
+        :param withdraw: False closes like a crashed node (simulations): nobody is told.
+        """
         if self._state == "closed":
             return
-        if self._state == "running":
+        if self._state == "running" and withdraw:
             self._send_withdrawals(list(self.advertised))
         self._state = "closed"
         tasks = list(self._tasks)
@@ -337,7 +340,11 @@ class KademliaRouter(Announcing, Joining):
         self._rpc.send(contact.address, body, secrets.randbits(64))
 
     def status(self) -> RouterStatus:
-        """Node id, address, routing table size, advertised keys and health."""
+        """Node id, address, routing table size, advertised keys and health.
+
+        ``extra``: counters and state (``bootstrap_attempts`` started, ``joined``: the first
+        self lookup has ended, ``bootstrap_wait_s``: :attr:`bootstrap_wait`, ...).
+        """
         peers = len(self.table)
         if self._state == "running":
             detail = "ok" if peers else ("bootstrapping" if not self._bootstraps else "no peers")
@@ -348,6 +355,7 @@ class KademliaRouter(Announcing, Joining):
             advertised_keys=len(self.advertised), detail=detail,
             extra={"provider_records": len(self.providers), "buckets":
                    self.table.nonempty_buckets, "bootstrap_attempts": self._bootstraps,
+                   "joined": self._joined, "bootstrap_wait_s": self.bootstrap_wait,
                    "provides": self._provided, "provide_failures": self._provide_failures,
                    "unstored_keys": len(self._unstored),
                    "reannounced_keys": 0 if self.growth is None else self.growth.triggered,
@@ -403,7 +411,7 @@ class KademliaRouter(Announcing, Joining):
             self._heard = {i: t for i, t in self._heard.items() if i in self.table}
         head = self.table.add(contact)
         heard = None if head is None else self._heard.get(head.node_id)
-        if heard is not None and now - heard < _EVICTION_QUIET:
+        if heard is not None and now - heard < EVICTION_QUIET:
             head = None  # the whole bucket was heard from lately: nobody to check
         if (head is not None and head.node_id not in self._pinging
                 and len(self._pinging) < _MAX_EVICTION_PINGS and self._state == "running"):
@@ -446,6 +454,8 @@ class KademliaRouter(Announcing, Joining):
                                attempt_timeout=self.settings.kademlia_rpc_timeout,
                                retries=retries)
         future.add_done_callback(functools.partial(self._request_done, contact.node_id))
+        if self.watch is not None:
+            self.watch.requested(contact, future)
         return future
 
     def _request_done(self, node_id: bytes, future: asyncio.Future[Message]) -> None:

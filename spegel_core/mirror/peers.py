@@ -114,6 +114,9 @@ class PeerSettings:
     arriving: bool = True
     #: Sent with every peer request (``--basic-auth-dir``: the ``Authorization`` header).
     headers: tuple[tuple[str, str], ...] = ()
+    #: aiohttp request tracing for the peer session (observers: a test that sees every
+    #: connection the mirror makes). Read when the session is made, on first use.
+    trace_configs: tuple[aiohttp.TraceConfig, ...] = ()
 
 
 @dataclass
@@ -165,6 +168,7 @@ class PeerFetcher:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0,
                                               sock_read=self.settings.request_timeout),
                 read_bufsize=STREAM_CHUNK, headers=dict(self.settings.headers),
+                trace_configs=list(self.settings.trace_configs) or None,
             )
         return self._session
 

@@ -36,6 +36,9 @@ class FakePeer(asyncio.DatagramProtocol):
     def __init__(self, own: bytes) -> None:
         self.node_id = bytes([own[0] ^ 0x80]) + random_id()[1:]
         self.got: list[Body] = []
+        #: Request ids of the PONGs it received.
+        self.ponged: set[int] = set()
+        self.pong = asyncio.Event()
         self.transport: asyncio.DatagramTransport | None = None
         #: A contact it names in its answers to GET_PROVIDERS.
         self.introduce: Contact | None = None
@@ -46,6 +49,9 @@ class FakePeer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         message = CODEC.decode(data, addr)
         self.got.append(message.body)
+        if isinstance(message.body, Pong):
+            self.ponged.add(message.request_id)
+            self.pong.set()
         if message.cookie:  # the router checks our address: return its cookie
             self.send(Echo(), message.request_id, addr, cookie=message.cookie)
         named = (self.introduce,) if self.introduce is not None else ()
@@ -61,6 +67,14 @@ class FakePeer(asyncio.DatagramProtocol):
 
     def pings(self) -> int:
         return sum(isinstance(body, Ping) for body in self.got)
+
+    async def round_trip(self, to: tuple[str, int], request_id: int) -> None:
+        """PING ``to`` and wait for its PONG (a barrier through the router's loop)."""
+        self.send(Ping(), request_id, to)
+        async with asyncio.timeout(10):
+            while request_id not in self.ponged:
+                self.pong.clear()
+                await self.pong.wait()
 
 
 @pytest.fixture
@@ -86,9 +100,9 @@ async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
         if n == 20:
             break
         peer.send(Ping(), n + 1, router.bound)
-        for _ in range(400):  # each one in the table (once proven) before the next
-            if peer.node_id in router.table:
-                break
+        deadline = loop.time() + 10  # each one in the table (once proven) before the next
+        while peer.node_id not in router.table:
+            assert loop.time() < deadline, f"peer {n} never entered the table"
             await asyncio.sleep(0.005)
     # The newcomer is learnt by asking: its answer proves its address, so it is a
     # validated newcomer for the full bucket.
@@ -99,7 +113,10 @@ async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
         peer.introduce = Contact(newcomer.node_id, LOOPBACK, port)
     _ = [p async for p in router.lookup("sha256:" + "e" * 64, 1, 1.0)]
     assert any(isinstance(body, GetProviders) for body in newcomer.got)
-    await asyncio.sleep(0.3)  # time for an eviction ping to arrive
+    # A barrier instead of a pause: the newcomer's answer reached the router before
+    # this PING (one socket, in order), and an eviction ping is sent in the loop turn
+    # after that answer, so it is in the head's socket before the PONG comes back.
+    await newcomer.round_trip(router.bound, 10_000)
     return peers
 
 
@@ -118,7 +135,7 @@ async def test_a_bucket_heard_from_lately_is_not_pinged(router: KademliaRouter) 
 
 async def test_a_silent_head_is_still_pinged(router: KademliaRouter,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(node_module, "_EVICTION_QUIET", 0.0)
+    monkeypatch.setattr(node_module, "EVICTION_QUIET", 0.0)
     peers = await fill_then_newcomer(router)
     try:
         # An eviction ping of the head (the least recently seen: the router's own

@@ -30,6 +30,7 @@ from spegel_kademlia.messages import (
     ProviderInfo,
     Providers,
 )
+from spegel_kademlia.payloads import Reader
 from tests.fuzzing import fuzz_scale
 
 KEY = b"cluster-key-0123456789abcdef0123"
@@ -144,11 +145,17 @@ def test_contacts_decoded_again_are_the_same_objects_and_still_checked() -> None
     # A known entry does not excuse the rest of the datagram.
     with pytest.raises(DecodeError):
         codec.decode(data[:-3], SOURCE)
-    # The memory of decoded contacts is bounded.
-    for n in range(5000):
+    # The memory of decoded contacts is bounded: once more than it keeps were decoded,
+    # the first ones are decoded afresh (equal, not the same objects), then shared again.
+    for n in range(Reader.CONTACTS_SEEN + 1):
         one = Contact(n.to_bytes(32, "big"), "10.2.0.1", 1 + n)
         codec.decode(codec.encode(Message(Nodes((one,)), n, b"\x09" * 32, 5000)), SOURCE)
-    assert len(codec._contacts) <= 4096
+    fresh = codec.decode(data, SOURCE).body
+    assert isinstance(fresh, Nodes) and fresh.contacts == contacts
+    assert not any(a is b for a, b in zip(first.contacts, fresh.contacts, strict=True))
+    shared = codec.decode(data, SOURCE).body
+    assert isinstance(shared, Nodes)
+    assert all(a is b for a, b in zip(fresh.contacts, shared.contacts, strict=True))
 
 
 def test_keyed_node_drops_unauthenticated_and_unkeyed_drops_authenticated() -> None:
