@@ -22,6 +22,23 @@ __all__ = ["METRICS_PORT", "NodeProcess"]
 METRICS_PORT = 9090
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM ``process``, SIGKILL it after ``timeout`` s; its exit code once it ended.
+
+    :param process: a child process (already ended is fine).
+    :param timeout: seconds between SIGTERM and SIGKILL.
+    :returns: the exit code.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class NodeProcess:
     """One ``spegel registry`` subprocess listening on ``ip``.
@@ -90,14 +107,7 @@ class NodeProcess:
         """SIGTERM, then SIGKILL after ``timeout`` s; the exit code (None: never started)."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL the process if it runs."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from spegel_core.node_process import terminate
 
 __all__ = [
     "CONTAINERD_BINARY",
@@ -137,13 +138,7 @@ class ContainerdDaemon:
         """SIGTERM the daemon (SIGKILL after ``timeout``) and wait for it; idempotent."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
         self.process = None
 
     def restart(self) -> ContainerdDaemon:

@@ -18,6 +18,7 @@ from contextlib import aclosing
 import pytest
 
 from spegel_core.protocols import PeerAddress
+from spegel_core.testing.fakes import StaticListDiscovery
 from spegel_kademlia import KademliaRouter, KademliaSettings
 from spegel_kademlia.ids import Contact, key_id, random_id
 from spegel_kademlia.lookup import Lookup, QueryState
@@ -40,18 +41,8 @@ def _ipv6_loopback() -> bool:
 pytestmark = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
 
 
-class StaticDiscovery:
-    name = "static"
-    refresh_interval = 600.0
-
-    def __init__(self, *addresses: PeerAddress) -> None:
-        self.addresses = list(addresses)
-
-    async def bootstrap_peers(self) -> list[PeerAddress]:
-        return list(self.addresses)
-
-    async def aclose(self) -> None:
-        pass
+def StaticDiscovery(*seeds: PeerAddress) -> StaticListDiscovery:
+    return StaticListDiscovery(seeds, refresh_interval=600.0)
 
 
 # Quiet nodes: no bucket refresh during a test (it would reorder addresses by traffic).
