@@ -265,3 +265,14 @@ async def test_with_a_cluster_key_nothing_gets_past_the_mac(
     finally:
         assert attacker.transport is not None
         attacker.transport.close()
+
+
+async def test_honest_joiners_are_validated_by_their_echoes(
+        network: list[KademliaRouter]) -> None:
+    """Each honest joiner entered the target's table through the cookie it returned:
+    one ECHO each, no answer held for a check."""
+    target, honest = network[0], network[1:]
+    stats = admission(target)
+    assert stats["echoes_taken"] >= len(honest)
+    assert all(admission(router)["echoes_sent"] >= 1 for router in honest)
+    assert {contact.node_id for contact in target.table} == {r.node_id for r in honest}
