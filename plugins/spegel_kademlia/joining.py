@@ -49,6 +49,7 @@ class Joining:
     _rng: random.Random
     _allowed: Callable[[str], bool] | None
     _address: tuple[str, int] | None
+    _families: frozenset[int]
     _unstored: set[str]
     _wake_bootstrap: asyncio.Event
     _wake_reprovide: asyncio.Event
@@ -142,7 +143,9 @@ class Joining:
 
         Returns the peer's contact and the contacts it gave, None if it did not answer.
         """
-        family = socket.AF_INET6 if ":" in (self._address or ("",))[0] else socket.AF_INET
+        families = self._families
+        family = (socket.AF_UNSPEC if len(families) > 1 else
+                  socket.AF_INET6 if 6 in families else socket.AF_INET)
         target = await resolve(address, family)
         if target is None:
             return None
@@ -170,6 +173,27 @@ class Joining:
     def reprovide_soon(self) -> None:
         """Wake the reprovide loop now (after keys of :attr:`advertised` were rescheduled)."""
         self._wake_reprovide.set()
+
+    async def ask(self, address: tuple[str, int], body: Body, *,
+                  node_id: bytes | None = None, attempt_timeout: float | None = None,
+                  retries: int | None = None) -> Message:
+        """Send one request to ``address`` and return its answer (diagnostics, tests).
+
+        Nothing is recorded in the routing table beyond what any answer records.
+
+        :param address: ``(ip, port)`` of a DHT node.
+        :param body: the request (a FIND_NODE, GET_PROVIDERS, PING, ...).
+        :param node_id: the id the answer must come from, if known.
+        :param attempt_timeout: seconds per attempt (default ``--kademlia-rpc-timeout``).
+        :param retries: attempts after the first (default ``--kademlia-rpc-retries``).
+        :returns: the answer.
+        :raises RpcError: no answer in time, or the router is closed.
+        """
+        s = self.settings
+        return await self._rpc.request(
+            address, body, node_id=node_id,
+            attempt_timeout=s.kademlia_rpc_timeout if attempt_timeout is None else attempt_timeout,
+            retries=s.kademlia_rpc_retries if retries is None else retries)
 
     async def ping(self, contact: Contact) -> Message:
         """PING ``contact``, retried ``kademlia_rpc_retries`` times (a liveness check).

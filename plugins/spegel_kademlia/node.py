@@ -54,7 +54,7 @@ from spegel_kademlia.messages import (
     Ping,
     ProviderInfo,
 )
-from spegel_kademlia.reach import BOTH, provider_peer, socket_families, start_request
+from spegel_kademlia.reach import BOTH, provider_peer, socket_families, start_request, udp_socket
 from spegel_kademlia.replicate import GrowthWatch
 from spegel_kademlia.rpc import (
     RpcEndpoint,
@@ -184,9 +184,9 @@ class KademliaRouter(Announcing, Joining):
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpProtocol(self._rpc), local_addr=(self._host, self._port))
+                lambda: UdpProtocol(self._rpc), sock=udp_socket(self._host, self._port))
         except OSError as exc:
-            raise ConfigError("--router-addr", f"cannot listen on UDP {self._host}:"
+            raise ConfigError("--router-addr", f"cannot listen on UDP {self._host or '*'}:"
                                                f"{self._port}: {exc.strerror or exc}") from exc
         sockname = transport.get_extra_info("sockname")
         self._families = socket_families(transport.get_extra_info("socket"))

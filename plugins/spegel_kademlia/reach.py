@@ -29,6 +29,35 @@ log = logging.getLogger(__name__)
 BOTH = frozenset({4, 6})
 
 
+def udp_socket(host: str, port: int) -> socket.socket:
+    """A bound UDP socket for the router: dual-stack for an empty ``host``.
+
+    An empty host binds ``[::]`` with ``IPV6_V6ONLY`` off where the kernel allows (IPv4
+    peers then arrive as IPv4-mapped addresses, which the codec reads as IPv4), else
+    ``0.0.0.0``; a literal binds only its family.
+
+    :param host: the address to bind, or ``""`` for every address of both families.
+    :param port: the UDP port (0: any free one).
+    :returns: the bound, non-blocking socket.
+    :raises OSError: it cannot be bound.
+    """
+    if not host and socket.has_dualstack_ipv6():
+        family, host = socket.AF_INET6, "::"
+    else:
+        host = host or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def socket_families(sock: socket.socket | None) -> frozenset[int]:
     """The IP versions (4, 6) that ``sock`` can send datagrams to.
 

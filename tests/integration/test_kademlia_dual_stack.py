@@ -60,6 +60,10 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> None
         await asyncio.sleep(0.02)
 
 
+def rpc_timeouts(router: KademliaRouter) -> int:
+    return int(router.status().extra["rpc_timeouts"])  # type: ignore[call-overload]
+
+
 def addresses_of(router: KademliaRouter, node_id: bytes) -> tuple[tuple[str, int], ...]:
     contact = router.table.get(node_id)
     return () if contact is None else contact.addresses
@@ -100,8 +104,8 @@ async def test_a_dual_stack_node_is_one_contact_and_answers_carry_both_addresses
     c = await start(routers, _v4_loopback(), PeerAddress("127.0.0.1", b_port))
     await wait_for(lambda: addresses_of(c, a.node_id) == (("127.0.0.1", port),))
     # B's NODES answer names A at both addresses.
-    reply = await c._rpc.request(("127.0.0.1", b_port), FindNode(a.node_id),
-                                 attempt_timeout=1.0, retries=2, node_id=b.node_id)
+    reply = await c.ask(("127.0.0.1", b_port), FindNode(a.node_id),
+                        attempt_timeout=1.0, retries=2, node_id=b.node_id)
     assert isinstance(reply.body, Nodes)
     named = {entry.node_id: entry for entry in reply.body.contacts}
     assert set(named[a.node_id].addresses) == both
@@ -110,8 +114,8 @@ async def test_a_dual_stack_node_is_one_contact_and_answers_carry_both_addresses
     # answered with both addresses: the other one is the one B proved for A's id.
     await a.advertise([KEY])
     await wait_for(lambda: bool(b.providers.get(key_id(KEY))))
-    reply = await c._rpc.request(("127.0.0.1", b_port), GetProviders(key_id(KEY), 3),
-                                 attempt_timeout=1.0, retries=2, node_id=b.node_id)
+    reply = await c.ask(("127.0.0.1", b_port), GetProviders(key_id(KEY), 3),
+                        attempt_timeout=1.0, retries=2, node_id=b.node_id)
     assert isinstance(reply.body, Providers)
     [provider] = [p for p in reply.body.providers if p.node_id == a.node_id]
     assert set(provider.addresses) == {("127.0.0.1", 5101), ("::1", 5101)}
@@ -139,14 +143,14 @@ async def test_a_query_falls_back_to_the_second_address_when_the_first_is_dead(
     await a4.aclose()  # its IPv4 address goes dead; B still names it first
 
     c = await start(routers, "::", PeerAddress("127.0.0.1", b.bound[1]))
-    reply = await c._rpc.request(("127.0.0.1", b.bound[1]), FindNode(node_id),
-                                 attempt_timeout=1.0, retries=2, node_id=b.node_id)
+    reply = await c.ask(("127.0.0.1", b.bound[1]), FindNode(node_id),
+                        attempt_timeout=1.0, retries=2, node_id=b.node_id)
     assert isinstance(reply.body, Nodes)
     [contact] = [e for e in reply.body.contacts if e.node_id == node_id]
     assert contact.addresses == (v4, v6)
     # A FIND_NODE lookup of A that starts at B alone: B names A at the dead address
     # first; the lookup asks A there, then at ::1, and A answers.
-    timeouts = c._rpc.timeouts
+    timeouts = rpc_timeouts(c)
     lookup = Lookup(node_id, [Contact(b.node_id, "127.0.0.1", b.bound[1])],
                     own_id=c.node_id)
     deadline = asyncio.get_running_loop().time() + 10.0
@@ -155,13 +159,29 @@ async def test_a_query_falls_back_to_the_second_address_when_the_first_is_dead(
             pass
     assert lookup.state(node_id) is QueryState.RESPONDED
     assert node_id in [found.node_id for found in lookup.result]
-    assert c._rpc.timeouts >= timeouts + 1  # the query at the dead address
+    assert rpc_timeouts(c) >= timeouts + 1  # the query at the dead address
     # The query itself: the answer comes from ::1.
-    timeouts = c._rpc.timeouts
+    timeouts = rpc_timeouts(c)
     answer = await c._start_request(contact, Ping(), retries=0)
     assert (answer.sender, answer.source_host, answer.source_port) == (node_id, *v6)
-    assert c._rpc.timeouts >= timeouts + 1  # the attempt at the dead address
+    assert rpc_timeouts(c) >= timeouts + 1  # the attempt at the dead address
     assert c.table.failures(node_id) == 0  # an address timed out, not the node
     assert addresses_of(c, node_id)[0] == v6
 
 
+
+
+async def test_an_empty_router_host_binds_both_families(
+        routers: list[KademliaRouter]) -> None:
+    """``--router-addr :PORT`` (an empty host): one socket that IPv4 and IPv6 peers reach."""
+    a = await start(routers, "")
+    assert a.bound is not None and a.bound[0] == "::"
+    port = a.bound[1]
+    v4 = await start(routers, _v4_loopback(), PeerAddress("127.0.0.1", port))
+    v6 = await start(routers, "::1", PeerAddress("::1", port))
+    await wait_for(lambda: {v4.node_id, v6.node_id} <= {c.node_id for c in a.table})
+    assert a.table.get(v4.node_id).host.startswith("127.")  # type: ignore[union-attr]
+    assert a.table.get(v6.node_id).host == "::1"  # type: ignore[union-attr]
+    # Both reached A, each over its own family.
+    assert addresses_of(v4, a.node_id) == (("127.0.0.1", port),)
+    assert addresses_of(v6, a.node_id) == (("::1", port),)
