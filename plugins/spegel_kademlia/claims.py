@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +28,7 @@ from spegel_kademlia.messages import Body, Claim, ClaimReply, Message, Nodes, Pr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Claimant", "answer_claim", "local_address_towards"]
+__all__ = ["Claimant", "answer_claim", "attempts", "local_address_towards"]
 
 #: Longest claim TTL a rendezvous grants (a claimant asking more gets this).
 MAX_TTL = 60.0
@@ -54,6 +55,27 @@ def local_address_towards(host: str) -> str:
         return "127.0.0.1"
 
 
+def attempts(timeout: float, shortest: float) -> tuple[float, int]:
+    """How one claim hop waits: the first attempt's timeout, and the retries after it.
+
+    Each retry waits twice as long as the attempt before it, and the attempts fill
+    ``timeout`` exactly. A rendezvous that a whole fleet claims at once answers late
+    rather than never: re-sending at a fixed pace would send it more claims the
+    slower it gets (the re-sends of 2000 claims every 0.5 s were twice the claims
+    themselves in an overloaded run). A lost datagram is re-sent after ``shortest``
+    at the earliest.
+
+    :param timeout: seconds the hop may take.
+    :param shortest: the shortest first attempt (seconds, > 0).
+    :returns: ``(first attempt timeout, retries)``.
+    """
+    shortest = max(1e-3, shortest)
+    if timeout <= shortest:
+        return max(timeout, 1e-3), 0
+    count = max(1, int(math.log2(timeout / shortest + 1)))
+    return timeout / (2 ** count - 1), count - 1
+
+
 def _info(peer: Peer) -> ProviderInfo:
     return ProviderInfo(peer.node_id, peer.host, peer.port)
 
@@ -63,12 +85,15 @@ def _peer(info: ProviderInfo) -> Peer:
 
 
 def answer_claim(message: Message, book: ClaimBook, own: Peer, *, now: float,
-                 closer: Sequence[Contact] = ()) -> ClaimReply | Nodes | None:
+                 closer: Sequence[Contact] | Callable[[], Sequence[Contact]] = ()
+                 ) -> ClaimReply | Nodes | None:
     """The reply to a CLAIM (None for a release, which gets none).
 
-    ``closer`` are the contacts this node knows closer to the key than itself: unless
-    it holds the key's flight already, it sends the claim on to them (NODES) rather
-    than answer it. ``own`` is this node as others reach it: a flight member that is
+    ``closer`` are the contacts this node knows closer to the key than itself (or a
+    callable that finds them, called only when needed): unless it holds the key's
+    flight already, it sends the claim on to them (NODES) rather than answer it. A
+    rendezvous that holds the flight answers a fleet's claims without looking at its
+    routing table. ``own`` is this node as others reach it: a flight member that is
     this node has an empty host in ``book`` (see :class:`Claimant`); it is filled in
     with the address this node uses towards the claimant.
     """
@@ -79,8 +104,10 @@ def answer_claim(message: Message, book: ClaimBook, own: Peer, *, now: float,
     if body.ttl_ms == 0:
         book.release(body.key, requester)
         return None
-    if closer and not book.holds(body.key, now):
-        return Nodes(tuple(closer))
+    if not book.holds(body.key, now):
+        onward = closer() if callable(closer) else closer
+        if onward:
+            return Nodes(tuple(onward))
     ttl = min(MAX_TTL, body.ttl_ms / 1000)
     answer = book.claim(body.key, requester, fanout=body.fanout, ttl=ttl, now=now)
     here = local_address_towards(message.source_host) if not own.host else own.host

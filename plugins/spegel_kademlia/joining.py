@@ -215,7 +215,11 @@ class Joining:
     async def _maintenance_loop(self) -> None:
         interval = self.settings.kademlia_refresh_interval
         while True:
-            await asyncio.sleep(min(IDLE_WAKE, interval / 4))
+            # Jittered: the nodes of a rollout start within seconds of each other, and
+            # waking in step they refreshed their due buckets in one burst every minute
+            # (thousands of lookups within seconds in the simulation, where a fleet's
+            # claims met them). Each wake is 0.5-1.5 times the period, so they drift apart.
+            await asyncio.sleep(min(IDLE_WAKE, interval / 4) * self._rng.uniform(0.5, 1.5))
             self.providers.sweep()
             if len(self.table):
                 try:

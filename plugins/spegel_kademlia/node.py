@@ -38,7 +38,13 @@ from spegel_core.protocols import (
 from spegel_core.rendezvous import ClaimBook
 from spegel_kademlia.admission import Admission
 from spegel_kademlia.announcing import Announcing
-from spegel_kademlia.claims import CLOSEST, Claimant, answer_claim
+from spegel_kademlia.burst import BurstProtocol
+from spegel_kademlia.claims import (
+    CLOSEST,
+    Claimant,
+    answer_claim,
+    attempts,
+)
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.gate import RequestGate
 from spegel_kademlia.handlers import answer
@@ -60,7 +66,6 @@ from spegel_kademlia.rpc import (
     RpcEndpoint,
     RpcError,
     RpcTimeout,
-    UdpProtocol,
 )
 from spegel_kademlia.search import drive
 from spegel_kademlia.settings import KademliaSettings
@@ -184,7 +189,7 @@ class KademliaRouter(Announcing, Joining):
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpProtocol(self._rpc), sock=udp_socket(self._host, self._port))
+                lambda: BurstProtocol(self._rpc), sock=udp_socket(self._host, self._port))
         except OSError as exc:
             raise ConfigError("--router-addr", f"cannot listen on UDP {self._host or '*'}:"
                                                f"{self._port}: {exc.strerror or exc}") from exc
@@ -330,11 +335,11 @@ class KademliaRouter(Announcing, Joining):
     async def _claim_request(self, contact: Contact, body: Body,
                              timeout: float) -> Message:  # noqa: ASYNC109
         # A rendezvous that a whole fleet claims at once answers late rather than never:
-        # wait for it (re-sending at the usual pace) and never count it as failed here.
-        attempt = max(self.settings.kademlia_rpc_timeout, min(0.5, timeout / 4))
-        retries = max(0, int(timeout / attempt) - 1)
-        return await self._rpc.request(contact.address, body, attempt_timeout=attempt,
-                                       retries=retries, node_id=contact.node_id)
+        # wait for it (re-sending less often each time) and never count it as failed here.
+        first, retries = attempts(timeout, max(self.settings.kademlia_rpc_timeout,
+                                               min(0.25, timeout / 4)))
+        return await self._rpc.request(contact.address, body, attempt_timeout=first,
+                                       retries=retries, node_id=contact.node_id, backoff=2.0)
 
     def _claim_send(self, contact: Contact, body: Body) -> None:
         self._rpc.send(contact.address, body, secrets.randbits(64))
@@ -393,13 +398,15 @@ class KademliaRouter(Announcing, Joining):
     def _answer(self, message: Message) -> Body | None:
         if isinstance(message.body, Claim):
             own = Peer(self._claimant.host, self.mirror_port, self.node_id)
-            kid, mine = message.body.key, distance(self.node_id, message.body.key)
-            closer = [c for c in self.table.closest(kid, CLOSEST)
-                      if distance(c.node_id, kid) < mine]
             return answer_claim(message, self.claim_book, own, now=time.monotonic(),
-                                closer=closer)
+                                closer=functools.partial(self._closer_than_me,
+                                                         message.body.key))
         return answer(message, self.table, self.providers, k=self.settings.kademlia_k,
                       rng=self._rng, me=self._me, advertised=self.advertised.ids)
+
+    def _closer_than_me(self, kid: bytes) -> list[Contact]:
+        mine = distance(self.node_id, kid)
+        return [c for c in self.table.closest(kid, CLOSEST) if distance(c.node_id, kid) < mine]
 
     def _on_message(self, message: Message) -> None:
         self._gate.on_message(message)

@@ -89,6 +89,8 @@ class _Pending:
     #: Retries left.
     left: int
     timer: asyncio.TimerHandle | None = None
+    #: Each retry waits this many times longer than the attempt before it.
+    backoff: float = 1.0
 
 
 @functools.lru_cache(maxsize=16384)
@@ -210,6 +212,7 @@ class RpcEndpoint:
         attempt_timeout: float,
         retries: int = 0,
         node_id: bytes | None = None,
+        backoff: float = 1.0,
     ) -> asyncio.Future[Message]:
         """Send ``body`` to ``address``; a future of the response (from ``node_id``, if given).
 
@@ -219,7 +222,9 @@ class RpcEndpoint:
         answer to the first attempt still counts. The future fails with
         :class:`RpcTimeout` or :class:`RpcClosed` (:class:`RpcError` if the datagram
         cannot be sent); cancelling it forgets the request. Whoever starts a request
-        must retrieve its outcome (await it or read it in a done callback).
+        must retrieve its outcome (await it or read it in a done callback). With
+        ``backoff`` > 1 each retry waits that many times longer than the attempt
+        before it, so that a busy receiver is not sent more the slower it gets.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
@@ -233,7 +238,7 @@ class RpcEndpoint:
             future.set_exception(RpcError(f"cannot send to {address}"))
             return future
         pending = _Pending(future, normalize_host(address[0]), address[1], node_id,
-                           address, body, attempt_timeout, retries)
+                           address, body, attempt_timeout, retries, backoff=max(1.0, backoff))
         pending.timer = loop.call_later(attempt_timeout, self._expire, request_id)
         self._pending[request_id] = pending
         return future
@@ -249,6 +254,7 @@ class RpcEndpoint:
             return
         if pending.left > 0:
             pending.left -= 1
+            pending.attempt_timeout *= pending.backoff
             if self.send(pending.address, pending.body, request_id):
                 pending.timer = asyncio.get_running_loop().call_later(
                     pending.attempt_timeout, self._expire, request_id)
@@ -270,6 +276,7 @@ class RpcEndpoint:
         attempt_timeout: float,
         retries: int = 0,
         node_id: bytes | None = None,
+        backoff: float = 1.0,
     ) -> Message:
         """Await the response to ``body`` (see :meth:`start`).
 
@@ -280,7 +287,7 @@ class RpcEndpoint:
         :raises RpcError: any other failure of the request.
         """
         return await self.start(address, body, attempt_timeout=attempt_timeout,
-                                retries=retries, node_id=node_id)
+                                retries=retries, node_id=node_id, backoff=backoff)
 
     # -- receiving ----------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:

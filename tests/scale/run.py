@@ -339,7 +339,7 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
 
 def _fleet(coordinator: Coordinator, nodes: int) -> dict[str, Any]:
     """Every node claims one new digest within a second (:mod:`tests.scale.fleet`)."""
-    results = coordinator.call("fleet", {"t0": time.monotonic() + 0.5, "spread": 1.0,
+    results = coordinator.call("fleet", {"t0": time.monotonic() + fleet.LEAD, "spread": 1.0,
                                          "fanout": fleet.FANOUT}, 120.0)
     return fleet.summarise(results, nodes)
 
