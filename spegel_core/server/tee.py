@@ -2,24 +2,29 @@
 
 The verified peer hop (``--peer-blob-verify mirror``) moves a blob's body from the
 peer's socket to the client's socket without it entering Python, and still hashes
-every byte. Three pipes per stream::
+every byte. Two pipes per stream, driven by one worker thread with blocking calls::
 
-    peer socket --splice--> in --tee--> hash --read--> hashing thread (reused buffer)
-                            in --splice--> out --splice--> client socket
+    peer socket --splice--> in --tee--> hash --read--> reused buffer --> hashlib
+                            in --splice--> client socket
 
-``tee`` duplicates the pages of ``in`` into ``hash`` without consuming them (no
-copy); the same bytes are then moved to ``out``, so ``in`` only ever holds bytes not
-yet duplicated (``tee`` always starts at the head of a pipe). A thread of the
-:class:`HashTap` reads ``hash`` with blocking reads into one reused buffer and feeds
-the hash object (``hashlib`` releases the GIL on large updates): the one copy into
-user space is the one the hash needs. The event loop only moves page references.
+Each turn of the thread fills ``in`` (at most a pipeful: :data:`STREAM_PIPE_SIZE`),
+duplicates all of it into the empty ``hash`` pipe with ``tee`` (page references, no
+copy; ``hash`` has the same capacity, so one ``tee`` takes all), splices it on to the
+client, then reads ``hash`` into one reused buffer and feeds the hash object
+(``hashlib`` releases the GIL on large updates): the one copy into user space is the
+one the hash needs. Both pipes are empty again at the end of each turn. The thread
+waits with ``poll(2)`` on whichever socket holds it up (and on a stop event); the
+event loop awaits one future per source, never a wake-up per pipeful: handing every
+pipeful between the loop and a hashing thread was what kept the earlier design of this
+module at half the hash's rate.
 
-The last :attr:`HashTap.hold` bytes of the body stay in ``out`` until the caller
-has compared the digest (:meth:`HashTap.hexdigest`) and takes them
-(:meth:`HashTap.held`) to send: a body whose digest does not match is never
-completed. A tap lives across sources: when a peer stops short the caller resumes
-from another provider at :attr:`HashTap.taken` and calls :func:`splice_tee` again
-with the new socket; the hash goes on where it stopped.
+The last :attr:`HashTap.hold` bytes of the body are never spliced: the thread reads
+them out of ``in`` and keeps them until the caller has compared the digest
+(:meth:`HashTap.hexdigest`) and takes them (:meth:`HashTap.held`) to send, so a body
+whose digest does not match is never completed. A tap lives across sources: when a
+peer stops short the caller resumes from another provider at :attr:`HashTap.taken`
+and calls :func:`splice_tee` again with the new socket; the hash goes on where it
+stopped.
 
 ``os`` has ``splice`` (Python 3.10+) but not ``tee``: it is called from libc
 through ``ctypes`` (:data:`AVAILABLE` says whether both exist). Where they do not,
@@ -37,28 +42,43 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
+import select
 import socket
 import threading
+import time
 from typing import Any
 
 from spegel_core.server.splice import AVAILABLE as SPLICE_AVAILABLE
-from spegel_core.server.splice import PIPE_SIZE, SpliceResult, Stop
+from spegel_core.server.splice import SpliceResult, Stop
 
 log = logging.getLogger(__name__)
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
-#: The hashing thread's read size (one reused buffer of this size per stream): a whole
-#: pipe, so a hash that is behind frees the pipe (and wakes the loop) once per MiB.
-HASH_READ = PIPE_SIZE
-#: Bytes a source socket should hold before the loop wakes for it (``SO_RCVLOWAT``):
-#: fewer, larger moves. Lowered to what is left of the body near its end, and a wait
-#: on a source that is below it ends after :data:`LOWAT_WAIT` to take what is there.
+#: Pipe capacity asked for per stream (one turn of the thread moves at most this much).
+#: Above ``/proc/sys/fs/pipe-max-size`` (1 MiB by default) only for privileged
+#: processes; the tap takes what the kernel grants.
+STREAM_PIPE_SIZE = 1024 * 1024
+#: The hashing read size (one reused buffer of this size per running stream).
+HASH_READ = 1024 * 1024
+#: Bytes a TCP source should hold before ``poll`` wakes the thread for it
+#: (``SO_RCVLOWAT``): fewer, larger turns. Lowered to what is left of the body near its
+#: end, and a wait on a source below it ends after :data:`LOWAT_WAIT` to take what is there.
 SOURCE_LOWAT = 256 * 1024
 LOWAT_WAIT = 0.05
+#: Hash in a second thread per stream (overlapped with the moves) rather than in turn.
+#: A stream hashes in a second thread only while fewer streams than this run (one core
+#: per stream is then idle to overlap the hash with the moves); beyond, in turn.
+HASH_THREAD_BELOW = len(os.sched_getaffinity(0))
+_streams = 0
+_streams_lock = threading.Lock()
 #: Buffers kept for reuse by later streams (the rest are freed).
 _POOL_MAX = 16
+_POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_POLLOUT = select.POLLOUT | select.POLLERR | select.POLLHUP
 
 
 def _load_tee() -> Any:
@@ -77,8 +97,8 @@ def _load_tee() -> Any:
 
 
 _tee = _load_tee()
-#: Whether this platform can hash a spliced stream (``os.splice`` and libc's ``tee``).
-AVAILABLE = SPLICE_AVAILABLE and _tee is not None
+#: Whether this platform can hash a spliced stream (``os.splice``, libc's ``tee``, eventfd).
+AVAILABLE = SPLICE_AVAILABLE and _tee is not None and hasattr(os, "eventfd")
 
 
 def tee(fd_in: int, fd_out: int, length: int) -> int:
@@ -89,16 +109,19 @@ def tee(fd_in: int, fd_out: int, length: int) -> int:
     """
     if _tee is None:
         raise OSError(errno.ENOSYS, "tee(2) is not available")
-    n = int(_tee(fd_in, fd_out, length, _NONBLOCK))
-    if n < 0:
+    while True:
+        n = int(_tee(fd_in, fd_out, length, _NONBLOCK))
+        if n >= 0:
+            return n
         code = ctypes.get_errno()
+        if code == errno.EINTR:
+            continue
         raise OSError(code, os.strerror(code)) if code != errno.EAGAIN \
             else BlockingIOError(code, os.strerror(code))
-    return n
 
 
 class _BufferPool:
-    """Read buffers shared by the hashing threads, so a stream allocates none."""
+    """Read buffers shared by the streams' threads, so a stream allocates none."""
 
     def __init__(self, size: int, keep: int) -> None:
         self.size, self.keep = size, keep
@@ -120,21 +143,23 @@ class _BufferPool:
 _buffers = _BufferPool(HASH_READ, _POOL_MAX)
 
 
-def _pipe(size: int) -> tuple[int, int]:
+def _pipe(size: int) -> tuple[int, int, int]:
+    """A non-blocking pipe (read end, write end) of about ``size`` bytes, and its size."""
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    with contextlib.suppress(OSError):  # a smaller pipe only means more wake-ups
+    with contextlib.suppress(OSError):  # a smaller pipe only means more, smaller turns
         fcntl.fcntl(write_end, _F_SETPIPE_SZ, size)
-    return read_end, write_end
+    return read_end, write_end, fcntl.fcntl(write_end, _F_GETPIPE_SZ)
 
 
 class HashTap:
-    """One verified body on its way: its pipes, its hashing thread, its held tail.
+    """One verified body on its way: its pipes, its hash, its held tail.
 
     :param length: the body's length (bytes the tap takes in, over every source).
     :param algorithm: a :mod:`hashlib` name (``sha256``, ``sha512``).
     :param hold: bytes at the end of the body kept back until :meth:`held` (at least 1).
 
-    :ivar taken: bytes taken from sources so far (where a resumed source starts).
+    :ivar taken: bytes taken from sources (and hashed) so far: where a resumed source
+        starts.
     :ivar delivered: bytes sent on to the client so far.
     """
 
@@ -147,27 +172,37 @@ class HashTap:
         self.delivered = 0
         self._hasher = hashlib.new(algorithm)
         self._prefix = memoryview(b"")
-        self._in_len = 0  # bytes in the ``in`` pipe
-        self._in_teed = 0  # of which, at its head, already duplicated into ``hash``
-        self._out_len = 0  # bytes in the ``out`` pipe
+        self._held = bytearray()
         self._fds: list[int] = []
         try:
-            self._in_r, self._in_w = self._own(_pipe(PIPE_SIZE))
-            self._out_r, self._out_w = self._own(_pipe(PIPE_SIZE))
-            self._hash_r, self._hash_w = self._own(_pipe(PIPE_SIZE))
-            os.set_blocking(self._hash_r, True)  # the thread blocks on it, not the loop
+            self._in_r, self._in_w, size = self._own(_pipe(STREAM_PIPE_SIZE))
+            self._hash_r, self._hash_w, hash_size = self._own(_pipe(size))
+            if hash_size != size:  # ``tee`` needs room for all of ``in`` at once
+                fcntl.fcntl(self._in_w, _F_SETPIPE_SZ, hash_size)
+                size = fcntl.fcntl(self._in_w, _F_GETPIPE_SZ)
+            if size != hash_size:
+                raise OSError(errno.EINVAL, f"pipes of {size} and {hash_size} bytes")
+            self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._fds.append(self._stop)
         except OSError:
             for fd in self._fds:
                 os.close(fd)
             raise
-        self._fds.remove(self._hash_r)  # the hashing thread closes it when it ends
-        self._thread: threading.Thread | None = None
-        self._result: asyncio.Future[str | None] | None = None
+        #: Bytes one turn moves: a pipeful (``in`` and ``hash`` are as large).
+        self.turn = size
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None  # the stream's thread while it runs
+        self._running = False
         self._closed = False
+        self._stopping = False  # read by the thread at each turn
 
-    def _own(self, fds: tuple[int, int]) -> tuple[int, int]:
-        self._fds.extend(fds)
-        return fds
+    def _own(self, made: tuple[int, int, int]) -> tuple[int, int, int]:
+        self._fds.extend(made[:2])
+        return made
+
+    def __repr__(self) -> str:
+        return (f"<HashTap {self.taken}/{self.length} taken, {self.delivered} delivered"
+                f"{', running' if self._running else ''}{', closed' if self._closed else ''}>")
 
     @property
     def limit(self) -> int:
@@ -178,71 +213,51 @@ class HashTap:
         """Bytes that come before the next source's (a peer's body already buffered)."""
         self._prefix = memoryview(data)
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._thread is not None:
-            return
-        self._result = loop.create_future()
-        self._thread = threading.Thread(target=self._hash_loop, args=(loop, self._result),
-                                        name="spegel-hash", daemon=True)
-        self._thread.start()
-
-    def _hash_loop(self, loop: asyncio.AbstractEventLoop,
-                   result: asyncio.Future[str | None]) -> None:
-        """The hashing thread: read ``hash`` into a reused buffer until the body is in."""
-        buffer = _buffers.take()
-        view = memoryview(buffer)
-        remaining = self.length
-        digest: str | None = None
-        try:
-            while remaining:
-                n = os.readv(self._hash_r, [buffer])
-                if n == 0:
-                    break  # the tap was closed before the whole body came
-                self._hasher.update(buffer if n == len(buffer) else view[:n])
-                remaining -= n
-            if remaining == 0:
-                digest = self._hasher.hexdigest()
-        except OSError as exc:
-            log.debug("hashing thread stopped: %s", exc)
-        finally:
-            view.release()
-            _buffers.give(buffer)
-            os.close(self._hash_r)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_set, result, digest)
-
     async def hexdigest(self) -> str | None:
         """The body's hex digest once all of it was taken and hashed; None if it was not."""
-        if self._result is None or self.taken < self.length:
+        if self.taken < self.length or self._running:
             return None
-        return await self._result
+        return self._hasher.hexdigest()
 
     def held(self) -> bytes:
         """The bytes kept back (call once the digest matched, after the last splice)."""
-        parts: list[bytes] = []
-        while self._out_len > 0:
-            chunk = os.read(self._out_r, self._out_len)
-            if not chunk:
-                break
-            parts.append(chunk)
-            self._out_len -= len(chunk)
-            self.delivered += len(chunk)
-        return b"".join(parts)
+        held = bytes(self._held)
+        self._held.clear()
+        self.delivered += len(held)
+        return held
 
     def close(self) -> None:
-        """Release the pipes; the hashing thread ends (and closes its end) on its own."""
-        if self._closed:
-            return
-        self._closed = True
-        for fd in self._fds:  # closing the write end of ``hash`` ends the thread's reads
+        """Stop a running stream and release the pipes (its thread does when it ends)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._running:
+                self._stop_requested()
+                return  # the thread closes the descriptors on its way out
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in self._fds:
             os.close(fd)
-        if self._thread is None:
-            os.close(self._hash_r)
+        self._fds.clear()
 
+    def _begin(self) -> None:
+        with self._lock:
+            if self._closed or self._running:
+                raise RuntimeError(f"{self!r} cannot start a stream")
+            self._running = True
 
-def _set(future: asyncio.Future[str | None], value: str | None) -> None:
-    if not future.done():
-        future.set_result(value)
+    def _end(self) -> None:
+        with self._lock:
+            self._running = False
+            closed = self._closed
+        if closed:
+            self._close_fds()
+
+    def _stop_requested(self) -> None:
+        self._stopping = True
+        os.eventfd_write(self._stop, 1)
 
 
 async def splice_tee(source_fd: int, destination_fd: int, count: int, tap: HashTap, *,
@@ -251,127 +266,296 @@ async def splice_tee(source_fd: int, destination_fd: int, count: int, tap: HashT
 
     Every byte taken is hashed and sent on to ``destination_fd``, except the body's
     last ``tap.hold`` bytes, which stay in the tap. ``source_fd`` -1 means no socket
-    (the fed bytes are all there is). ``moved`` counts bytes the destination accepted
-    in this call; the stop says why it returned, as :func:`~spegel_core.server.splice.
-    splice_sockets` does.
+    (the fed bytes are all there is). Both sockets must be non-blocking. The stream
+    runs in a thread of its own; this waits for it once. ``moved`` counts bytes the
+    destination accepted in this call; the stop says why it returned, as
+    :func:`~spegel_core.server.splice.splice_sockets` does.
+
+    :raises RuntimeError: the tap is closed or already running a stream.
     """
     loop = asyncio.get_running_loop()
-    tap._start(loop)
-    taken = 0
-    moved = 0
-    source_stop: tuple[Stop, str] | None = None
-    now = loop.time()
-    source_idle = destination_idle = now
-    prefix = tap._prefix
-    tap._prefix = memoryview(b"")
-    source = _as_socket(source_fd) if SOURCE_LOWAT > 1 else None
-    lowat_set = 1
+    tap._begin()
+    future: asyncio.Future[SpliceResult] = loop.create_future()
+    stream = _Stream(tap, source_fd, destination_fd, count, source_timeout,
+                     destination_timeout)
+    thread = threading.Thread(target=stream.run, args=(loop, future), name="spegel-tee",
+                              daemon=True)
+    tap._thread = thread
     try:
-        while True:
-            progress = False
-            source_empty = hash_full = out_full = destination_full = False
-            # 1. Into ``in``: the fed bytes first, then the socket's.
-            if source_stop is None and taken < count:
-                want = count - taken
-                try:
-                    if prefix:
-                        n = os.write(tap._in_w, prefix[:want])
-                        prefix = prefix[n:]
-                    elif source_fd < 0:
-                        n = 0
-                        source_stop = (Stop.SOURCE_ENDED, "the body ended early")
-                    else:
-                        n = os.splice(source_fd, tap._in_w, want, flags=_FLAGS)
-                        if n == 0:
-                            source_stop = (Stop.SOURCE_ENDED, "closed by the peer")
-                except (BlockingIOError, InterruptedError):
-                    source_empty = True
-                    n = 0
-                except OSError as exc:
-                    source_stop = (Stop.SOURCE_ENDED, f"{type(exc).__name__}: {exc}")
-                    n = 0
-                if n:
-                    taken += n
-                    tap.taken += n
-                    tap._in_len += n
-                    source_idle = loop.time()
-                    progress = True
-            # 2. Duplicate what is new in ``in`` into ``hash``, then move it on to ``out``.
-            if tap._in_len and not tap._in_teed:
-                try:
-                    tap._in_teed = tee(tap._in_r, tap._hash_w, tap._in_len)
-                except (BlockingIOError, InterruptedError):
-                    hash_full = True
-                progress = progress or tap._in_teed > 0
-            if tap._in_teed:
-                try:
-                    n = os.splice(tap._in_r, tap._out_w, tap._in_teed, flags=_FLAGS)
-                except (BlockingIOError, InterruptedError):
-                    out_full = True
-                else:
-                    tap._in_teed -= n
-                    tap._in_len -= n
-                    tap._out_len += n
-                    progress = True
-            # 3. From ``out`` to the client, never past the held tail.
-            deliverable = min(tap._out_len, tap.limit - tap.delivered)
-            if deliverable > 0:
-                try:
-                    n = os.splice(tap._out_r, destination_fd, deliverable, flags=_FLAGS)
-                except (BlockingIOError, InterruptedError):
-                    destination_full = True
-                except OSError as exc:
-                    return SpliceResult(moved, Stop.DESTINATION_GONE,
-                                        f"{type(exc).__name__}: {exc}")
-                else:
-                    tap._out_len -= n
-                    tap.delivered += n
-                    moved += n
-                    destination_idle = loop.time()
-                    deliverable -= n
-                    progress = True
-            if not tap._in_len and not deliverable and (taken >= count or source_stop):
-                if taken >= count:
-                    return SpliceResult(moved, Stop.DONE)
-                assert source_stop is not None
-                return SpliceResult(moved, *source_stop)
-            if progress:
-                continue
-            # Nothing moved: wait for whatever holds the stream up.
-            waits: list[tuple[int, bool]] = []
-            if destination_full or (out_full and deliverable):
-                waits.append((destination_fd, True))
-            else:
-                destination_idle = loop.time()
-            if hash_full:
-                waits.append((tap._hash_w, True))
-            lowat_wait = False
-            if source_empty and not tap._in_len and source_fd >= 0:
-                waits.append((source_fd, False))
-                if source is not None:
-                    lowat = min(SOURCE_LOWAT, count - taken)
-                    if lowat != lowat_set:
-                        try:
-                            source.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-                            lowat_set = lowat
-                        except OSError:
-                            source = None
-                    lowat_wait = lowat_set > 1
-            else:
-                source_idle = loop.time()
-            now = loop.time()
-            if now - destination_idle >= destination_timeout:
-                return SpliceResult(moved, Stop.DESTINATION_GONE, "stopped reading")
-            if now - source_idle >= source_timeout:
-                return SpliceResult(moved, Stop.SOURCE_STALLED, f"nothing for {source_timeout:g}s")
-            if not waits:  # cannot happen with a hold of one byte; never spin on it
-                return SpliceResult(moved, Stop.DESTINATION_GONE, "the tap is stuck")
-            limit = min(source_idle + source_timeout, destination_idle + destination_timeout) - now
-            await fds_ready(loop, waits, min(limit, LOWAT_WAIT) if lowat_wait else limit)
+        thread.start()
+    except BaseException:
+        tap._end()
+        raise
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # The descriptors are the caller's, closed once this returns: the thread must
+        # be gone by then. It answers the stop event within one turn.
+        tap._stop_requested()
+        thread.join()
+        raise
 
-    finally:
-        if source is not None:
-            source.detach()  # the descriptor stays the caller's
+
+class _Stream:
+    """One source's part of a tapped body, run by one thread with blocking calls."""
+
+    def __init__(self, tap: HashTap, source_fd: int, destination_fd: int, count: int,
+                 source_timeout: float, destination_timeout: float) -> None:
+        self.tap = tap
+        self.source_fd, self.destination_fd = source_fd, destination_fd
+        self.count = count
+        self.source_timeout, self.destination_timeout = source_timeout, destination_timeout
+        self.taken = self.moved = 0
+        self.lowat = 1
+
+    def run(self, loop: asyncio.AbstractEventLoop,
+            future: asyncio.Future[SpliceResult]) -> None:
+        """The thread's body: the stream, then its result handed to ``future``."""
+        result: SpliceResult | BaseException
+        global _streams
+        with _streams_lock:
+            _streams += 1
+            threaded = _streams < HASH_THREAD_BELOW
+        hasher = (_ThreadHasher if threaded else _InlineHasher)(self.tap)
+        try:
+            try:
+                result = self._stream(hasher)
+            finally:
+                hasher.finish()
+        except BaseException as exc:  # handed to the awaiting task, never lost
+            result = exc
+        finally:
+            with _streams_lock:
+                _streams -= 1
+            self.tap._end()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_settle, future, result)
+
+    def _stream(self, hasher: _InlineHasher) -> SpliceResult:
+        tap = self.tap
+        prefix, tap._prefix = tap._prefix, memoryview(b"")
+        source_stop: tuple[Stop, str] | None = None
+        source_poll = select.poll()
+        source_poll.register(tap._stop, select.POLLIN)
+        if self.source_fd >= 0:
+            source_poll.register(self.source_fd, _POLLIN)
+        source = _as_socket(self.source_fd) if SOURCE_LOWAT > 1 else None
+        try:
+            while self.taken < self.count:
+                if tap._stopping:
+                    return SpliceResult(self.moved, Stop.DESTINATION_GONE, "stopped")
+                if source_stop is not None:
+                    return SpliceResult(self.moved, *source_stop)
+                # 1. Fill ``in``: the fed bytes first, then the socket's.
+                n = 0
+                if prefix:
+                    n = os.write(tap._in_w, prefix[: min(self.count - self.taken, tap.turn)])
+                    prefix = prefix[n:]
+                elif self.source_fd < 0:
+                    source_stop = (Stop.SOURCE_ENDED, "the body ended early")
+                else:
+                    n, source_stop, stopped = self._fill(source_poll, source)
+                    if stopped:
+                        return SpliceResult(self.moved, Stop.DESTINATION_GONE, "stopped")
+                if not n:
+                    continue
+                self.taken += n
+                # 2. Duplicate it all into ``hash``, send it on, then hash it.
+                hasher.before_tee()
+                if tee(tap._in_r, tap._hash_w, n) != n:  # both pipes as large: cannot be
+                    raise OSError(errno.EIO, "tee(2) duplicated part of a pipe")
+                hasher.teed(n)
+                deliver = min(n, tap.limit - tap.delivered)
+                sent, stop = self._send(deliver, wait=False)
+                hasher.sent(n)
+                tap.taken += n
+                if stop is None and sent < deliver:
+                    sent, stop = self._send(deliver - sent, wait=True)
+                if stop is not None:
+                    return SpliceResult(self.moved, Stop.DESTINATION_GONE, stop)
+                if n > deliver:  # the body's end: kept back until the digest matches
+                    tap._held += _read_exactly(tap._in_r, n - deliver)
+            return SpliceResult(self.moved, Stop.DONE)
+        finally:
+            if source is not None:
+                source.detach()  # the descriptor stays the caller's
+
+    def _fill(self, poller: select.poll, source: socket.socket | None
+              ) -> tuple[int, tuple[Stop, str] | None, bool]:
+        """Splice what the source has into ``in``: (bytes, why it ended, stop asked)."""
+        tap = self.tap
+        filled = 0
+        room = min(self.count - self.taken, tap.turn)
+        idle_since = time.monotonic()
+        while filled < room:
+            try:
+                n = os.splice(self.source_fd, tap._in_w, room - filled, flags=_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                n = -1
+            except OSError as exc:
+                return filled, (Stop.SOURCE_ENDED, f"{type(exc).__name__}: {exc}"), False
+            if n == 0:
+                return filled, (Stop.SOURCE_ENDED, "closed by the peer"), False
+            if n > 0:
+                filled += n
+                continue
+            if filled:
+                break  # take what came; the rest on the next turn
+            # Nothing there: wait for the source (or a stop), bounded by its timeout.
+            lowat = self._set_lowat(source, min(SOURCE_LOWAT, self.count - self.taken))
+            left = idle_since + self.source_timeout - time.monotonic()
+            if left <= 0:
+                return 0, (Stop.SOURCE_STALLED, f"nothing for {self.source_timeout:g}s"), False
+            events = poller.poll(1000 * (min(left, LOWAT_WAIT) if lowat > 1 else left))
+            if any(fd == tap._stop for fd, _ in events):
+                return 0, None, True
+        return filled, None, False
+
+    def _set_lowat(self, source: socket.socket | None, lowat: int) -> int:
+        if source is not None and lowat != self.lowat:
+            try:
+                source.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                self.lowat = lowat
+            except OSError:
+                pass
+        return self.lowat
+
+    def _send(self, count: int, *, wait: bool) -> tuple[int, str | None]:
+        """Splice ``count`` bytes of ``in`` to the client: (bytes sent, why it failed)."""
+        tap = self.tap
+        sent = 0
+        poller: select.poll | None = None
+        idle_since = time.monotonic()
+        while sent < count:
+            try:
+                n = os.splice(tap._in_r, self.destination_fd, count - sent, flags=_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                if not wait:
+                    break
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(self.destination_fd, _POLLOUT)
+                    poller.register(tap._stop, select.POLLIN)
+                left = idle_since + self.destination_timeout - time.monotonic()
+                if left <= 0:
+                    return sent, "stopped reading"
+                if any(fd == tap._stop for fd, _ in poller.poll(1000 * left)):
+                    return sent, "stopped"
+                continue
+            except OSError as exc:
+                return sent, f"{type(exc).__name__}: {exc}"
+            sent += n
+            tap.delivered += n
+            self.moved += n
+            idle_since = time.monotonic()
+        return sent, None
+
+
+class _InlineHasher:
+    """Hashes each turn in the stream's thread, after the turn's bytes were sent on."""
+
+    def __init__(self, tap: HashTap) -> None:
+        self.tap = tap
+        self.buffer = _buffers.take()
+
+    def before_tee(self) -> None:
+        """Wait until ``hash`` is empty (it always is here)."""
+
+    def teed(self, count: int) -> None:
+        """``count`` bytes were duplicated into ``hash``."""
+
+    def sent(self, count: int) -> None:
+        """The turn's bytes went on to the client: hash them now."""
+        _hash_pipe(self.tap, memoryview(self.buffer), count)
+
+    def finish(self) -> None:
+        """The stream ended: give the buffer back."""
+        _buffers.give(self.buffer)
+
+
+class _ThreadHasher(_InlineHasher):
+    """Hashes in a second thread, overlapped with the next turn's moves."""
+
+    def __init__(self, tap: HashTap) -> None:
+        super().__init__(tap)
+        self.drained = threading.Semaphore(1)
+        self.counts: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="spegel-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        view = memoryview(self.buffer)
+        size = len(view)
+        while (count := self.counts.get()) is not None:
+            try:
+                while count:
+                    n = os.readv(self.tap._hash_r, [view[: min(count, size)]])
+                    if n <= 0:
+                        raise OSError(errno.EIO, "the hash pipe ended early")
+                    count -= n
+                    if not count:
+                        self.drained.release()
+                    self.tap._hasher.update(view[:n])
+            except BaseException as exc:
+                self.error = exc
+                self.drained.release()
+                return
+
+    def before_tee(self) -> None:
+        """Wait until the hashing thread has read all of ``hash``."""
+        self.drained.acquire()
+        if self.error is not None:
+            raise self.error
+
+    def teed(self, count: int) -> None:
+        """Hand the hashing thread the turn's ``count`` bytes."""
+        self.counts.put(count)
+
+    def sent(self, count: int) -> None:
+        """Nothing to do: the hashing thread has them."""
+
+    def finish(self) -> None:
+        """Wait for the hashing thread to hash all it was given."""
+        self.counts.put(None)
+        self.thread.join()
+        super().finish()
+        if self.error is not None:
+            raise self.error
+
+
+def _hash_pipe(tap: HashTap, buffer: memoryview, count: int) -> None:
+    """Read ``count`` bytes of ``hash`` (all there) into ``buffer`` and hash them."""
+    size = len(buffer)
+    while count:
+        n = os.readv(tap._hash_r, [buffer[: min(count, size)]])
+        if n <= 0:
+            raise OSError(errno.EIO, "the hash pipe ended early")
+        tap._hasher.update(buffer[:n])
+        count -= n
+
+
+def _read_exactly(fd: int, count: int) -> bytes:
+    """``count`` bytes that are in pipe ``fd`` already."""
+    parts = []
+    while count:
+        chunk = os.read(fd, count)
+        if not chunk:
+            raise OSError(errno.EIO, "the pipe ended early")
+        parts.append(chunk)
+        count -= len(chunk)
+    return b"".join(parts)
+
+
+def _settle(future: asyncio.Future[SpliceResult], result: SpliceResult | BaseException
+            ) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
 
 def _as_socket(fd: int) -> socket.socket | None:
     """A socket object over ``fd`` (not a copy: detach it), or None if it is no socket."""
@@ -381,28 +565,3 @@ def _as_socket(fd: int) -> socket.socket | None:
         return socket.socket(fileno=fd)
     except OSError:
         return None
-
-
-async def fds_ready(loop: asyncio.AbstractEventLoop, waits: list[tuple[int, bool]],
-                    limit: float) -> bool:
-    """Wait until one of ``waits`` (fd, for writing) is ready; False after ``limit`` s.
-
-    A bare future and one timer (no ``wait_for``): this runs once per wake-up of a stream.
-    """
-    future: asyncio.Future[bool] = loop.create_future()
-
-    def done(value: bool) -> None:
-        if not future.done():
-            future.set_result(value)
-
-    timer = loop.call_later(max(limit, 0.0), done, False)
-    added: list[tuple[int, bool]] = []
-    try:
-        for fd, write in waits:
-            (loop.add_writer if write else loop.add_reader)(fd, done, True)
-            added.append((fd, write))
-        return await future
-    finally:
-        timer.cancel()
-        for fd, write in added:
-            (loop.remove_writer if write else loop.remove_reader)(fd)

@@ -19,6 +19,14 @@ pytestmark = pytest.mark.skipif(not tee.AVAILABLE, reason="no splice(2)/tee(2) h
 Pairs = tuple[socket.socket, socket.socket, socket.socket, socket.socket]
 
 
+@pytest.fixture(autouse=True, params=["in turn", "hash thread"])
+def hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test in both ways a stream hashes: in its own thread's turns, or in a second
+    thread (what a stream does while the node has idle cores)."""
+    monkeypatch.setattr(tee, "HASH_THREAD_BELOW", 0 if request.param == "in turn" else 10**6)
+    return str(request.param)
+
+
 @pytest.fixture
 def pairs() -> Iterator[Pairs]:
     """(peer, source, destination, client): peer writes into source, client reads destination."""
@@ -240,3 +248,68 @@ async def test_over_tcp_the_tail_below_the_low_water_mark_is_not_waited_for() ->
         tap.close()
         for sock in (listener, peer, source, destination, client):
             sock.close()
+
+
+async def test_a_cancelled_stream_ends_its_thread_before_the_descriptors_are_released(
+    pairs: Pairs, no_fd_leak: None
+) -> None:
+    """The caller closes the sockets once ``splice_tee`` returns, even by cancellation:
+    the stream's thread is gone by then (it never touches a reused descriptor)."""
+    peer, source, destination, client = pairs
+    peer.sendall(b"c" * 100_000)  # then the source goes quiet
+    tap = HashTap(10 * 2**20, "sha256")
+    try:
+        task = asyncio.ensure_future(splice_tee(source.fileno(), destination.fileno(),
+                                                10 * 2**20, tap, source_timeout=30,
+                                                destination_timeout=30))
+        assert await read_exactly(client, 100_000) == b"c" * 100_000  # it is running
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        thread = tap._thread
+        assert thread is not None and not thread.is_alive()
+        assert tap.taken == 100_000 and await tap.hexdigest() is None
+    finally:
+        tap.close()
+
+
+async def test_a_tap_runs_one_stream_at_a_time_and_none_once_closed(pairs: Pairs) -> None:
+    peer, source, destination, _ = pairs
+    tap = HashTap(2**20, "sha256")
+    try:
+        first = asyncio.ensure_future(splice_tee(source.fileno(), destination.fileno(),
+                                                 2**20, tap, source_timeout=30,
+                                                 destination_timeout=30))
+        await asyncio.sleep(0)  # the first stream has started
+        with pytest.raises(RuntimeError):
+            await splice_tee(source.fileno(), destination.fileno(), 2**20, tap,
+                             source_timeout=1, destination_timeout=1)
+        tap.close()  # stops the running stream; its thread releases the pipes
+        result = await asyncio.wait_for(first, 10)
+        assert result.stop is Stop.DESTINATION_GONE and result.detail == "stopped"
+        with pytest.raises(RuntimeError):
+            await splice_tee(source.fileno(), destination.fileno(), 2**20, tap,
+                             source_timeout=1, destination_timeout=1)
+    finally:
+        tap.close()
+        peer.close()
+
+
+async def test_a_body_larger_than_many_pipefuls_is_hashed_exactly(pairs: Pairs) -> None:
+    """Many turns, the hold straddling two of them (the last pipeful is short)."""
+    peer, source, destination, client = pairs
+    tap = HashTap(9 * 2**20 + 10, "sha256", hold=tee.STREAM_PIPE_SIZE // 2 + 3)
+    body = os.urandom(tap.length)
+    loop = asyncio.get_running_loop()
+    writer = loop.run_in_executor(None, peer.sendall, body)
+    reader = asyncio.ensure_future(read_exactly(client, tap.limit))
+    try:
+        result = await splice_tee(source.fileno(), destination.fileno(), tap.length, tap,
+                                  source_timeout=5, destination_timeout=5)
+        await writer
+        assert (result.moved, result.stop) == (tap.limit, Stop.DONE)
+        assert await reader == body[: tap.limit]
+        assert await tap.hexdigest() == sha256(body)
+        assert tap.held() == body[tap.limit:] and tap.delivered == tap.length
+    finally:
+        tap.close()
