@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spegel_core.server import tee
+from spegel_core.server import tee, tee_stream
 from spegel_core.server.splice import Stop
 from spegel_core.server.tee import HashTap, splice_tee
 
@@ -23,7 +23,7 @@ Pairs = tuple[socket.socket, socket.socket, socket.socket, socket.socket]
 def hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test in both ways a stream hashes: in its own thread's turns, or in a second
     thread (what a stream does while the node has idle cores)."""
-    monkeypatch.setattr(tee, "HASH_THREAD_BELOW", 0 if request.param == "in turn" else 10**6)
+    monkeypatch.setattr(tee_stream, "HASH_THREAD_BELOW", 0 if request.param == "in turn" else 10**6)
     return str(request.param)
 
 
