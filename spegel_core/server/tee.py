@@ -19,11 +19,12 @@ pipeful between the loop and a hashing thread was what kept the earlier design o
 module at half the hash's rate.
 
 While fewer verified streams run than the process has cores
-(:data:`~spegel_core.server.tee_stream.HASH_THREAD_BELOW`), a stream hashes in a second thread instead: the mover
-hands it each turn's byte count, and waits only until it has read ``hash`` empty, so
-the hash of one pipeful overlaps the moves of the next (faster for a lone stream, about
-0.1 CPU-s/GB dearer; with more streams than cores every core is busy anyway and the
-stream hashes in turn, the cheapest way).
+(:data:`~spegel_core.server.tee_stream.HASH_THREAD_BELOW`), a stream hashes in a
+second thread instead: the mover hands it each turn's byte count and waits only until
+it has read ``hash`` empty, so the hash of one pipeful overlaps the moves of the next
+(faster for a lone stream, about 0.1 CPU-s/GB dearer; with more streams than cores
+every core is busy anyway and the stream hashes in turn, the cheapest way). The thread
+itself is in :mod:`spegel_core.server.tee_stream`.
 
 The last :attr:`HashTap.hold` bytes of the body are never spliced: the thread reads
 them out of ``in`` and keeps them until the caller has compared the digest
