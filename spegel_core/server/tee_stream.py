@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import logging
 import os
 import queue
 import select
@@ -27,6 +28,8 @@ from spegel_core.server.splice import SpliceResult, Stop
 
 if TYPE_CHECKING:
     from spegel_core.server.tee import HashTap
+
+log = logging.getLogger(__name__)
 
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -130,12 +133,15 @@ class TeeStream:
         with _streams_lock:
             _streams += 1
             threaded = _streams < HASH_THREAD_BELOW
-        hasher = (_ThreadHasher if threaded else _InlineHasher)(self.tap)
         try:
+            hasher = (_ThreadHasher if threaded else _InlineHasher)(self.tap)
             try:
                 result = self._stream(hasher)
             finally:
                 hasher.finish()
+        except OSError as exc:  # the tap's own pipes failed: the body cannot complete
+            log.warning("verified stream stopped after %d bytes: %s", self.tap.taken, exc)
+            result = SpliceResult(self.moved, Stop.DESTINATION_GONE, f"tap failed: {exc}")
         except BaseException as exc:  # handed to the awaiting task, never lost
             result = exc
         finally:

@@ -313,3 +313,37 @@ async def test_a_body_larger_than_many_pipefuls_is_hashed_exactly(pairs: Pairs) 
         assert tap.held() == body[tap.limit:] and tap.delivered == tap.length
     finally:
         tap.close()
+
+
+async def test_a_tap_that_fails_ends_the_stream_as_cut_off_not_with_a_traceback(
+    pairs: Pairs, monkeypatch: pytest.MonkeyPatch, no_fd_leak: None
+) -> None:
+    """``tee(2)`` failing mid-body: the stream reports the destination gone (the server
+    closes the client's connection short of the body), and the digest is never given."""
+    peer, source, destination, client = pairs
+    calls = 0
+    real_tee = tee_stream.tee
+
+    def failing_tee(fd_in: int, fd_out: int, length: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(5, "Input/output error")
+        return real_tee(fd_in, fd_out, length)
+
+    monkeypatch.setattr(tee_stream, "tee", failing_tee)
+    tap = HashTap(3 * 2**20, "sha256")
+    try:
+        writer = asyncio.get_running_loop().run_in_executor(None, peer.sendall,
+                                                            b"g" * 3 * 2**20)
+        reader = asyncio.ensure_future(read_exactly(client, tap.length, idle=1))
+        result = await splice_tee(source.fileno(), destination.fileno(), tap.length, tap,
+                                  source_timeout=5, destination_timeout=5)
+        assert result.stop is Stop.DESTINATION_GONE and result.detail.startswith("tap failed")
+        assert calls == 2 and await tap.hexdigest() is None
+    finally:
+        tap.close()
+    source.shutdown(socket.SHUT_RDWR)  # unblocks the writer
+    await asyncio.wait([writer])
+    destination.close()
+    assert len(await reader) < tap.length  # never the whole body
