@@ -1,7 +1,7 @@
 """A ``spegel registry`` subprocess on a chosen address: started, awaited ready, stopped.
 
 Public, so that tools (``spegel demo``, benchmarks, the test kit) run real nodes the
-same way; the test kit adds free loopback addresses (:mod:`spegel_core.testing.nodes`).
+same way; free loopback addresses for them come from :mod:`spegel_core.localcluster.loopback`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,23 @@ __all__ = ["METRICS_PORT", "NodeProcess"]
 
 #: The default metrics port of a node (each node has its own address, as in a cluster).
 METRICS_PORT = 9090
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM ``process``, SIGKILL it after ``timeout`` s; its exit code once it ended.
+
+    :param process: a child process (already ended is fine).
+    :param timeout: seconds between SIGTERM and SIGKILL.
+    :returns: the exit code.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 @dataclass
@@ -90,14 +107,7 @@ class NodeProcess:
         """SIGTERM, then SIGKILL after ``timeout`` s; the exit code (None: never started)."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL the process if it runs."""

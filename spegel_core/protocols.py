@@ -204,11 +204,25 @@ class PeerAddress:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """A node that holds some content: where its mirror listens."""
+    """A node that holds some content: where its mirror listens.
+
+    ``alternates`` are the node's other mirror addresses (``(host, port)``, best
+    first), e.g. the IPv6 address of a dual-stack node found at its IPv4 one; the
+    mirror tries them in order after ``host:port`` (:meth:`addresses`).
+    """
 
     host: str
     port: int
     node_id: bytes = b""
+    alternates: tuple[tuple[str, int], ...] = ()
+
+    def addresses(self) -> list[Peer]:
+        """This peer at each of its addresses, ``host:port`` first, without alternates."""
+        if not self.alternates:
+            return [self]
+        first = Peer(self.host, self.port, self.node_id)
+        return [first, *(Peer(host, port, self.node_id) for host, port in self.alternates
+                         if (host, port) != (self.host, self.port))]
 
     @property
     def url(self) -> str:

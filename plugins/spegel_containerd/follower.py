@@ -27,8 +27,8 @@ from spegel_containerd.walker import ImageWalker
 from spegel_core.errors import OCIError, StoreUnavailable
 from spegel_core.oci.digest import is_digest
 from spegel_core.oci.reference import Reference
-from spegel_core.protocols import MetricsSink, StoreConnection, StoreEvent, StoreEventKind
-from spegel_core.store_events import EventHub
+from spegel_core.protocols import MetricsSink, StoreEvent, StoreEventKind
+from spegel_core.store_kit import StoreLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,9 @@ class EventFollower:
     gc_delay: float
     _factory: Callable[[Path, str], ContainerdClient]
     _client: ContainerdClient | None
-    _hub: EventHub
-    _closed: bool
-    _connected: bool
+    _life: StoreLifecycle
     _connections: int
     _failed: bool
-    _detail: str
     _version: str
     _first_attempt: asyncio.Event
     _checker: asyncio.Task[None] | None
@@ -85,7 +82,7 @@ class EventFollower:
     async def _watch(self) -> None:
         delay = self.reconnect_min_backoff
         client = self._client
-        while not self._closed:
+        while not self._life.closed:
             if client is None:
                 client = self._factory(self.socket, self.namespace)
             try:
@@ -135,25 +132,20 @@ class EventFollower:
     def _became_connected(self) -> None:
         resync = self._connections > 0 or self._failed
         self._connections += 1
-        self._connected = True
-        self._detail = ""
-        if self.metrics is not None:
-            self.metrics.emit(StoreConnection(True))
+        # Always a change: a session follows the start or _disconnected.
+        self._life.set_connected(True, metrics=self.metrics)
         self._first_attempt.set()
         if resync:
             log.info("containerd %s at %s is back; listing again", self._version, self.socket)
-            self._hub.publish(StoreEvent(StoreEventKind.RESYNC))
+            self._life.publish(StoreEvent(StoreEventKind.RESYNC))
 
     def _disconnected(self, detail: str) -> None:
-        if self._connected:
+        if self._life.connected:
             log.warning("store disconnected: %s; reconnecting", detail)
-            if self.metrics is not None:
-                self.metrics.emit(StoreConnection(False))
-        elif detail != self._detail:
+        elif detail != self._life.detail:
             log.error("containerd at %s is not usable: %s; retrying", self.socket, detail)
-        self._connected = False
+        self._life.set_connected(False, detail, metrics=self.metrics)
         self._failed = True
-        self._detail = detail
         self._first_attempt.set()
 
     def _socket_identity(self) -> tuple[int, int] | None:
@@ -167,7 +159,7 @@ class EventFollower:
         """Sleep ``delay`` s; return True early when a new socket appears (a new daemon)."""
         before = self._socket_identity()
         deadline = time.monotonic() + delay
-        while not self._closed:
+        while not self._life.closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -198,7 +190,7 @@ class EventFollower:
                 self._known.add(event.subject)
             else:
                 self._known.discard(event.subject)
-            self._hub.publish(StoreEvent(event.kind, event.subject))
+            self._life.publish(StoreEvent(event.kind, event.subject))
 
     async def _image_created(self, client: ContainerdClient, name: str) -> None:
         image = await client.get_image(name)
@@ -213,16 +205,16 @@ class EventFollower:
             held = {info.digest for info in await client.list_content()
                     if is_digest(info.digest)} & tree
             for new in sorted(held - self._known):
-                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
+                self._life.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
             self._known |= held
         reference = tag_reference(name)
         if reference is not None:
-            self._hub.publish(StoreEvent(StoreEventKind.IMAGE_CREATED, name, digest))
+            self._life.publish(StoreEvent(StoreEventKind.IMAGE_CREATED, name, digest))
 
     def _image_deleted(self, name: str) -> None:
         digest = self._images.pop(name, None)
         if tag_reference(name) is not None:
-            self._hub.publish(StoreEvent(StoreEventKind.IMAGE_DELETED, name, digest))
+            self._life.publish(StoreEvent(StoreEventKind.IMAGE_DELETED, name, digest))
         if self._checker is None or self._checker.done():
             self._checker = asyncio.create_task(self._check_content(),
                                                 name="containerd-content-check")
@@ -232,7 +224,7 @@ class EventFollower:
         for wait in (self.gc_delay, self.gc_delay * 9):
             await asyncio.sleep(wait)
             client = self._client
-            if client is None or not self._connected:
+            if client is None or not self._life.connected:
                 return
             try:
                 held = {info.digest for info in await client.list_content()
@@ -240,7 +232,7 @@ class EventFollower:
             except StoreUnavailable:
                 return  # the watcher reconnects and publishes RESYNC
             for gone in sorted(self._known - held):
-                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_DELETED, gone))
+                self._life.publish(StoreEvent(StoreEventKind.CONTENT_DELETED, gone))
             for new in sorted(held - self._known):
-                self._hub.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
+                self._life.publish(StoreEvent(StoreEventKind.CONTENT_CREATED, new))
             self._known = held

@@ -44,7 +44,6 @@ from spegel_containerd.walker import ImageWalker
 from spegel_core.errors import (
     BlobUnknown,
     ManifestUnknown,
-    RangeInvalid,
     RangeNotSatisfiable,
     StoreUnavailable,
 )
@@ -59,15 +58,19 @@ from spegel_core.protocols import (
     StoreEventKind,
     StoreStatus,
 )
-from spegel_core.store_events import EventHub, EventStream
-from spegel_core.store_kit import read_file_range
+from spegel_core.store_events import EventStream
+from spegel_core.store_kit import (
+    READ_CHUNK,
+    StoreLifecycle,
+    check_range,
+    read_file_range,
+    read_manifest_file,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["READ_CHUNK", "ContainerdStore", "tag_reference"]
 
-#: Size of the chunks :meth:`ContainerdStore.read` yields from a file.
-READ_CHUNK = 1024 * 1024
 #: How long ``start`` waits for the first connection before returning not ready.
 START_WAIT = 2.0
 
@@ -116,13 +119,9 @@ class ContainerdStore(EventFollower):
         self.gc_delay = gc_delay
         self._factory = client_factory or self._default_client
         self._client: ContainerdClient | None = None
-        self._hub = EventHub()
-        self._started = False
-        self._closed = False
-        self._connected = False
+        self._life = StoreLifecycle(connected=False, detail="not connected yet")
         self._connections = 0
         self._failed = False
-        self._detail = "not connected yet"
         self._version = ""
         self._first_attempt = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
@@ -148,26 +147,23 @@ class ContainerdStore(EventFollower):
         Never raises for a containerd that is not there yet: the store is then not
         ready and retries.
         """
-        if self._started or self._closed:
+        if not self._life.begin():
             return
-        self._started = True
         if self._ingests is not None and not self._ingests.start():
             self._ingests = None
         self._client = self._factory(self.socket, self.namespace)
         self._watcher = asyncio.create_task(self._watch(), name=f"containerd-watch {self.socket}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_attempt.wait(), min(self.call_timeout, START_WAIT))
-        if self._connected:
+        if self._life.connected:
             log.info("containerd %s at %s, namespace %s: %d images, %d blobs", self._version,
                      self.socket, self.namespace, len(self._images), len(self._known))
 
     async def aclose(self) -> None:
         """Stop watching, end every subscription and close the channel; idempotent."""
-        if self._closed:
+        if not self._life.end():
             return
-        self._closed = True
-        self._connected = False
-        self._hub.close()
+        self._life.set_connected(False, "closed")
         if self._ingests is not None:
             self._ingests.close()
         tasks = [task for task in (self._watcher, self._checker) if task is not None]
@@ -193,9 +189,9 @@ class ContainerdStore(EventFollower):
         if info is None or info.size > MAX_MANIFEST_SIZE:
             return None
         path = self._file(digest, info.size)
+        if path is not None:
+            return await asyncio.to_thread(read_manifest_file, path)
         try:
-            if path is not None:
-                return await asyncio.to_thread(Path(path).read_bytes)
             return b"".join([chunk async for chunk in client.read(digest)])
         except (OSError, BlobUnknown):
             return None
@@ -203,7 +199,7 @@ class ContainerdStore(EventFollower):
     # -- content --------------------------------------------------------------------------
     def _require_client(self) -> ContainerdClient:
         if self._client is None:
-            raise StoreUnavailable("store disconnected: " + ("closed" if self._closed
+            raise StoreUnavailable("store disconnected: " + ("closed" if self._life.closed
                                                                else "not started"))
         return self._client
 
@@ -309,8 +305,7 @@ class ContainerdStore(EventFollower):
         :class:`RangeNotSatisfiable` or :class:`StoreUnavailable`.
         """
         parse_digest(digest)
-        if offset < 0 or (length is not None and length < 0):
-            raise RangeInvalid(f"invalid range: offset {offset}, length {length}")
+        check_range(offset, length)
         client = self._require_client()
         info = await client.content_info(digest)
         if info is None:
@@ -326,14 +321,16 @@ class ContainerdStore(EventFollower):
             async for chunk in client.read(digest, offset, count):
                 yield chunk
             return
-        async for chunk in _read_file(path, offset, count):
+        # A file collected between stat and open is BlobUnknown.
+        async for chunk in read_file_range(path, offset, count,
+                                           missing=f"blob file {path} vanished"):
             yield chunk
 
     # -- arriving content (the optional ArrivingStore part) -----------------------------------
     def _on_ingest(self, event: StoreEvent) -> None:
         if event.kind is StoreEventKind.CONTENT_CREATED:
             self._known.add(event.key)
-        self._hub.publish(event)
+        self._life.publish(event)
 
     async def list_arriving(self) -> list[str]:
         """Digests containerd is downloading now (none without ``watch_ingests``)."""
@@ -349,29 +346,22 @@ class ContainerdStore(EventFollower):
     # -- events and status -----------------------------------------------------------------
     def subscribe(self) -> EventStream:
         """Every change seen from now on; the iterator ends when the store is closed."""
-        return self._hub.subscribe()
+        return self._life.subscribe()
 
     def status(self) -> StoreStatus:
         """Ready while connected to containerd; else why not ("store disconnected: ...")."""
-        if self._closed:
-            return StoreStatus(False, "closed")
-        if not self._started:
-            return StoreStatus(False, "not started")
-        if not self._connected:
-            return StoreStatus(False, f"store disconnected: {self._detail}")
+        life = self._life
+        if not life.connected:
+            return life.status(StoreStatus(False, f"store disconnected: {life.detail}"))
         if self._grpc_reads:
-            return StoreStatus(True, "some blobs are streamed over gRPC (see the log)")
-        return StoreStatus(True)
+            return life.status(StoreStatus(True, "some blobs are streamed over gRPC "
+                                                 "(see the log)"))
+        return life.status(StoreStatus(True))
 
     def __repr__(self) -> str:
-        state = ("closed" if self._closed else "connected" if self._connected
-                 else "disconnected" if self._started else "new")
+        state = self._life.state
+        if state == "running":
+            state = "connected" if self._life.connected else "disconnected"
         return (f"<ContainerdStore {state} socket={str(self.socket)!r} ns={self.namespace!r} "
                 f"images={len(self._images)} blobs={len(self._known)} "
-                f"subscribers={self._hub.subscribers}>")
-
-
-async def _read_file(path: str, offset: int, count: int) -> AsyncIterator[bytes]:
-    # A file collected between stat and open is BlobUnknown (the core's store kit).
-    async for chunk in read_file_range(path, offset, count, missing=f"blob file {path} vanished"):
-        yield chunk
+                f"subscribers={self._life.hub.subscribers}>")

@@ -9,45 +9,38 @@ sender fills it with made-up ids pointing anywhere). What this module keeps:
 - **Validated addresses**: ``(host, port) -> node id`` pairs proven by a round trip. A
   response matched to one of this node's own requests (a random 64-bit request id, and
   the address it was sent to) is proof, so every contact learnt by asking is validated
-  for free. A sender only known from its own requests is validated by a PING from this
-  node (the request id is the nonce, as DNS cookies and QUIC's address validation use a
-  token): only validated contacts enter the routing table.
+  for free. A sender only known from its own requests is validated by a **cookie**: the
+  answer to it carries 8 bytes keyed by a secret of this node and bound to the sender's
+  address and id (as DNS cookies and QUIC's address-validation tokens are), and the
+  sender returns them in an ECHO. Only someone receiving at that address can, so the
+  ECHO proves it: one datagram, no state kept while waiting for it (the secret changes
+  every :attr:`Admission.cookie_period` seconds; a cookie of the period before is still
+  taken). Only validated contacts enter the routing table.
 - **Anti-amplification credit** (QUIC's rule): an unvalidated source earns ``factor``
-  (3) times the bytes it sent, and nothing is sent to it beyond that. An answer that does
-  not fit is held while the PING validates the address, and sent (in full) when the PONG
-  arrives; a spoofed source never answers, so its victim gets at most one small PING per
-  timeout.
+  (3) times the bytes it sent, and nothing is sent to it beyond that. Requests whose
+  answers are large come padded to a third of the largest datagram
+  (:data:`~spegel_kademlia.codec.PADDED_REQUEST`), so an honest sender's answer is
+  always whole; an unpadded one's is cut to its credit.
 - **A rate limit per source IP**: a token bucket of answers per second, tight for
   unvalidated sources, generous for validated ones (it bounds work, not honest traffic).
-- **Challenges**: at most one PING in flight per address and a bounded number of held
-  requests, each address and overall.
 
 :class:`~spegel_kademlia.gate.RequestGate` applies this to every datagram.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
 
+from spegel_kademlia.codec import COOKIE_BYTES
 from spegel_kademlia.ids import Contact
-from spegel_kademlia.messages import Message
 
 Address = tuple[str, int]
-
-
-class Hold(Enum):
-    """What :meth:`Admission.hold` decided."""
-
-    #: A new challenge: send the validation PING now.
-    CHALLENGE = "challenge"
-    #: A challenge of this address is in flight: the request waits for it.
-    WAITING = "waiting"
-    #: Too many challenges or held requests: drop the request.
-    FULL = "full"
 
 
 @dataclass(slots=True)
@@ -56,16 +49,8 @@ class _Bucket:
     at: float
 
 
-@dataclass(slots=True)
-class Challenge:
-    """A validation PING in flight: the id it must come back from, requests held."""
-
-    node_id: bytes
-    held: list[Message] = field(default_factory=list)
-
-
 class Admission:
-    """Validated addresses, amplification credit, answer rates and challenges.
+    """Validated addresses, cookies, amplification credit and answer rates.
 
     :param factor: bytes an unvalidated source may be sent per byte it sent.
     :param credit_cap: most credit one address can bank (bytes).
@@ -73,9 +58,9 @@ class Admission:
     :param unvalidated_rate: answers per second per source IP before (0: unlimited);
         each bucket holds twice its rate.
     :param max_validated: validated addresses remembered (least recently used go first).
-    :param max_challenges: challenges in flight at once.
-    :param max_held: requests held per challenged address.
+    :param cookie_period: seconds between changes of the cookie secret.
     :param clock: monotonic seconds.
+    :param secret: the first cookie secret (random by default; for tests).
     """
 
     def __init__(
@@ -86,26 +71,29 @@ class Admission:
         rate: float = 2000.0,
         unvalidated_rate: float = 50.0,
         max_validated: int = 16384,
-        max_challenges: int = 1024,
-        max_held: int = 8,
+        cookie_period: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        secret: bytes | None = None,
     ) -> None:
         self.factor = factor
         self.credit_cap = credit_cap
         self.rate = rate
         self.unvalidated_rate = unvalidated_rate
         self.max_validated = max_validated
-        self.max_challenges = max_challenges
-        self.max_held = max_held
+        self.cookie_period = cookie_period
         self._clock = clock
+        self._secret = secret or os.urandom(32)
+        self._old_secret = self._secret
+        self._secret_at = clock()
         # Plain dicts (half the memory of OrderedDicts; a node keeps one entry per
         # address it talks to), bounded by dropping the oldest entry first.
         self._validated: dict[Address, bytes] = {}
         self._credit: dict[Address, float] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._unvalidated_buckets: dict[str, _Bucket] = {}
-        self.challenges: dict[Address, Challenge] = {}
         self.validations = 0
+        self.cookies_sent = 0
+        self.bad_cookies = 0
 
     # -- validation -------------------------------------------------------------------
     def is_validated(self, contact: Contact) -> bool:
@@ -165,35 +153,48 @@ class Admission:
         bucket.tokens -= 1
         return True
 
-    # -- challenges -------------------------------------------------------------------
-    def hold(self, contact: Contact, request: Message | None) -> Hold:
-        """Challenge ``contact``'s address, holding ``request`` (if any) until it is proven."""
-        key = (contact.host, contact.port)
-        challenge = self.challenges.get(key)
-        if challenge is None:
-            if len(self.challenges) >= self.max_challenges:
-                return Hold.FULL
-            challenge = self.challenges[key] = Challenge(contact.node_id)
-            if request is not None:
-                challenge.held.append(request)
-            return Hold.CHALLENGE
-        if request is None:
-            return Hold.WAITING
-        if challenge.node_id != contact.node_id or len(challenge.held) >= self.max_held:
-            return Hold.FULL
-        challenge.held.append(request)
-        return Hold.WAITING
+    # -- cookies ----------------------------------------------------------------------
+    def cookie(self, contact: Contact) -> bytes:
+        """The cookie for ``contact`` (its address and id) under the current secret."""
+        self._rotate()
+        self.cookies_sent += 1
+        return _cookie(self._secret, contact)
 
-    def settle(self, address: Address) -> Challenge | None:
-        """End the challenge of ``address``: it, with the requests it held, or None."""
-        return self.challenges.pop(address, None)
+    def check_cookie(self, contact: Contact, cookie: bytes) -> bool:
+        """Whether ``cookie`` was given to ``contact``; if so, ``contact`` is validated.
+
+        A cookie of the current or the previous secret is taken.
+        """
+        self._rotate()
+        if len(cookie) == COOKIE_BYTES and (
+                hmac.compare_digest(cookie, _cookie(self._secret, contact))
+                or hmac.compare_digest(cookie, _cookie(self._old_secret, contact))):
+            self.validate(contact)
+            return True
+        self.bad_cookies += 1
+        return False
+
+    def _rotate(self) -> None:
+        now = self._clock()
+        if now - self._secret_at >= self.cookie_period:
+            # Two periods or more since the last change: no cookie of the old secret
+            # can still be wanted either.
+            stale = now - self._secret_at >= 2 * self.cookie_period
+            self._old_secret = os.urandom(32) if stale else self._secret
+            self._secret = os.urandom(32)
+            self._secret_at = now
 
     def __repr__(self) -> str:
         return (f"<Admission validated={len(self._validated)} "
-                f"challenges={len(self.challenges)} credit_hosts={len(self._credit)}>")
+                f"cookies_sent={self.cookies_sent} credit_hosts={len(self._credit)}>")
 
 
 def _bound(entries: dict[Any, Any], limit: int) -> None:
     """Drop the oldest entries of ``entries`` beyond ``limit``."""
     while len(entries) > limit:
         del entries[next(iter(entries))]
+
+
+def _cookie(secret: bytes, contact: Contact) -> bytes:
+    data = f"{contact.host}|{contact.port}|".encode() + contact.node_id
+    return hashlib.blake2b(data, key=secret, digest_size=COOKIE_BYTES).digest()

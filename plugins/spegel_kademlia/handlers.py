@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Container
 
+from spegel_kademlia.ids import MAX_ADDRESSES
 from spegel_kademlia.messages import (
     AddProvider,
     AddProviderAck,
@@ -18,7 +19,7 @@ from spegel_kademlia.messages import (
     ProviderInfo,
     Providers,
 )
-from spegel_kademlia.store import ProviderStore
+from spegel_kademlia.store import ProviderRecord, ProviderStore
 from spegel_kademlia.table import RoutingTable
 
 
@@ -36,6 +37,8 @@ def answer(message: Message, table: RoutingTable, providers: ProviderStore, *,
       libp2p's DHT: whoever asks the node for what it holds hears that it holds it,
       wherever its records went. The asker takes the answer's source address for it
       (see :func:`spegel_kademlia.search.named_self`), so ``me.host`` is a placeholder.
+      A provider whose record's address is one of the addresses the routing table
+      proved for its id is listed at all of them (:func:`provider_entry`).
     """
     match message.body:
         case Ping():
@@ -56,6 +59,25 @@ def answer(message: Message, table: RoutingTable, providers: ProviderStore, *,
             room = wanted - len(found)
             if len(records) > room:
                 records = rng.sample(records, max(0, room))
-            found += [ProviderInfo(r.node_id, r.host, r.port) for r in records]
+            found += [provider_entry(r, table) for r in records]
             return Providers(tuple(found), tuple(table.closest(key, k, exclude=message.sender)))
     return None
+
+
+def provider_entry(record: ProviderRecord, table: RoutingTable) -> ProviderInfo:
+    """The PROVIDERS entry of ``record``: its address, then the table's others for its id.
+
+    The record's address is where the ADD_PROVIDER came from; the others are added
+    only when the routing table holds the same node id at that address too, so every
+    address listed was the source of a datagram of that node (none comes from a
+    payload). Ports are the record's mirror port.
+
+    :param record: a provider record.
+    :param table: the routing table.
+    """
+    contact = table.get(record.node_id)
+    if contact is None or not contact.more or all(h != record.host
+                                                  for h, _ in contact.addresses):
+        return ProviderInfo(record.node_id, record.host, record.port)
+    more = tuple((h, record.port) for h, _ in contact.addresses if h != record.host)
+    return ProviderInfo(record.node_id, record.host, record.port, more[:MAX_ADDRESSES - 1])

@@ -21,11 +21,20 @@ ID_BYTES = 32
 ID_BITS = ID_BYTES * 8
 #: File under the data directory that keeps the node id across restarts (hex, one line).
 NODE_ID_FILE = "node_id"
+#: Most addresses a contact (or a provider entry) carries: e.g. a dual-stack node's
+#: IPv4 and IPv6 address, and one more while it moves.
+MAX_ADDRESSES = 3
 
 
 @dataclass(slots=True, unsafe_hash=True)
 class Contact:
     """A DHT node: its id and the UDP address its router listens on.
+
+    ``host``/``port`` is the preferred address; ``more`` holds the node's other known
+    addresses, best first (at most :data:`MAX_ADDRESSES` in all), e.g. the IPv6
+    address of a dual-stack node heard from over IPv4 too. A routing table learns
+    each of them from a datagram's source address, never from a payload that
+    announces it (``docs/discovery.md``, "Contacts with several addresses").
 
     Hashable by value and never mutated: treat it as frozen. (Not ``frozen=True``:
     20 are built per answer received, and a frozen dataclass's ``__init__`` costs
@@ -35,15 +44,38 @@ class Contact:
     node_id: bytes
     host: str
     port: int
+    more: tuple[tuple[str, int], ...] = ()
 
     @property
     def address(self) -> tuple[str, int]:
-        """``(host, port)`` as the socket API wants it."""
+        """``(host, port)`` as the socket API wants it (the preferred address)."""
         return (self.host, self.port)
 
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every known ``(host, port)``, the preferred one first."""
+        return ((self.host, self.port), *self.more)
+
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.node_id.hex()[:12]}@{host}:{self.port}"
+        return f"{self.node_id.hex()[:12]}@" + ",".join(
+            f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.addresses)
+
+
+def with_addresses(contact: Contact, addresses: tuple[tuple[str, int], ...]) -> Contact:
+    """``contact`` at ``addresses`` (the first preferred; at most :data:`MAX_ADDRESSES`).
+
+    :param contact: the node.
+    :param addresses: its addresses, best first; duplicates are dropped.
+    :returns: the same object when nothing changes.
+    :raises ValueError: no address given.
+    """
+    unique = tuple(dict.fromkeys(addresses))[:MAX_ADDRESSES]
+    if not unique:
+        raise ValueError("a contact needs at least one address")
+    if unique == contact.addresses:
+        return contact
+    (host, port), *more = unique
+    return Contact(contact.node_id, host, port, tuple(more))
 
 
 def key_id(key: str) -> bytes:

@@ -25,6 +25,7 @@ class MessageType(enum.IntEnum):
     PROVIDERS = 8
     CLAIM = 9
     CLAIM_ANSWER = 10
+    ECHO = 11
 
     @property
     def label(self) -> str:
@@ -37,11 +38,21 @@ class MessageType(enum.IntEnum):
 # dataclasses that are hashable by value and never mutated (treat them as frozen).
 @dataclass(slots=True, unsafe_hash=True)
 class ProviderInfo:
-    """A provider in a PROVIDERS answer: its node id and where its mirror listens."""
+    """A provider in a PROVIDERS answer: its node id and where its mirror listens.
+
+    ``more`` holds the provider's other addresses, best first, as
+    :attr:`Contact.more <spegel_kademlia.ids.Contact.more>` (ports are mirror ports).
+    """
 
     node_id: bytes
     host: str
     port: int
+    more: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every ``(host, mirror port)``, the preferred one first."""
+        return ((self.host, self.port), *self.more)
 
 
 _LABELS = {member: member.name.lower() for member in MessageType}
@@ -131,8 +142,17 @@ class ClaimReply:
     parent: ProviderInfo | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """Return a cookie to the node that put it in an answer (address validation).
+
+    Sent by a requester whose answer carried a cookie; the cookie travels in the
+    envelope (:attr:`Message.cookie`). Not answered. See :mod:`spegel_kademlia.admission`.
+    """
+
+
 Body = (Ping | Pong | FindNode | Nodes | AddProvider | AddProviderAck | GetProviders | Providers
-        | Claim | ClaimReply)
+        | Claim | ClaimReply | Echo)
 
 _TYPES: dict[type[Any], MessageType] = {
     Ping: MessageType.PING,
@@ -145,6 +165,7 @@ _TYPES: dict[type[Any], MessageType] = {
     Providers: MessageType.PROVIDERS,
     Claim: MessageType.CLAIM,
     ClaimReply: MessageType.CLAIM_ANSWER,
+    Echo: MessageType.ECHO,
 }
 #: Types that answer a request (matched by request id).
 RESPONSE_TYPES = frozenset(
@@ -158,7 +179,9 @@ class Message:
     """One datagram: the header fields and a body.
 
     ``source_host``/``source_port`` are where a decoded datagram came from (empty for a
-    message about to be sent).
+    message about to be sent); ``size`` is a decoded datagram's length in bytes (0 for a
+    message about to be sent). ``cookie`` is an address-validation cookie carried in the
+    envelope (empty: none).
     """
 
     body: Body
@@ -167,6 +190,8 @@ class Message:
     mirror_port: int
     source_host: str = ""
     source_port: int = 0
+    cookie: bytes = b""
+    size: int = 0
 
     @property
     def type(self) -> MessageType:

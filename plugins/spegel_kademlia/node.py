@@ -54,6 +54,7 @@ from spegel_kademlia.messages import (
     Ping,
     ProviderInfo,
 )
+from spegel_kademlia.reach import BOTH, provider_peer, socket_families, start_request, udp_socket
 from spegel_kademlia.replicate import GrowthWatch
 from spegel_kademlia.rpc import (
     RpcEndpoint,
@@ -76,7 +77,7 @@ _MAX_EVICTION_PINGS = 32
 #: it on every unknown sender made pings 80 % of all datagrams at 1000 nodes (each ping
 #: reaches a node that may not know the pinger and pings in turn); see docs/scale.md. A
 #: shorter quiet time would still cycle pings through every full bucket at steady state.
-_EVICTION_QUIET = 10 * 60.0
+EVICTION_QUIET = 10 * 60.0
 
 
 def _placeholder_host(host: str) -> str:
@@ -146,6 +147,8 @@ class KademliaRouter(Announcing, Joining):
         self._gate = self._make_gate()
         self._state = "new"
         self._address: tuple[str, int] | None = None
+        #: IP versions the bound socket reaches (a contact's other addresses are skipped).
+        self._families = BOTH
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pinging: set[bytes] = set()
         self._heard: dict[bytes, float] = {}
@@ -181,11 +184,12 @@ class KademliaRouter(Announcing, Joining):
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpProtocol(self._rpc), local_addr=(self._host, self._port))
+                lambda: UdpProtocol(self._rpc), sock=udp_socket(self._host, self._port))
         except OSError as exc:
-            raise ConfigError("--router-addr", f"cannot listen on UDP {self._host}:"
+            raise ConfigError("--router-addr", f"cannot listen on UDP {self._host or '*'}:"
                                                f"{self._port}: {exc.strerror or exc}") from exc
         sockname = transport.get_extra_info("sockname")
+        self._families = socket_families(transport.get_extra_info("socket"))
         self._address = (str(sockname[0]), int(sockname[1]))
         self._state = "running"
         self._spawn(self._bootstrap_loop(), "bootstrap")
@@ -197,11 +201,14 @@ class KademliaRouter(Announcing, Joining):
                         "%s can join it and advertise content (see docs/security.md)",
                         self.address)
 
-    async def aclose(self) -> None:
-        """Tell the closest nodes our records are gone, stop the tasks, close the socket."""
+    async def aclose(self, *, withdraw: bool = True) -> None:
+        """Tell the closest nodes our records are gone, stop the tasks, close the socket.
+
+        :param withdraw: False closes like a crashed node (simulations): nobody is told.
+        """
         if self._state == "closed":
             return
-        if self._state == "running":
+        if self._state == "running" and withdraw:
             self._send_withdrawals(list(self.advertised))
         self._state = "closed"
         tasks = list(self._tasks)
@@ -269,7 +276,7 @@ class KademliaRouter(Announcing, Joining):
         for record in self.providers.get(kid):
             if record.node_id not in seen:
                 seen.add(record.node_id)
-                yield Peer(record.host, record.port, record.node_id)
+                yield self._peer(record.node_id, record.host, record.port)
                 if len(seen) > count:
                     return
         if self._state != "running":
@@ -285,9 +292,15 @@ class KademliaRouter(Announcing, Joining):
                 for provider in providers:
                     if provider.node_id not in seen:
                         seen.add(provider.node_id)
-                        yield Peer(provider.host, provider.port, provider.node_id)
+                        yield self._peer(provider.node_id, provider.host, provider.port,
+                                         provider.more)
                         if len(seen) > count:
                             return
+
+    def _peer(self, node_id: bytes, host: str, port: int,
+              more: tuple[tuple[str, int], ...] = ()) -> Peer:
+        return provider_peer(self.table.get(node_id), self._families,
+                             ProviderInfo(node_id, host, port, more))
 
     # -- SingleFlightRouter API (spegel_core.protocols) -----------------------------------
     async def claim(self, digest: str, fanout: int, ttl: float,
@@ -327,7 +340,11 @@ class KademliaRouter(Announcing, Joining):
         self._rpc.send(contact.address, body, secrets.randbits(64))
 
     def status(self) -> RouterStatus:
-        """Node id, address, routing table size, advertised keys and health."""
+        """Node id, address, routing table size, advertised keys and health.
+
+        ``extra``: counters and state (``bootstrap_attempts`` started, ``joined``: the first
+        self lookup has ended, ``bootstrap_wait_s``: :attr:`bootstrap_wait`, ...).
+        """
         peers = len(self.table)
         if self._state == "running":
             detail = "ok" if peers else ("bootstrapping" if not self._bootstraps else "no peers")
@@ -338,6 +355,7 @@ class KademliaRouter(Announcing, Joining):
             advertised_keys=len(self.advertised), detail=detail,
             extra={"provider_records": len(self.providers), "buckets":
                    self.table.nonempty_buckets, "bootstrap_attempts": self._bootstraps,
+                   "joined": self._joined, "bootstrap_wait_s": self.bootstrap_wait,
                    "provides": self._provided, "provide_failures": self._provide_failures,
                    "unstored_keys": len(self._unstored),
                    "reannounced_keys": 0 if self.growth is None else self.growth.triggered,
@@ -362,14 +380,15 @@ class KademliaRouter(Announcing, Joining):
         s = self.settings
         mode = s.kademlia_address_validation
         validate = mode == "on" or (mode == "auto" and not self._rpc.codec.authenticated)
+        # Requests are padded wherever a receiver may validate (an open DHT, whatever
+        # this node's own mode), so that their answers come whole.
+        self._rpc.codec.pad = mode == "on" or not self._rpc.codec.authenticated
         admission = Admission(rate=s.kademlia_answer_rate,
                               unvalidated_rate=s.kademlia_unvalidated_answer_rate
                               ) if validate else None
         return RequestGate(
             admission, rpc=self._rpc, admit=self._saw, admits=self.table.admits,
-            answer=self._answer,
-            metrics=self._metrics, ping_timeout=s.kademlia_rpc_timeout,
-            admit_delay=s.kademlia_hedge_after)
+            answer=self._answer, metrics=self._metrics)
 
     def _answer(self, message: Message) -> Body | None:
         if isinstance(message.body, Claim):
@@ -392,7 +411,7 @@ class KademliaRouter(Announcing, Joining):
             self._heard = {i: t for i, t in self._heard.items() if i in self.table}
         head = self.table.add(contact)
         heard = None if head is None else self._heard.get(head.node_id)
-        if heard is not None and now - heard < _EVICTION_QUIET:
+        if heard is not None and now - heard < EVICTION_QUIET:
             head = None  # the whole bucket was heard from lately: nobody to check
         if (head is not None and head.node_id not in self._pinging
                 and len(self._pinging) < _MAX_EVICTION_PINGS and self._state == "running"):
@@ -426,13 +445,17 @@ class KademliaRouter(Announcing, Joining):
                        ) -> asyncio.Future[Message]:
         """Send ``body`` to ``contact``.
 
-        A timeout counts as a failure of the contact, whether or not anybody still
-        waits for the answer.
+        A contact with several addresses is asked at the first one this node reaches,
+        then at the next when that times out (:func:`~spegel_kademlia.reach.start_request`).
+        A timeout at every address counts as a failure of the contact, whether or not
+        anybody still waits for the answer.
         """
-        future = self._rpc.start(contact.address, body,
-                                 attempt_timeout=self.settings.kademlia_rpc_timeout,
-                                 retries=retries, node_id=contact.node_id)
+        future = start_request(self._rpc, contact, body, families=self._families,
+                               attempt_timeout=self.settings.kademlia_rpc_timeout,
+                               retries=retries)
         future.add_done_callback(functools.partial(self._request_done, contact.node_id))
+        if self.watch is not None:
+            self.watch.requested(contact, future)
         return future
 
     def _request_done(self, node_id: bytes, future: asyncio.Future[Message]) -> None:

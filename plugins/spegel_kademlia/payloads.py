@@ -13,13 +13,14 @@ import struct
 from collections.abc import Callable
 from typing import TypeVar
 
-from spegel_kademlia.ids import ID_BYTES, Contact
+from spegel_kademlia.ids import ID_BYTES, MAX_ADDRESSES, Contact
 from spegel_kademlia.messages import (
     AddProvider,
     AddProviderAck,
     Body,
     Claim,
     ClaimReply,
+    Echo,
     FindNode,
     GetProviders,
     MessageType,
@@ -32,8 +33,13 @@ from spegel_kademlia.messages import (
 
 #: Most entries a NODES / PROVIDERS list (or a count byte) holds.
 MAX_COUNT = 255
-#: Largest entry of a NODES / PROVIDERS list: id, family byte, IPv6 address, port.
-MAX_ENTRY = ID_BYTES + 1 + 16 + 2
+#: Largest entry of one address in a NODES / PROVIDERS list: id, tag, IPv6 address, port.
+MAX_SINGLE_ENTRY = ID_BYTES + 1 + 16 + 2
+#: Largest entry of all: id and :data:`~spegel_kademlia.ids.MAX_ADDRESSES` IPv6 addresses.
+MAX_ENTRY = ID_BYTES + MAX_ADDRESSES * (1 + 16 + 2)
+#: Bits of an address's tag byte besides the family (4 or 6) in the low nibble.
+TAG_SAME_PORT = 0x40
+TAG_MORE = 0x80
 
 _Entry = TypeVar("_Entry", Contact, ProviderInfo)
 
@@ -110,42 +116,95 @@ def _pack_ip(host: str) -> bytes:
     return packed
 
 
-def entry_size(host: str) -> int:
-    """Bytes of an entry for ``host`` on the wire (an IPv6 one if not an IP literal)."""
-    packed = _packed_ip(host) if isinstance(host, str) else None
-    return ID_BYTES + (17 if packed is None else len(packed)) + 2
+def entry_size(item: Contact | ProviderInfo) -> int:
+    """Bytes of the entry of ``item`` on the wire (IPv6 for a host that is no IP literal)."""
+    return _entry_size(item.host, item.port, item.more)
+
+
+@functools.lru_cache(maxsize=16384)
+def _entry_size(host: str, port: int, more: tuple[tuple[str, int], ...]) -> int:
+    size = ID_BYTES
+    previous = -1
+    for address, address_port in ((host, port), *more):
+        packed = _packed_ip(address) if isinstance(address, str) else None
+        size += (17 if packed is None else len(packed)) + (0 if address_port == previous else 2)
+        previous = address_port
+    return size
+
+
+def _single(item: _Entry) -> _Entry:
+    """``item`` with its preferred address only."""
+    return type(item)(item.node_id, item.host, item.port)
 
 
 def take_fitting(items: tuple[_Entry, ...], room: int) -> tuple[_Entry, ...]:
-    """The first of ``items`` whose entries fit in ``room`` bytes (at most 255)."""
-    used = 0
-    for n, item in enumerate(items[:MAX_COUNT]):
-        used += entry_size(item.host)
-        if used > room:
-            return items[:n]
-    return items[:MAX_COUNT]
+    """The first of ``items`` whose entries fit in ``room`` bytes (at most 255).
+
+    When they do not all fit, the extra addresses go first (from the last entry
+    backwards), then whole entries from the end: a list of twenty keeps twenty
+    contacts, each at its preferred address at least.
+    """
+    out = list(items[:MAX_COUNT])
+    sizes = [entry_size(item) for item in out]
+    total = sum(sizes)
+    for n in range(len(out) - 1, -1, -1):
+        if total <= room:
+            break
+        if out[n].more:
+            single = _single(out[n])
+            size = entry_size(single)
+            total -= sizes[n] - size
+            sizes[n] = size
+            out[n] = single
+    while out and total > room:
+        out.pop()
+        total -= sizes.pop()
+    return items if len(out) == len(items) and all(
+        a is b for a, b in zip(out, items, strict=True)) else tuple(out)
 
 
 def _pack_entries(items: tuple[Contact, ...] | tuple[ProviderInfo, ...]) -> bytes:
     if len(items) > MAX_COUNT:
         raise EncodeError(f"{len(items)} entries exceed {MAX_COUNT}")
     out = [bytes((len(items),))]
-    out += [_packed_entry(item.node_id, item.host, item.port) for item in items]
+    out += [_packed_entry(item.node_id, item.host, item.port, item.more) for item in items]
     return b"".join(out)
 
 
 # The same contacts go out in answer after answer: pack each one once.
 @functools.lru_cache(maxsize=16384)
-def _packed_entry(node_id: bytes, host: str, port: int) -> bytes:
+def _packed_entry(node_id: bytes, host: str, port: int,
+                  more: tuple[tuple[str, int], ...] = ()) -> bytes:
+    """``node id``, then per address: tag (family, same-port and more bits), address, port."""
     check_id(node_id, "node id")
-    check_port(port, "port")
-    return node_id + _pack_ip(host) + port.to_bytes(2, "big")
+    if not isinstance(more, tuple) or len(more) >= MAX_ADDRESSES:
+        raise EncodeError(f"a contact has at most {MAX_ADDRESSES} addresses")
+    out = [node_id]
+    seen: set[bytes] = set()
+    previous = -1
+    addresses = ((host, port), *more)
+    for n, item in enumerate(addresses):
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise EncodeError(f"not a (host, port) address: {item!r}")
+        address, address_port = item
+        check_port(address_port, "port")
+        packed = _pack_ip(address)
+        if packed in seen:
+            raise EncodeError(f"address {address} given twice")
+        seen.add(packed)
+        tag = packed[0] | (TAG_MORE if n + 1 < len(addresses) else 0)
+        if address_port == previous:
+            out.append(bytes((tag | TAG_SAME_PORT,)) + packed[1:])
+        else:
+            out.append(bytes((tag,)) + packed[1:] + address_port.to_bytes(2, "big"))
+        previous = address_port
+    return b"".join(out)
 
 
 def encode_body(body: Body) -> bytes:
     """The payload bytes of ``body``; raises :class:`EncodeError` if a field is invalid."""
     match body:
-        case Ping() | Pong():
+        case Ping() | Pong() | Echo():
             return b""
         case FindNode(target):
             check_id(target, "target")
@@ -186,10 +245,10 @@ def body_size(body: Body) -> int:
     """Bytes of ``body``'s payload, without encoding it."""
     match body:
         case Nodes(contacts):
-            return 1 + sum(entry_size(c.host) for c in contacts)
+            return 1 + sum(entry_size(c) for c in contacts)
         case Providers(providers, contacts):
-            return (2 + sum(entry_size(p.host) for p in providers)
-                    + sum(entry_size(c.host) for c in contacts))
+            return (2 + sum(entry_size(p) for p in providers)
+                    + sum(entry_size(c) for c in contacts))
         case FindNode():
             return ID_BYTES
         case AddProvider():
@@ -201,8 +260,8 @@ def body_size(body: Body) -> int:
         case Claim():
             return ID_BYTES + 5
         case ClaimReply(_, _, _, fetcher, parent):
-            return (8 + entry_size(fetcher.host)
-                    + (0 if parent is None else entry_size(parent.host)))
+            return (8 + entry_size(fetcher)
+                    + (0 if parent is None else entry_size(parent)))
     return 0
 
 
@@ -241,23 +300,23 @@ class Reader:
         """The next big-endian 32-bit integer."""
         return int.from_bytes(self.take(4), "big")
 
-    def entries(self) -> list[tuple[bytes, str, int]]:
-        """A count byte, then that many ``id + family + address + port`` entries."""
-        out: list[tuple[bytes, str, int]] = []
-        for raw, text, port in self._entries(None):
-            assert text is not None  # (only an entry of ``known`` comes without text)
-            out.append((raw[:ID_BYTES], text, port))
+    def entries(self) -> list[tuple[bytes, str, int, tuple[tuple[str, int], ...]]]:
+        """A count byte, then that many entries: ``(node id, host, port, more)`` each."""
+        out: list[tuple[bytes, str, int, tuple[tuple[str, int], ...]]] = []
+        for raw, host, port, more in self._entries(None):
+            assert host is not None  # (only an entry of ``known`` comes without one)
+            out.append((raw[:ID_BYTES], host, port, more))
         return out
 
     def contacts(self) -> tuple[Contact, ...]:
         """:meth:`entries` as contacts; an entry decoded before gives the same contact."""
         seen = self.contacts_seen
         out: list[Contact] = []
-        for raw, text, port in self._entries(seen):
-            if text is None:
+        for raw, host, port, more in self._entries(seen):
+            if host is None:
                 out.append(seen[raw])
                 continue
-            contact = Contact(raw[:ID_BYTES], text, port)
+            contact = Contact(raw[:ID_BYTES], host, port, more)
             if len(seen) >= self.CONTACTS_SEEN:
                 seen.clear()
             seen[raw] = contact
@@ -265,45 +324,95 @@ class Reader:
         return tuple(out)
 
     def _entries(self, known: dict[bytes, Contact] | None
-                 ) -> list[tuple[bytes, str | None, int]]:
-        """``(raw entry, address text, port)`` of each entry.
+                 ) -> list[tuple[bytes, str | None, int, tuple[tuple[str, int], ...]]]:
+        """``(raw entry, host, port, more addresses)`` of each entry.
 
-        The text is None for an entry in ``known`` (checked when first decoded).
+        The host is None for an entry in ``known`` (checked when first decoded).
 
         One tight loop over the buffer (this runs for every NODES and PROVIDERS
-        answer: up to 20 entries each), with the same checks as reading field by field.
+        answer: up to 20 entries each), with the same checks as reading field by field;
+        an entry of one address (tag 4 or 6, the usual one) takes the short way.
         """
         data, pos, end = self.data, self.pos, self.end
         if pos >= end:
             raise DecodeError("short", f"wanted 1 bytes at {pos}")
         count = data[pos]
         pos += 1
-        out: list[tuple[bytes, str | None, int]] = []
+        out: list[tuple[bytes, str | None, int, tuple[tuple[str, int], ...]]] = []
         for _ in range(count):
-            if pos + ID_BYTES + 1 > end:
+            tag_at = pos + ID_BYTES
+            if tag_at >= end:
                 raise DecodeError("short", f"wanted {ID_BYTES + 1} bytes at {pos}")
-            family = data[pos + ID_BYTES]
-            if family == 4:
-                size = 4
-            elif family == 6:
-                size = 16
-            else:
-                raise DecodeError("address", f"family {family}")
-            after = pos + ID_BYTES + 1 + size + 2
-            if after > end:
-                raise DecodeError("short", f"wanted {after - pos} bytes at {pos}")
-            raw = data[pos:after]
-            if known is not None and raw in known:
-                out.append((raw, None, 0))
+            tag = data[tag_at]
+            if tag == 4 or tag == 6:
+                after = tag_at + (7 if tag == 4 else 19)
+                if after > end:
+                    raise DecodeError("short", f"wanted {after - pos} bytes at {pos}")
+                raw = data[pos:after]
                 pos = after
+                if known is not None and raw in known:
+                    out.append((raw, None, 0, ()))
+                    continue
+                text = _ip_text(raw[ID_BYTES:-2])
+                port = (data[after - 2] << 8) | data[after - 1]
+                if port == 0 or text is None:
+                    raise DecodeError("address", f"{text} port {port}")
+                out.append((raw, text, port, ()))
                 continue
-            text = _ip_text(raw[ID_BYTES:-2])
-            port = (data[after - 2] << 8) | data[after - 1]
+            start, pos = pos, self._addresses(tag_at)
+            raw = data[start:pos]
+            if known is not None and raw in known:
+                out.append((raw, None, 0, ()))
+                continue
+            addresses = self._address_texts(tag_at, pos)
+            out.append((raw, addresses[0][0], addresses[0][1], tuple(addresses[1:])))
+        self.pos = pos
+        return out
+
+    def _addresses(self, pos: int) -> int:
+        """The end of the addresses of an entry whose first tag byte is at ``pos``.
+
+        Each address's tag byte is its family (4 or 6) with :data:`TAG_SAME_PORT` (no
+        port field: the previous address's port; never on the first) and
+        :data:`TAG_MORE` (another address follows; at most
+        :data:`~spegel_kademlia.ids.MAX_ADDRESSES` in all); no other bit may be set.
+        """
+        data, end, start = self.data, self.end, pos - ID_BYTES
+        for n in range(MAX_ADDRESSES):
+            if pos >= end:
+                raise DecodeError("short", f"wanted {pos + 1 - start} bytes at {start}")
+            tag = data[pos]
+            family = tag & 0x3F
+            if family != 4 and family != 6:
+                raise DecodeError("address", f"tag {tag:#04x}")
+            if tag & TAG_SAME_PORT and n == 0:
+                raise DecodeError("address", "first address without a port")
+            pos += 1 + (4 if family == 4 else 16) + (0 if tag & TAG_SAME_PORT else 2)
+            if pos > end:
+                raise DecodeError("short", f"wanted {pos - start} bytes at {start}")
+            if not tag & TAG_MORE:
+                return pos
+        raise DecodeError("address", f"more than {MAX_ADDRESSES} addresses")
+
+    def _address_texts(self, pos: int, end: int) -> list[tuple[str, int]]:
+        """``(host, port)`` of each address in ``data[pos:end]`` (checked by :meth:`_addresses`)."""
+        data = self.data
+        out: list[tuple[str, int]] = []
+        port = 0
+        while pos < end:
+            tag = data[pos]
+            family = tag & 0x0F
+            after = pos + 1 + (4 if family == 4 else 16)
+            text = _ip_text(bytes((family,)) + data[pos + 1:after])
+            if not tag & TAG_SAME_PORT:
+                port = (data[after] << 8) | data[after + 1]
+                after += 2
             if port == 0 or text is None:
                 raise DecodeError("address", f"{text} port {port}")
-            out.append((raw, text, port))
+            if any(text == other for other, _ in out):
+                raise DecodeError("address", f"{text} given twice")
+            out.append((text, port))
             pos = after
-        self.pos = pos
         return out
 
 
@@ -313,6 +422,10 @@ def _decode_ping(reader: Reader) -> Body:
 
 def _decode_pong(reader: Reader) -> Body:
     return Pong()
+
+
+def _decode_echo(reader: Reader) -> Body:
+    return Echo()
 
 
 def _decode_find_node(reader: Reader) -> Body:
@@ -383,4 +496,5 @@ DECODERS: dict[MessageType, Callable[[Reader], Body]] = {
     MessageType.PROVIDERS: _decode_providers,
     MessageType.CLAIM: _decode_claim,
     MessageType.CLAIM_ANSWER: _decode_claim_answer,
+    MessageType.ECHO: _decode_echo,
 }

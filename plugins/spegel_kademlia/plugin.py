@@ -46,7 +46,7 @@ def spegel_make_router(
         keys = load_cluster_keys(settings.cluster_key_file) if settings.cluster_key_file else None
     peers = PeerFilter(config.core.peer_cidrs)
     return KademliaRouter(
-        host=address.bind_host,
+        host=address.host,  # empty: dual-stack where the kernel allows
         port=address.port,
         mirror_port=config.core.registry_addr.port,
         discovery=discovery,

@@ -17,11 +17,19 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from spegel_core.protocols import DhtMessage, DroppedDatagram, MetricsSink
 from spegel_kademlia.codec import Codec, DecodeError, EncodeError
-from spegel_kademlia.messages import Body, Message, Nodes, Providers, message_type
+from spegel_kademlia.ids import Contact
+from spegel_kademlia.messages import (
+    Body,
+    Message,
+    Nodes,
+    ProviderInfo,
+    Providers,
+    message_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +179,16 @@ class RpcEndpoint:
         return len(self._pending)
 
     # -- sending ------------------------------------------------------------------------
-    def send(self, address: tuple[str, int], body: Body, request_id: int) -> bool:
-        """Encode and send one datagram (trimmed to fit); False if it could not be sent."""
+    def send(self, address: tuple[str, int], body: Body, request_id: int, *,
+             cookie: bytes = b"") -> int:
+        """Encode and send one datagram (trimmed to fit): its size, 0 if it was not sent.
+
+        ``cookie`` goes in the envelope (address validation: an answer's, or an ECHO's).
+        """
         label = message_type(body).label
         if self._transport is None or self._closed:
-            return False
-        message = Message(body, request_id, self.node_id, self.mirror_port)
+            return 0
+        message = Message(body, request_id, self.node_id, self.mirror_port, cookie=cookie)
         if self._map_v4 and ":" not in address[0]:
             address = ("::ffff:" + address[0], address[1])
         try:
@@ -185,10 +197,10 @@ class RpcEndpoint:
         except (EncodeError, OSError, ValueError, TypeError) as exc:
             log.warning("cannot send %s to %s: %s", label, address, exc)
             self._metrics.emit(DhtMessage(label, "error"))
-            return False
+            return 0
         self.sent += 1
         self._metrics.emit(DhtMessage(label, "sent"))
-        return True
+        return len(data)
 
     def start(
         self,
@@ -319,18 +331,41 @@ class RpcEndpoint:
 
 
 def _only_allowed(message: Message, allowed: Callable[[str], bool]) -> Message:
-    """``message`` without the contacts and providers at addresses that are not allowed."""
+    """``message`` without the contacts' and providers' addresses that are not allowed.
+
+    An entry keeps its allowed addresses (in order) and goes when none is left.
+    """
     body = message.body
     if isinstance(body, Nodes):
-        contacts = tuple(c for c in body.contacts if allowed(c.host))
-        if len(contacts) != len(body.contacts):
+        contacts = _allowed_entries(body.contacts, allowed)
+        if contacts is not body.contacts:
             return replace(message, body=Nodes(contacts))
     elif isinstance(body, Providers):
-        providers = tuple(p for p in body.providers if allowed(p.host))
-        contacts = tuple(c for c in body.contacts if allowed(c.host))
-        if len(providers) != len(body.providers) or len(contacts) != len(body.contacts):
+        providers = _allowed_entries(body.providers, allowed)
+        contacts = _allowed_entries(body.contacts, allowed)
+        if providers is not body.providers or contacts is not body.contacts:
             return replace(message, body=Providers(providers, contacts))
     return message
+
+
+_E = TypeVar("_E", Contact, ProviderInfo)
+
+
+def _allowed_entries(entries: tuple[_E, ...], allowed: Callable[[str], bool]
+                     ) -> tuple[_E, ...]:
+    """``entries`` at their allowed addresses only (the same tuple if all are)."""
+    out: list[_E] = []
+    changed = False
+    for entry in entries:
+        kept = [a for a in entry.addresses if allowed(a[0])]
+        if len(kept) == len(entry.addresses):
+            out.append(entry)
+            continue
+        changed = True
+        if kept:
+            (host, port), *more = kept
+            out.append(type(entry)(entry.node_id, host, port, tuple(more)))
+    return tuple(out) if changed else entries
 
 
 def _matches(pending: _Pending, message: Message) -> bool:

@@ -8,11 +8,20 @@ for the caller to ping. A contact that answers is seen again (moved to the tail)
 that fails ``max_failures`` times in a row is evicted and the most recently seen
 replacement takes its place.
 
+Several addresses: an id heard from at another address than the one the table holds
+(a dual-stack node's IPv4 and IPv6 address) stays one contact, with that address first
+(the last one proven is preferred) and the others after it, at most
+:data:`~spegel_kademlia.ids.MAX_ADDRESSES` (the oldest goes). A new address on a host
+already listed replaces it (the node moved to another port). The caller adds only
+addresses a datagram came from (validated on the open DHT), never ones a payload names.
+
 Diversity (``max_per_ip``): one id per ``host:port`` and at most ``max_per_ip`` ids per
 IP address (an IPv6 address counts by its /64), in buckets and replacement caches
 alike, so one address can never fill a bucket with made-up ids (as libp2p's diversity
-filter does). A newcomer that would break the rule is refused; an id already in the
-table keeps its address if a move would break it.
+filter does). Every address of a contact counts, each in its own group (an id counts
+once per group however many of its addresses fall in it). A newcomer that would break
+the rule is refused; an id already in the table does not gain (or move to) an address
+that would break it.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 
-from spegel_kademlia.ids import ID_BITS, Contact, bucket_index
+from spegel_kademlia.ids import ID_BITS, Contact, bucket_index, with_addresses
 
 _first = itemgetter(0)
 
@@ -138,56 +147,78 @@ class RoutingTable:
 
     # -- diversity ----------------------------------------------------------------------
     def admits(self, contact: Contact) -> bool:
-        """Whether ``contact`` would take a free place in its bucket now.
+        """Whether ``contact`` would take a free place in its bucket, or add an address.
 
         True when it is not in the table, its bucket has room, and the diversity rule
-        lets it in.
+        lets it in; or when its id is in a bucket and ``contact`` brings an address the
+        table does not list for it and would take (so a round trip should prove it).
         """
-        if contact.node_id == self.own_id or contact.node_id in self._members:
+        node_id = contact.node_id
+        if node_id == self.own_id:
             return False
-        if len(self._buckets.get(bucket_index(self.own_id, contact.node_id), ())) >= self.k:
+        known = self._members.get(node_id)
+        if known is not None:
+            return any(address not in known.addresses and self._address_ok(address, node_id)
+                       for address in contact.addresses)
+        if len(self._buckets.get(bucket_index(self.own_id, node_id), ())) >= self.k:
             return False
         return self._diverse(contact)
+
+    def _address_ok(self, address: tuple[str, int], node_id: bytes) -> bool:
+        """Whether ``node_id`` may hold ``address`` beside what the table holds now."""
+        if self.max_per_ip is None:
+            return True
+        holder = self._endpoints.get(address)
+        if holder is not None:
+            return holder == node_id
+        return self._per_ip[ip_group(address[0])] < self.max_per_ip
 
     def _diverse(self, contact: Contact) -> bool:
         if self.max_per_ip is None:
             return True
-        holder = self._endpoints.get((contact.host, contact.port))
-        if holder is not None and holder != contact.node_id:
-            return False
-        return self._per_ip[ip_group(contact.host)] < self.max_per_ip
+        return all(self._address_ok(address, contact.node_id)
+                   for address in contact.addresses)
 
     def _hold(self, contact: Contact) -> None:
         if self.max_per_ip is not None:
-            self._endpoints[(contact.host, contact.port)] = contact.node_id
-            self._per_ip[ip_group(contact.host)] += 1
+            for address in contact.addresses:
+                self._endpoints[address] = contact.node_id
+            for group in {ip_group(host) for host, _ in contact.addresses}:
+                self._per_ip[group] += 1
 
     def _release(self, contact: Contact) -> None:
         if self.max_per_ip is not None:
-            if self._endpoints.get((contact.host, contact.port)) == contact.node_id:
-                del self._endpoints[(contact.host, contact.port)]
-            group = ip_group(contact.host)
-            self._per_ip[group] -= 1
-            if self._per_ip[group] <= 0:
-                del self._per_ip[group]
+            for address in contact.addresses:
+                if self._endpoints.get(address) == contact.node_id:
+                    del self._endpoints[address]
+            for group in {ip_group(host) for host, _ in contact.addresses}:
+                self._per_ip[group] -= 1
+                if self._per_ip[group] <= 0:
+                    del self._per_ip[group]
 
-    def _moved(self, old: Contact, new: Contact) -> Contact:
-        """The contact to keep for an id seen at a new address.
+    def _merged(self, old: Contact, new: Contact) -> Contact:
+        """The contact to keep for an id heard from at ``new``'s addresses.
 
-        The old one if the new address would break the diversity rule.
+        ``new``'s addresses first, then ``old``'s on other hosts; an address the
+        diversity rule refuses is left out (and the old contact kept if that leaves
+        nothing new).
         """
-        if old.address == new.address or self.max_per_ip is None:
-            return new
+        if new.addresses == old.addresses[:len(new.addresses)]:
+            return old
         self._release(old)
-        if self._diverse(new):
-            self._hold(new)
-            return new
-        self._hold(old)
-        return old
+        fresh = [a for a in new.addresses
+                 if a in old.addresses or self._address_ok(a, old.node_id)]
+        hosts = {host for host, _ in fresh}
+        kept = with_addresses(old, (*fresh, *(a for a in old.addresses if a[0] not in hosts)))
+        self._hold(kept)
+        return kept
 
     # -- membership -------------------------------------------------------------------
     def add(self, contact: Contact) -> Contact | None:
-        """Record that ``contact`` was seen alive.
+        """Record that ``contact`` was seen alive (at its addresses, from datagrams).
+
+        An id already in a bucket stays one contact: ``contact``'s addresses come
+        first, its other known ones follow (see the module docstring).
 
         Returns None when the contact is (now) in its bucket, or, when the bucket is
         full, the least recently seen contact of that bucket, which the caller should
@@ -199,7 +230,7 @@ class RoutingTable:
         bucket = self._buckets[index]
         entry = bucket.get(contact.node_id)
         if entry is not None:
-            contact = self._moved(entry.contact, contact)
+            contact = self._merged(entry.contact, contact)
             entry.contact = contact
             entry.failures = 0
             bucket.move_to_end(contact.node_id)

@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from spegel_core.errors import OCIError
-from spegel_core.oci.descriptors import parse_descriptor
+from spegel_core.oci.descriptors import decode_manifest, descriptors_of, parse_descriptor
 from spegel_core.oci.digest import is_digest, split_digest
 from spegel_core.oci.mediatypes import (
     CONTAINERD_NAME_ANNOTATION,
     INDEX_TYPES,
     MANIFEST_TYPES,
-    MAX_MANIFEST_SIZE,
     REF_NAME_ANNOTATION,
-    sniff_manifest_type,
 )
 from spegel_core.oci.reference import Reference
 from spegel_core.protocols import Image
+from spegel_core.store_kit import read_manifest_file
 
 __all__ = [
     "CONTAINERD_NAME_ANNOTATION",
@@ -193,26 +192,14 @@ class _Walker:
         declared = self.media_types.get(digest)
         if declared is not None and declared not in MANIFEST_TYPES:
             return  # a layer or config listed in an index: nothing to follow
-        try:
-            with open(blob_path(self.root, digest), "rb") as file:
-                data = file.read(MAX_MANIFEST_SIZE + 1)
-        except OSError:
+        data = read_manifest_file(blob_path(self.root, digest))
+        decoded = decode_manifest(data, declared) if data is not None else None
+        if decoded is None:
             return
-        if len(data) > MAX_MANIFEST_SIZE:
-            return
-        media_type = declared or sniff_manifest_type(data)
-        if media_type is None:
-            return
-        try:
-            document = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return
-        if not isinstance(document, dict):
-            return
+        media_type, document = decoded
         if media_type in INDEX_TYPES:
-            self.walk(document, depth)
+            self.walk(document, depth)  # an index's entries may carry name annotations
             return
-        self._descriptor(document.get("config"))
-        layers = document.get("layers")
-        for layer in layers if isinstance(layers, list) else []:
-            self._descriptor(layer)
+        for child in descriptors_of(media_type, document):
+            if child.media_type is not None:
+                self.media_types.setdefault(child.digest, child.media_type)

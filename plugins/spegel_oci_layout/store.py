@@ -21,7 +21,6 @@ from spegel_core.protocols import (
     ContentInfo,
     Image,
     MetricsSink,
-    StoreConnection,
     StoreEvent,
     StoreEventKind,
     StoreStatus,
@@ -65,8 +64,6 @@ class OCILayoutStore:
         self._life = StoreLifecycle()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._missing = False
-        self._problem = ""
         self._bad_index_hash: str | None = None
         self._logged_skipped: set[str] = set()
 
@@ -112,37 +109,31 @@ class OCILayoutStore:
             try:
                 state = await asyncio.to_thread(load_layout, self.root, self._state)
             except LayoutMissing as exc:
-                if not self._missing:
+                if self._life.set_connected(False, str(exc), metrics=self._metrics()):
                     log.warning("OCI layout unavailable: %s", exc)
-                    self._report(False)
-                self._missing = True
-                self._problem = str(exc)
                 return
             except LayoutCorrupt as exc:
                 if exc.index_hash != self._bad_index_hash:
                     log.warning("%s; keeping the previous %d images", exc,
                                 len(self._state.images))
                 self._bad_index_hash = exc.index_hash
-                self._missing = False
-                self._problem = str(exc)
+                # Ready on the previous images; not reported as back (only a valid read is).
+                self._life.set_connected(True, str(exc))
                 return
             except OSError as exc:
                 log.warning("cannot read OCI layout %s: %s", self.root, exc)
-                self._problem = f"cannot read layout: {exc}"
+                self._life.detail = f"cannot read layout: {exc}"
                 return
-            if self._missing:
+            if self._life.set_connected(True, metrics=self._metrics()):
                 log.info("OCI layout %s is back", self.root)
-                self._report(True)
-            self._missing = False
-            self._problem = ""
             self._bad_index_hash = None
             if state is not self._state:
                 previous, self._state = self._state, state
                 self._publish_changes(previous, state)
 
-    def _report(self, connected: bool) -> None:
-        if self._reporting and self.metrics is not None:
-            self.metrics.emit(StoreConnection(connected))
+    def _metrics(self) -> MetricsSink | None:
+        """Where a change of the layout's presence goes (nowhere during ``start``)."""
+        return self.metrics if self._reporting else None
 
     def _publish_changes(self, old: LayoutState, new: LayoutState) -> None:
         for value in sorted(new.skipped - self._logged_skipped):
@@ -216,11 +207,11 @@ class OCILayoutStore:
 
     def status(self) -> StoreStatus:
         """Ready once started, unless the layout directory is gone."""
-        return self._life.status(StoreStatus(not self._missing, self._problem))
+        return self._life.status()
 
     def __repr__(self) -> str:
         state = self._life.state
-        if state == "running" and self._missing:
+        if state == "running" and not self._life.connected:
             state = "missing"
         return (f"<OCILayoutStore {state} root={str(self.root)!r} "
                 f"images={len(self._state.images)} blobs={len(self._state.blobs)} "

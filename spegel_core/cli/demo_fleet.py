@@ -18,7 +18,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from spegel_core.localcluster.fleet import FleetNode
 
 INSTALL = ("spegel demo --fleet needs containerd, docker-registry and skopeo, as root: "
            "apt-get install -y containerd docker-registry skopeo")
@@ -58,7 +61,7 @@ def run_fleet_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def _one(workdir: Path, single_flight: bool, nodes: int, layer: int, rate: float,
          out: TextIO) -> tuple[str, float, float, bool]:
-    from spegel_core.testing.fleet import Fleet
+    from spegel_core.localcluster.fleet import Fleet  # only when the tools are there
 
     flag = "true" if single_flight else "false"
     print(f"\n--single-flight {flag}: starting {nodes} nodes ...", file=out, flush=True)
@@ -102,10 +105,7 @@ def _one(workdir: Path, single_flight: bool, nodes: int, layer: int, rate: float
         fleet.stop()
 
 
-def _line(member: object, digest: str, layer: int, end: float | None) -> str:
-    from spegel_core.testing.fleet import FleetNode
-
-    assert isinstance(member, FleetNode)
+def _line(member: FleetNode, digest: str, layer: int, end: float | None) -> str:
     blob = member.daemon.content_path / "blobs" / digest.replace(":", "/")
     have = layer if blob.exists() else (member.ingest_size(digest) or 0)
     width = 24
@@ -116,11 +116,8 @@ def _line(member: object, digest: str, layer: int, end: float | None) -> str:
             f"{_source(member):<15} {done}")
 
 
-def _source(member: object) -> str:
+def _source(member: FleetNode) -> str:
     """Where the node's layer comes from, read from its metrics."""
-    from spegel_core.testing.fleet import FleetNode
-
-    assert isinstance(member, FleetNode)
     try:
         if member.metric("spegel_single_flight_claims_total", 'role="go"'):
             return "upstream"

@@ -24,8 +24,9 @@ socket to socket in the kernel where the server allows it
 (:mod:`spegel_core.mirror.peer_relay`); lengths, ranges, digest headers and
 resuming are checked and done the same way on both paths.
 
-Only providers the router found are ever asked, at the address the router gives
-(``--peer-cidrs`` narrows which addresses are trusted): repository names, tags,
+Only providers the router found are ever asked, at the addresses the router gives
+(a provider with several is asked at each in turn; ``--peer-cidrs`` narrows which
+addresses are trusted): repository names, tags,
 digests and ``ns`` only ever become the path and query of a request to a peer.
 """
 
@@ -113,6 +114,9 @@ class PeerSettings:
     arriving: bool = True
     #: Sent with every peer request (``--basic-auth-dir``: the ``Authorization`` header).
     headers: tuple[tuple[str, str], ...] = ()
+    #: aiohttp request tracing for the peer session (observers: a test that sees every
+    #: connection the mirror makes). Read when the session is made, on first use.
+    trace_configs: tuple[aiohttp.TraceConfig, ...] = ()
 
 
 @dataclass
@@ -164,6 +168,7 @@ class PeerFetcher:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=1.0,
                                               sock_read=self.settings.request_timeout),
                 read_bufsize=STREAM_CHUNK, headers=dict(self.settings.headers),
+                trace_configs=list(self.settings.trace_configs) or None,
             )
         return self._session
 
@@ -246,25 +251,28 @@ class PeerFetcher:
         try:
             while True:
                 try:
-                    peer = await asyncio.wait_for(anext(iterator),
-                                                  self.settings.resolve_timeout)
+                    provider = await asyncio.wait_for(anext(iterator),
+                                                      self.settings.resolve_timeout)
                 except (StopAsyncIteration, TimeoutError):
                     break
                 if not found:
                     self.metrics.emit(ResolveDuration(self.router.name,
                                                       time.perf_counter() - started, True))
-                if not self._trusted.allows(peer.host):
-                    self.untrusted_providers += 1
-                    log.debug("provider %s is outside --peer-cidrs; not asked", peer.url)
-                    continue
-                found.append(peer)
-                if peer in tried:
-                    continue
-                tried.add(peer)
-                if self.penalised(peer, key):
-                    deferred.append(peer)
-                    continue
-                yield peer
+                # A provider with several addresses is asked at each in turn: a
+                # connection refused or timed out moves on to the next one.
+                for peer in provider.addresses():
+                    if not self._trusted.allows(peer.host):
+                        self.untrusted_providers += 1
+                        log.debug("provider %s is outside --peer-cidrs; not asked", peer.url)
+                        continue
+                    found.append(peer)
+                    if peer in tried:
+                        continue
+                    tried.add(peer)
+                    if self.penalised(peer, key):
+                        deferred.append(peer)
+                        continue
+                    yield peer
         finally:
             close = getattr(iterator, "aclose", None)
             if close is not None:

@@ -148,7 +148,11 @@ class DnsServer:
                 return self
         raise RuntimeError(f"dnsmasq did not start on {self.host}:{self.port}:\n{self.log()}")
 
-    def _arguments(self) -> list[str]:
+    def arguments(self) -> list[str]:
+        """The dnsmasq command line :meth:`start` runs (a subclass may change it).
+
+        :returns: the program and its arguments.
+        """
         assert self.dnsmasq is not None and self.port is not None
         args = [
             self.dnsmasq, "--keep-in-foreground", "--log-facility=-", "--log-queries",
@@ -167,7 +171,7 @@ class DnsServer:
     def _spawn(self, timeout: float) -> bool:
         self.log_file.write_bytes(b"")
         with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(self._arguments(), stdin=subprocess.DEVNULL,
+            self._process = subprocess.Popen(self.arguments(), stdin=subprocess.DEVNULL,
                                              stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -98,6 +98,15 @@ def router_peers(node: NodeProcess) -> int:
     return int(router["peers"])
 
 
+def dns_rounds(node: NodeProcess) -> int:
+    """DNS bootstrap rounds the node has finished, whatever their result (its /metrics)."""
+    with urllib.request.urlopen(f"{node.metrics_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    name = "spegel_dns_query_duration_seconds_count"
+    return int(sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " ")))
+
+
 def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
     started = time.monotonic()
     while not condition():
@@ -137,11 +146,12 @@ async def providers_of(key: str, seed: NodeProcess) -> set[str]:
                             discovery=[SeedDiscovery([(seed.ip, seed.port + 1)])],
                             settings=KademliaSettings(kademlia_bootstrap_backoff_max=0.2))
     async with router:
-        for _ in range(250):  # at most 5 s to get a first contact
-            if len(router.table):
-                break
+        deadline = asyncio.get_running_loop().time() + 20
+        while not len(router.table):  # a first contact
+            assert asyncio.get_running_loop().time() < deadline, "no DHT contact in 20 s"
             await asyncio.sleep(0.02)
-        return {f"{peer.host}:{peer.port}" async for peer in router.lookup(key, 10, 1.0)}
+        # The lookup ends once the closest nodes answered; 10 s is its deadline only.
+        return {f"{peer.host}:{peer.port}" async for peer in router.lookup(key, 10, 10.0)}
 
 
 # -- a provider killed mid-stream ------------------------------------------------------
@@ -447,10 +457,15 @@ def test_dns_down_at_start_then_back(spegel_node: StartNode, tmp_path: Path) -> 
     provider.wait_ready()
     node.wait_ready()
     try:
-        started = time.monotonic()
-        while time.monotonic() - started < 1.5:  # no DNS: ready all along, alone
+        # No DNS: ready all along, alone, through three failed bootstrap rounds (each
+        # would have let it join, had DNS answered).
+        first = dns_rounds(node)
+
+        def alone_after_three_rounds() -> bool:
             assert ready(node)[0] == 200 and router_peers(node) == 0
-            time.sleep(0.1)
+            return dns_rounds(node) >= first + 3
+
+        until(alone_after_three_rounds, 30, "the node stopped asking DNS")
         assert status(blob_url(node, image.layer_digests[0])) == 404
         dns.set_records(name, [provider.ip, node.ip])
         dns.start()

@@ -75,7 +75,7 @@ def test_node_serves_from_the_content_directory(
         assert first.startswith(b"HTTP/1.1 200")
         # The response is far larger than the socket buffers: while it is stalled the
         # node holds containerd's blob file open (sendfile from it), not a copy.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20
         while path not in open_files(node.process.pid):
             assert time.monotonic() < deadline, "the blob file is not open in the node"
             time.sleep(0.02)
@@ -108,7 +108,7 @@ def test_node_is_not_ready_until_containerd_answers(
     assert info.value.code == 503
     assert b"store disconnected" in info.value.read()
     containerd_daemon.start()
-    node.wait_ready(timeout=5)
+    node.wait_ready(timeout=30)  # the store reconnects with a backoff
     with urllib.request.urlopen(f"{node.url}/v2/library/demo/manifests/v1", timeout=5) as resp:
         assert resp.headers["Docker-Content-Digest"] == image.index_digest
 

@@ -79,7 +79,9 @@ async def test_nxdomain_is_logged_and_counted(dns: InProcessDns,
         assert await source.bootstrap_peers() == []
     assert "cannot resolve missing.spegel.test" in caplog.text and "nxdomain" in caplog.text
     [event] = sink.of_type(DnsQuery)
-    assert event.result == "nxdomain" and 0 <= event.duration_s < 1
+    # Answered, not timed out: the result says so (a duration bound would only
+    # measure how busy the machine was).
+    assert event.result == "nxdomain" and event.duration_s >= 0
 
 
 async def test_name_without_addresses_is_ok_but_empty(dns: InProcessDns,
@@ -214,12 +216,12 @@ async def test_repeated_calls_are_cheap_and_fresh(dns: InProcessDns) -> None:
 
 async def test_aclose_cancels_a_call_in_flight(dns: InProcessDns) -> None:
     dns.mute = True
-    source = discovery(dns, timeout=5.0)
+    source = discovery(dns, timeout=60.0)
     call = asyncio.ensure_future(source.bootstrap_peers())
     await _until(lambda: dns.count() >= 1)  # the question is out: the call is in flight
     await source.aclose()
-    # Left alone, the call would wait for its 5 s timeout.
-    assert await asyncio.wait_for(call, 2.5) == []
+    # Left alone, the call would wait for its 60 s timeout.
+    assert await asyncio.wait_for(call, 20) == []
     assert await source.bootstrap_peers() == []
 
 

@@ -1,9 +1,10 @@
 """The open DHT under hostile datagrams, over real UDP on loopback (issue 20).
 
 An attacker at one loopback address sends 3000 FIND_NODEs, encoded with the project's
-codec, each with a made-up sender id. Bars: the bytes answered are at most 3x the bytes
-received (no reflection), and the routing table grows by at most 2 contacts. An attacker
-that answers the address check (its address is real) still gets at most 2 ids in (the
+codec (bare, or padded as honest nodes send them), each with a made-up sender id. Bars:
+the bytes answered are at most 3x the bytes received (no reflection), and the routing
+table grows by at most 2 contacts. An attacker that passes the address check (its
+address is real: it returns the cookies in ECHOs) still gets at most 2 ids in (the
 diversity rule). With a cluster key nothing gets past the MAC check.
 """
 
@@ -20,7 +21,7 @@ from spegel_core.protocols import PeerAddress
 from spegel_kademlia import KademliaRouter, KademliaSettings
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.ids import random_id
-from spegel_kademlia.messages import FindNode, Message, Ping, Pong
+from spegel_kademlia.messages import Echo, FindNode, Message, Ping, Pong
 
 TARGET_HOST = "127.0.20.1"
 HONEST_HOSTS = [f"127.0.21.{n}" for n in range(1, 8)]
@@ -47,20 +48,20 @@ class Seeds:
 class Attacker(asyncio.DatagramProtocol):
     """One attacker socket: sends made-up FIND_NODEs, counts what comes back.
 
-    With ``answer_pings`` it also passes address checks: it answers every PING with a
-    PONG from each id it used lately (only the challenged one is accepted).
+    With ``echo`` it also passes address checks: it returns every cookie it is given in
+    an ECHO from the id the answer went to.
     """
 
-    def __init__(self, codec: Codec, *, answer_pings: bool = False) -> None:
+    def __init__(self, codec: Codec, *, echo: bool = False) -> None:
         self.codec = codec
-        self.answer_pings = answer_pings
+        self.echo = echo
         self.transport: asyncio.DatagramTransport | None = None
         self.sent_bytes = 0
         self.sent = 0
         self.got_bytes = 0
         self.got = 0
-        self.pings = 0
-        self.recent: list[bytes] = []
+        self.cookies = 0
+        self.senders: dict[int, bytes] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -68,19 +69,18 @@ class Attacker(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.got += 1
         self.got_bytes += len(data)
-        if not self.answer_pings:
-            return
-        message = Codec().decode(data, addr)
-        if isinstance(message.body, Ping):
-            self.pings += 1
-            for sender in self.recent[-8:]:
-                self._send(Message(Pong(), message.request_id, sender, 5000), addr)
+        message = self.codec.decode(data, addr)
+        self.cookies += bool(message.cookie)
+        sender = self.senders.pop(message.request_id, None)
+        if self.echo and message.cookie and sender is not None:
+            self._send(Message(Echo(), message.request_id, sender, 5000,
+                               cookie=message.cookie), addr)
 
     def find_node(self, to: tuple[str, int]) -> None:
         sender = random_id()
-        self.recent = [*self.recent[-31:], sender]
-        self._send(Message(FindNode(random_id()), int.from_bytes(random_id()[:8], "big"),
-                           sender, 5000), to)
+        request_id = int.from_bytes(random_id()[:8], "big")
+        self.senders[request_id] = sender
+        self._send(Message(FindNode(random_id()), request_id, sender, 5000), to)
 
     def _send(self, message: Message, to: tuple[Any, ...]) -> None:
         assert self.transport is not None
@@ -163,17 +163,18 @@ async def network(request: pytest.FixtureRequest) -> AsyncIterator[list[Kademlia
 
 
 async def flood(target: KademliaRouter, attackers: list[Attacker]) -> None:
-    """``FLOOD`` FIND_NODEs spread over ``attackers``, paced so the socket buffer never
-    overflows (every datagram reaches the router); then until the challenges end."""
+    """``FLOOD`` FIND_NODEs spread over ``attackers``, a window at a time so the socket
+    buffer never overflows (every datagram reaches the router); then until every answer (and ECHO)
+    has been read."""
     assert target.bound is not None
     before = received(target)
     for n in range(FLOOD):
         attackers[n % len(attackers)].find_node(target.bound)
-        if n % 25 == 24:
-            await asyncio.sleep(0.002)
+        if n % 25 == 24:  # at most ~100 in flight: the socket buffer never overflows
+            await until(lambda n=n: received(target) - before >= n - 100)
     await until(lambda: received(target) - before >= FLOOD)
-    await until(lambda: admission(target)["challenges"] == 0)
-    await barrier(target)  # answers released by the last checks have been read
+    await barrier(target)  # the answers have been read, and the ECHOs sent
+    await barrier(target)  # the ECHOs have been handled
 
 
 async def attacker_at(host: str, codec: Codec, **kwargs: Any) -> Attacker:
@@ -183,13 +184,14 @@ async def attacker_at(host: str, codec: Codec, **kwargs: Any) -> Attacker:
     return attacker
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["bare", "padded"])
 @pytest.mark.parametrize("network", [{}, {"rate": 0}], indirect=True,
                          ids=["rate-limited", "no-rate-limit"])
 async def test_unvalidated_find_nodes_are_not_amplified_nor_trusted(
-        network: list[KademliaRouter]) -> None:
+        network: list[KademliaRouter], padded: bool) -> None:
     target = network[0]
     honest = {contact.node_id for contact in target.table}
-    attacker = await attacker_at(ATTACKER_HOST, Codec())
+    attacker = await attacker_at(ATTACKER_HOST, Codec(pad=padded))
     try:
         await flood(target, [attacker])
         print(f"\n{FLOOD} FIND_NODEs, {attacker.sent_bytes} bytes; answered "
@@ -218,11 +220,11 @@ async def test_an_attacker_that_answers_the_check_gets_at_most_two_ids_in(
         network: list[KademliaRouter]) -> None:
     target = network[0]
     before = len(target.table)
-    attackers = [await attacker_at(ATTACKER_HOST, Codec(), answer_pings=True)
+    attackers = [await attacker_at(ATTACKER_HOST, Codec(pad=True), echo=True)
                  for _ in range(4)]  # four ports, one address
     try:
         await flood(target, attackers)
-        assert sum(a.pings for a in attackers) > 0  # it was checked, and answered
+        assert admission(target)["echoes_taken"] > len(HONEST_HOSTS)  # its ECHOs were taken
         mine = [c for c in target.table if c.host == ATTACKER_HOST]
         assert len(mine) <= 2
         assert len({c.port for c in mine}) == len(mine)  # one id per ip:port
@@ -246,7 +248,7 @@ async def test_with_a_cluster_key_nothing_gets_past_the_mac(
     assert target.bound is not None
     before = len(target.table)
     dropped_before = cast(int, target.status().extra["datagrams_dropped"])
-    attacker = await attacker_at(ATTACKER_HOST, Codec(attacker_key), answer_pings=False)
+    attacker = await attacker_at(ATTACKER_HOST, Codec(attacker_key))
     try:
         for n in range(FLOOD):
             attacker.find_node(target.bound)
@@ -263,3 +265,14 @@ async def test_with_a_cluster_key_nothing_gets_past_the_mac(
     finally:
         assert attacker.transport is not None
         attacker.transport.close()
+
+
+async def test_honest_joiners_are_validated_by_their_echoes(
+        network: list[KademliaRouter]) -> None:
+    """Each honest joiner entered the target's table through the cookie it returned:
+    one ECHO each, no answer held for a check."""
+    target, honest = network[0], network[1:]
+    stats = admission(target)
+    assert stats["echoes_taken"] >= len(honest)
+    assert all(admission(router)["echoes_sent"] >= 1 for router in honest)
+    assert {contact.node_id for contact in target.table} == {r.node_id for r in honest}

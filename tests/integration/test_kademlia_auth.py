@@ -42,7 +42,7 @@ class Seeds:
         pass
 
 
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+async def until(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -53,6 +53,20 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
 
 async def providers(router: KademliaRouter, key: str = DIGEST) -> list[Peer]:
     return [peer async for peer in router.lookup(key, 3, 0.5)]
+
+
+def dropped(router: KademliaRouter, by: str = "reason") -> dict[str, int]:
+    """The router's dropped-datagram counters (its status), by reason or message type."""
+    counts = router.status().extra[f"dropped_by_{by}"]
+    assert isinstance(counts, dict)
+    return counts
+
+
+def attempts(router: KademliaRouter) -> int:
+    """Bootstrap attempts the router has started (an attempt ends before the next starts)."""
+    count = router.status().extra["bootstrap_attempts"]
+    assert isinstance(count, int)
+    return count
 
 
 @pytest.fixture
@@ -81,13 +95,15 @@ async def test_other_key_or_no_key_cannot_join_nor_advertise(start: Start) -> No
     intruders = [await start(K2, a, b), await start(None, a, b)]
     for intruder in intruders:
         await intruder.advertise([DIGEST])
-    await asyncio.sleep(0.3)  # a few bootstrap attempts
+    # Each intruder has asked the seeds twice (its third attempt has begun) and the
+    # keyed node has dropped both kinds: had an answer been accepted, it would be in.
+    assert await until(lambda: all(attempts(i) >= 3 for i in intruders))
+    assert await until(lambda: dropped(a).get("mac", 0) >= 1
+                       and dropped(a).get("auth_missing", 0) >= 1)
     for intruder in intruders:
         assert len(intruder.table) == 0 and intruder.status().detail in {"bootstrapping",
                                                                           "no peers"}
     assert len(a.table) == 1 and len(b.table) == 1  # never a contact of a keyed node
-    reasons = a._rpc.drop_reasons
-    assert reasons["mac"] >= 1 and reasons["auth_missing"] >= 1
     # An ADD_PROVIDER sent straight at a keyed node is dropped and counted as one.
     assert a.bound is not None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
@@ -95,7 +111,7 @@ async def test_other_key_or_no_key_cannot_join_nor_advertise(start: Start) -> No
         for codec in (Codec(K2), Codec()):
             body = AddProvider(key_id(DIGEST), sender := random_id(), 5000, 600)
             raw.sendto(codec.encode(Message(body, 1, sender, 5000)), a.bound)
-    assert await until(lambda: a._rpc.dropped_types["add_provider"] == 2)
+    assert await until(lambda: dropped(a, "type").get("add_provider") == 2)
     assert len(a.providers) == 0 and len(b.providers) == 0
     assert await providers(a) == [] and await providers(b) == []
     extra = a.status().extra
@@ -124,7 +140,9 @@ async def test_key_rotation_steps(start: Start, first: list[bytes],
         assert [p.node_id for p in await providers(new)] == [old.node_id]
         assert [p.node_id for p in await providers(old, "sha256:" + "8" * 64)] == [new.node_id]
     else:
-        await asyncio.sleep(0.3)
+        # Two attempts ended (the third has begun), each answer dropped by one side.
+        assert await until(lambda: attempts(new) >= 3)
+        assert await until(lambda: sum(dropped(new).values()) + sum(dropped(old).values()) >= 2)
         assert len(new.table) == 0  # the answers it gets are dropped
         await old.advertise([DIGEST])
         assert await providers(new) == []
@@ -137,9 +155,9 @@ async def test_peers_outside_the_cidrs_are_ignored(start: Start) -> None:
     outsider = await start(None, a, b, host="127.0.0.2")
     assert await until(lambda: len(a.table) == 1 and len(b.table) == 1)
     await outsider.advertise([DIGEST])
-    await asyncio.sleep(0.3)
+    assert await until(lambda: attempts(outsider) >= 3)  # two attempts ended unanswered
+    assert await until(lambda: dropped(a).get("peer_cidrs", 0) >= 1)
     assert len(outsider.table) == 0
-    assert a._rpc.drop_reasons["peer_cidrs"] >= 1
     assert await providers(a) == [] and len(a.providers) == 0
     # Nor is an outsider believed when a trusted node names it as a contact.
     assert [c.host for c in b.table.closest(random_id())] == ["127.0.0.1"]

@@ -65,10 +65,26 @@ def make_node(n: int, *seeds: KademliaRouter, cluster_key: bytes | None = None,
 
 
 async def collect(router: KademliaRouter, key: str, count: int = 3,
-                  within: float = 1.0) -> tuple[list[Peer], float]:
-    started = time.perf_counter()
-    peers = [peer async for peer in router.lookup(key, count, within)]
-    return peers, time.perf_counter() - started
+                  within: float = 1.0) -> list[Peer]:
+    return [peer async for peer in router.lookup(key, count, within)]
+
+
+async def converges(router: KademliaRouter, key: str) -> list[Peer]:
+    """A lookup that must end on its own: it is given a minute, the test 15 s.
+
+    A lookup that ran to its deadline (waiting on a provider that is gone, or on
+    silence) fails here, however loaded the machine; one that ends when the
+    closest nodes have answered passes.
+    """
+    async with asyncio.timeout(15):
+        return await collect(router, key, within=60.0)
+
+
+def records(nodes: list[KademliaRouter]) -> int:
+    """Provider records held by ``nodes`` (their status)."""
+    counts = [node.status().extra["provider_records"] for node in nodes]
+    assert all(isinstance(count, int) for count in counts)
+    return sum(counts)  # type: ignore[arg-type]
 
 
 async def wait_for(condition: object, seconds: float = 10.0) -> None:
@@ -103,12 +119,11 @@ async def test_every_node_finds_a_key_advertised_by_one(cluster: list[KademliaRo
     assert provider.status().extra["provides"] == 1
     expected = Peer(LOOPBACK, provider.mirror_port, provider.node_id)
     for node in cluster:
-        peers, elapsed = await collect(node, DIGEST)
+        peers = await collect(node, DIGEST)
         if node is provider:
             assert peers == []  # never itself
         else:
             assert peers == [expected], node
-        assert elapsed < 1.0
     status = cluster[3].status()
     assert status.detail == "ok" and status.peers >= CLUSTER // 2
     assert isinstance(cluster[3], Router)
@@ -117,24 +132,23 @@ async def test_every_node_finds_a_key_advertised_by_one(cluster: list[KademliaRo
 async def test_closed_provider_lookup_is_fast_and_empty(cluster: list[KademliaRouter]) -> None:
     provider, asker = cluster[11], cluster[12]
     await provider.advertise([DIGEST])
-    assert (await collect(asker, DIGEST))[0] != []
+    assert await collect(asker, DIGEST) != []
+    live = [node for node in cluster if node is not provider]
+    assert records(live) >= 1
     await provider.aclose()  # withdraws its records at the closest nodes it knows
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: records(live) == 0)  # the withdrawals have landed
     for node in cluster[12:16]:
-        peers, elapsed = await collect(node, DIGEST)
-        assert peers == []
-        assert elapsed < 0.5, elapsed
-    peers, elapsed = await collect(asker, "sha256:" + "6" * 64)  # nobody ever had it
-    assert peers == [] and elapsed < 0.5
+        assert await converges(node, DIGEST) == []
+    assert await converges(asker, "sha256:" + "6" * 64) == []  # nobody ever had it
 
 
 async def test_withdraw_stops_lookups_finding_the_key(cluster: list[KademliaRouter]) -> None:
     provider = cluster[3]
     await provider.advertise([DIGEST])
     await provider.withdraw([DIGEST])
-    await asyncio.sleep(0.05)
     assert provider.status().advertised_keys == 0
-    assert (await collect(cluster[4], DIGEST))[0] == []
+    await wait_for(lambda: records(cluster) == 0)  # the withdrawals have landed
+    assert await collect(cluster[4], DIGEST) == []
 
 
 async def test_start_returns_at_once_and_an_empty_table_answers_fast() -> None:
@@ -144,14 +158,14 @@ async def test_start_returns_at_once_and_an_empty_table_answers_fast() -> None:
     dead.close()
     router = KademliaRouter(host=LOOPBACK, port=0, mirror_port=5000,
                             discovery=[StaticDiscovery(address)])
-    started = time.perf_counter()
     async with router:
-        assert time.perf_counter() - started < 0.2
-        assert router.status().detail in {"bootstrapping", "no peers"}
+        # start() returned before the bootstrap task ran at all (it would wait for
+        # the dead seed's timeouts): no attempt has begun yet.
+        assert router.status().detail == "bootstrapping"
+        assert router.status().extra["bootstrap_attempts"] == 0
         await router.advertise([DIGEST])  # kept, announced once peers appear
         assert router.status().advertised_keys == 1
-        peers, elapsed = await collect(router, DIGEST)
-        assert peers == [] and elapsed < 0.05
+        assert await converges(router, DIGEST) == []  # nobody to ask: ends at once
     assert router.status().detail == "closed"
     await router.aclose()  # idempotent
 
@@ -161,15 +175,15 @@ async def test_malformed_datagrams_are_dropped_and_counted() -> None:
     router = KademliaRouter(host=LOOPBACK, port=0, mirror_port=5000, metrics=recorder)
     async with router:
         assert router.bound is not None
-        garbage = [b"", b"junk" * 20, b"SK\x01\x63" + bytes(43),
-                   b"SK\x01\x04\x00" + bytes(42) + b"\x09",
+        garbage = [b"", b"junk" * 20, b"SK\x02\x63" + bytes(43),
+                   b"SK\x02\x04\x00" + bytes(42) + b"\x09",
                    bytes(2000)]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
             raw.bind((LOOPBACK, 0))
             raw.setblocking(False)
             for data in garbage:
                 raw.sendto(data, router.bound)
-            await wait_for(lambda: len(recorder.dropped()) >= len(garbage), 2.0)
+            await wait_for(lambda: len(recorder.dropped()) >= len(garbage))
             assert sorted(recorder.dropped()) == sorted(
                 ["short", "magic", "type", "short", "size"])
             # ... and it keeps answering.
@@ -177,17 +191,21 @@ async def test_malformed_datagrams_are_dropped_and_counted() -> None:
             ping = Message(Ping(), request_id=99, sender=random_id(), mirror_port=1)
             raw.sendto(codec.encode(ping), router.bound)
             loop = asyncio.get_running_loop()
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(10):
                 data = await loop.sock_recv(raw, 2048)
             pong = codec.decode(data, router.bound)
             assert isinstance(pong.body, Pong) and pong.request_id == 99
             assert pong.sender == router.node_id and pong.mirror_port == 5000
-            # The unknown sender is challenged (address validation, docs/security.md);
-            # this socket never answers, so it never becomes a contact.
-            async with asyncio.timeout(2):
+            # The unknown sender's address is checked (address validation,
+            # docs/security.md): the PONG carries a cookie, which this socket never
+            # returns, so it never becomes a contact (a second round trip shows that the
+            # router has handled everything before it).
+            assert len(pong.cookie) == 8
+            raw.sendto(codec.encode(Message(Ping(), 100, ping.sender, 1)), router.bound)
+            async with asyncio.timeout(10):
                 data = await loop.sock_recv(raw, 2048)
-            assert isinstance(codec.decode(data, router.bound).body, Ping)
-            await wait_for(lambda: router.status().extra["rpc_timeouts"] == 1, 2.0)
+            assert codec.decode(data, router.bound).request_id == 100
+            assert len(router.table) == 0
     assert any(isinstance(e, DhtMessage) and e == DhtMessage("pong", "sent")
                for e in recorder.events)
     assert PeerCount(1) not in recorder.events
@@ -202,11 +220,13 @@ async def test_request_to_a_dead_contact_times_out_fast() -> None:
     router = KademliaRouter(host=LOOPBACK, port=0, mirror_port=5000, metrics=recorder)
     async with router:
         router.table.add(contact)
-        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         with pytest.raises(RpcTimeout):
-            await router._request(contact, Ping(), retries=1)
-        elapsed = time.perf_counter() - started
-        assert 0.25 <= elapsed < 0.6  # two attempts of 150 ms
+            await router.ping(contact)
+        # Two attempts (kademlia_rpc_retries = 1), each waited for to its timeout;
+        # how soon after that the loop ran again is the machine's business.
+        assert loop.time() - started >= 2 * router.settings.kademlia_rpc_timeout
         assert router.table.failures(contact.node_id) >= 1  # (bootstrap may have tried too)
     assert DhtMessage("ping", "timeout") in recorder.events
     assert [e for e in recorder.events if e == DhtMessage("ping", "sent")] == [
@@ -221,10 +241,10 @@ async def test_cluster_key_separates_clusters() -> None:
         b = make_node(2, a, cluster_key=key)
         stranger = make_node(3, a)
         async with b, stranger:
-            await wait_for(lambda: len(a.table) == 1 and len(b.table) == 1, 5.0)
+            await wait_for(lambda: len(a.table) == 1 and len(b.table) == 1)
             await b.advertise([DIGEST])
-            assert (await collect(a, DIGEST))[0] == [Peer(LOOPBACK, b.mirror_port, b.node_id)]
-            await wait_for(lambda: "auth_missing" in recorder.dropped(), 5.0)
+            assert await collect(a, DIGEST) == [Peer(LOOPBACK, b.mirror_port, b.node_id)]
+            await wait_for(lambda: "auth_missing" in recorder.dropped())
             assert len(stranger.table) == 0 and b.node_id in a.table
 
 
@@ -240,8 +260,9 @@ async def test_joining_costs_one_lookup_not_a_refresh_of_every_bucket(
                             settings=KademliaSettings(kademlia_max_per_ip=0), metrics=recorder)
     try:
         await joiner.start()
+        # The join's self lookup has ended: whatever the join sends has been sent.
+        await wait_for(lambda: joiner.status().extra["joined"] is True)
         await wait_for(lambda: len(joiner.table) >= CLUSTER // 2)
-        await asyncio.sleep(0.5)  # anything else the join would send, sent by now
         sent = [e.type for e in recorder.events
                 if isinstance(e, DhtMessage) and e.outcome == "sent"]
         # No PING to the seeds: the only pings are address checks of nodes that asked
@@ -288,10 +309,10 @@ async def test_small_table_asks_discovery_again_while_it_grows() -> None:
             await node.start()
         discovery.addresses = [PeerAddress(*n.bound) for n in [first, *later] if n.bound]
         await wait_for(lambda: discovery.calls >= 2 and len(early.table) >= 12)
-        await asyncio.sleep(2.0)  # growth has stopped: at most one more question
-        calls = discovery.calls
-        await asyncio.sleep(3.0)
-        assert discovery.calls == calls
+        # Growth has stopped: the schedule settles on the re-bootstrap interval
+        # (discovery's refresh interval, 60 s) instead of asking again soon.
+        await wait_for(lambda: early.status().extra["bootstrap_wait_s"]
+                       == StaticDiscovery.refresh_interval)
         assert early.status().detail == "ok"
     finally:
         for node in [early, first, *later]:

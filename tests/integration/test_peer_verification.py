@@ -254,7 +254,7 @@ async def test_no_request_makes_the_mirror_connect_anywhere_but_a_provider(
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_start)
     fetcher = mirror.peers
-    fetcher._session = aiohttp.ClientSession(trace_configs=[trace])
+    fetcher.settings.trace_configs = (trace,)  # before the first peer request
 
     # Every key the mirror could look up has this one provider.
     mirror.network.providers = lambda key: [address]

@@ -39,8 +39,12 @@ class QuietDnsServer(DnsServer):
         self._batch_of: dict[str, int] = {}
         self._name = ""
 
-    def _arguments(self) -> list[str]:
-        args = [arg for arg in super()._arguments() if arg != "--log-queries"]
+    def arguments(self) -> list[str]:
+        """dnsmasq's command line without query logging, names from the hosts directory.
+
+        :returns: the program and its arguments.
+        """
+        args = [arg for arg in super().arguments() if arg != "--log-queries"]
         return [f"--hostsdir={self.hosts_dir}" if arg.startswith("--addn-hosts=") else arg
                 for arg in args]
 

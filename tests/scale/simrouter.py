@@ -1,12 +1,13 @@
 """The real :class:`KademliaRouter`, with the measurements the simulation needs.
 
-Nothing here changes what the router does; the subclass only watches:
+Nothing here changes what the router does; the subclass only watches, through the
+router's public watch hook (:mod:`spegel_kademlia.watch`), never its private methods:
 
 - **ready**: the moment the first self-lookup (FIND_NODE of the node's own id) of a
   successful bootstrap finishes, with a non-empty routing table. From then on the
   node knows its closest neighbours, they know it, and both its lookups and its
-  answers reach the rest of the DHT. The later bucket refresh of the same bootstrap
-  is recorded apart (``joined_at``).
+  answers reach the rest of the DHT. ``joined_at`` is the end of the first self lookup
+  whatever the table (the bootstrap attempt returns then: bucket refreshes come later).
 - **hops** of a lookup traced with :func:`traced_lookup`: contacts taken from the
   node's own table are hop 1; a contact first learnt from the answer of a hop-``h``
   contact is hop ``h + 1``; the lookup's hop count is the hop of the first answer
@@ -21,15 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import random
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from spegel_core.protocols import Peer, PeerAddress
+from spegel_core.protocols import Peer
 from spegel_kademlia import KademliaRouter
 from spegel_kademlia.ids import Contact
-from spegel_kademlia.messages import Body, Message, Nodes, Providers
+from spegel_kademlia.messages import Message, Nodes, Providers
 
 
 @dataclass(slots=True)
@@ -48,10 +50,13 @@ _TRACE: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("scale_tra
 
 
 class SimRouter(KademliaRouter):
-    """A :class:`KademliaRouter` that records readiness and traces lookups."""
+    """A :class:`KademliaRouter` that records readiness and traces lookups (its own watch)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.watch = self
+        #: Draws of the simulation's own (the router's generator stays its own).
+        self.rng = random.Random(f"{self.node_id.hex()}/sim")
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.joined_at: float | None = None
@@ -70,7 +75,7 @@ class SimRouter(KademliaRouter):
     async def kill(self) -> None:
         """Close like a crashed node: the socket goes away, nobody is told."""
         self.killed = True
-        await self.aclose()
+        await self.aclose(withdraw=False)
 
     def reprovide_every(self, interval: float) -> None:
         """Announce every key again within ``interval`` s, and every ``interval`` s after.
@@ -82,15 +87,15 @@ class SimRouter(KademliaRouter):
         keys.interval = interval
         keys.jitter = min(keys.jitter, interval / 10)
         for key in keys:
-            keys.reschedule(key, self._rng.uniform(0.0, interval))
-        self._wake_reprovide.set()
+            keys.reschedule(key, self.rng.uniform(0.0, interval))
+        self.reprovide_soon()
 
     async def probe_find_node(self, target: bytes) -> Trace:
         """One FIND_NODE lookup of ``target``, as a bucket refresh does; what it sent."""
         trace = Trace()
         token = _TRACE.set(trace)
         try:
-            await self._find_node(target)
+            await self.find_node(target)
         finally:
             _TRACE.reset(token)
         return trace
@@ -109,44 +114,33 @@ class SimRouter(KademliaRouter):
             _TRACE.reset(token)
         return trace
 
-    # -- watched internals ---------------------------------------------------------------
-    async def _ask_seed(self, address: PeerAddress
-                            ) -> tuple[Contact, tuple[Contact, ...]] | None:
+    # -- the watch (spegel_kademlia.watch.RouterWatch) ------------------------------------
+    def seeds_asked(self) -> None:
+        """Note when DNS (discovery) first answered."""
         if self.resolved_at is None:
             self.resolved_at = time.monotonic()
-        return await super()._ask_seed(address)
 
-    async def _find_node(self, target: bytes, *,
-                         answered: Sequence[tuple[Contact, Sequence[Contact]]] = ()
-                         ) -> list[Contact]:
-        if target == self.node_id and self.seeds_answered_at is None:
-            self.seeds_answered_at = time.monotonic()
-        result = await super()._find_node(target, answered=answered)
-        if target == self.node_id and self.ready_at is None and len(self.table):
-            self.ready_at = time.monotonic()
+    def self_lookup(self, ended: bool) -> None:
+        """Note when the seeds answered (the self lookup starts) and when it ended."""
+        now = time.monotonic()
+        if not ended:
+            if self.seeds_answered_at is None:
+                self.seeds_answered_at = now
+            return
+        if self.ready_at is None and len(self.table):
+            self.ready_at = now
             self.ready.set()
-        return result
-
-    async def _bootstrap_once(self) -> bool:
-        ok = await super()._bootstrap_once()
-        if ok and self.joined_at is None:
-            self.joined_at = time.monotonic()
+        if self.joined_at is None:
+            self.joined_at = now
             self.joined.set()
-        return ok
 
-    def _send_withdrawals(self, keys: Sequence[str]) -> None:
-        if not self.killed:
-            super()._send_withdrawals(keys)
-
-    def _start_request(self, contact: Contact, body: Body, *, retries: int
-                       ) -> asyncio.Future[Message]:
-        future = super()._start_request(contact, body, retries=retries)
+    def requested(self, contact: Contact, future: asyncio.Future[Message]) -> None:
+        """Count a request of a traced operation, and the hop of what it answers."""
         trace = _TRACE.get()
         if trace is not None:
             trace.queries += 1
             hop = trace.depth.setdefault(contact.node_id, 1)
             future.add_done_callback(functools.partial(_traced, trace, hop))
-        return future
 
 
 def _traced(trace: Trace, hop: int, future: asyncio.Future[Message]) -> None:

@@ -26,6 +26,7 @@ from spegel_core.protocols import (
 from spegel_core.state import StateTracker
 from spegel_core.testing.arriving_conformance import ArrivingStoreConformance, ArrivingWriter
 from spegel_core.testing.fakes import (
+    MemoryArrivingReader,
     MemoryArrivingStore,
     MemoryContentStore,
     MemoryNetwork,
@@ -54,6 +55,8 @@ class TestMemoryArrivingConformance(ArrivingStoreConformance):
 # -- the order of providers ---------------------------------------------------------------
 async def _peers(*items: tuple[float, Peer]) -> AsyncIterator[Peer]:
     for delay, peer in items:
+        # When each provider is found is the scenario (timers fire in order of their
+        # due time, so a busy machine keeps the order), not a wait.
         await asyncio.sleep(delay)
         yield peer
 
@@ -84,7 +87,7 @@ async def test_closing_early_stops_both_lookups() -> None:
 
 
 # -- the state tracker --------------------------------------------------------------------
-async def _until(predicate: Callable[[], bool], within: float = 2.0) -> None:
+async def _until(predicate: Callable[[], bool], within: float = 10.0) -> None:
     for _ in range(int(within / 0.01)):
         if predicate():
             return
@@ -98,7 +101,7 @@ async def _tracker(config: SpegelConfig, store: MemoryContentStore
     sink = RecordingSink()
     tracker = StateTracker(config, store, router, sink)
     task = asyncio.create_task(tracker.run())
-    await asyncio.wait_for(tracker.synced.wait(), 2)
+    await asyncio.wait_for(tracker.synced.wait(), 10)
     return router, task, sink
 
 
@@ -177,7 +180,7 @@ async def test_a_peer_gets_arriving_content_as_it_lands(
 
     async def land() -> None:
         for start in range(1000, len(DATA), 2**20):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the download trickling in is the scenario, not a wait
             await writer.append(DATA[start:start + 2**20])
         await writer.commit()
 
@@ -223,8 +226,27 @@ async def test_an_abandoned_download_cuts_the_stream(
     writer = store.begin_arriving(DIGEST, len(DATA))
     await writer.append(DATA[:5000])
 
+    # The download is abandoned once the peer's reader has sent what there was and
+    # waits for more (the moment it is cut mid-stream), not after a pause.
+    waiting_for_more = asyncio.Event()
+    open_arriving = store.open_arriving
+
+    async def opening(digest: str) -> MemoryArrivingReader:
+        reader = await open_arriving(digest)
+        wait = reader.wait
+
+        async def waiting(offset: int, timeout: float) -> int:  # noqa: ASYNC109
+            if offset >= 5000:
+                waiting_for_more.set()
+            return await wait(offset, timeout)
+
+        reader.wait = waiting  # type: ignore[method-assign]
+        return reader
+
+    store.open_arriving = opening  # type: ignore[method-assign]
+
     async def fail() -> None:
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(waiting_for_more.wait(), 10)
         await writer.abort()
 
     failing = asyncio.ensure_future(fail())

@@ -8,14 +8,18 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, empty_pb2
 
 from spegel_containerd import checks
-from spegel_containerd._pb import content_events_pb2, events_pb2, images_pb2
+from spegel_containerd._pb import content_events_pb2, events_pb2, images_pb2, version_pb2
 from spegel_containerd.checks import ContainerdTooOld, check_socket, check_version, parse_version
+from spegel_containerd.client import METHODS
 from spegel_containerd.events import decode_envelope, subscribe_filters
 from spegel_containerd.manifests import Child, children
 from spegel_containerd.plugin import ContainerdSettings
@@ -134,7 +138,7 @@ def test_check_socket(tmp_path: Path, unix_socket: Path,
     with pytest.raises(ConfigError, match="is not a socket") as info:
         check_socket(tmp_path)
     assert info.value.flag == "--containerd-sock"
-    monkeypatch.setattr(checks.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(ConfigError, match="permission denied on"):
         check_socket(unix_socket)
 
@@ -147,11 +151,34 @@ def test_socket_that_does_not_answer_is_logged_not_fatal(
     assert "does not answer" in caplog.text
 
 
-def test_old_containerd_is_a_config_error(unix_socket: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checks, "_probe", lambda socket, namespace, timeout: ("1.5.18", 3))
+@pytest.fixture
+def old_containerd() -> Iterator[Path]:
+    """A gRPC server on a unix socket that answers as containerd 1.5.18 with 3 images."""
+    path = Path("/tmp") / f"spegel-test-old-{os.getpid()}.sock"
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    answers: dict[str, tuple[Any, Any]] = {
+        "version": (empty_pb2.Empty, version_pb2.VersionResponse(version="1.5.18")),
+        "images_list": (images_pb2.ListImagesRequest, images_pb2.ListImagesResponse(
+            images=[images_pb2.Image(name=f"x/{n}") for n in range(3)])),
+    }
+    for key, (request, answer) in answers.items():
+        service, method = METHODS[key].strip("/").split("/")
+        handler = grpc.unary_unary_rpc_method_handler(
+            lambda _request, _context, answer=answer: answer,
+            request_deserializer=request.FromString,
+            response_serializer=type(answer).SerializeToString)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(service, {method: handler})])
+    server.add_insecure_port(f"unix://{path}")
+    server.start()
+    yield path
+    server.stop(None)
+    path.unlink(missing_ok=True)
+
+
+def test_old_containerd_is_a_config_error(old_containerd: Path) -> None:
     with pytest.raises(ConfigError, match=r"too old: spegel needs containerd >= 1\.6"):
-        checks.startup_checks(unix_socket, "k8s.io", None)
+        checks.startup_checks(old_containerd, "k8s.io", None)
 
 
 def test_settings(spegel_pm: PluginManager) -> None:

@@ -214,7 +214,7 @@ def test_datagram_mutation_loop() -> None:
     for _ in range(2_000 * fuzz_scale()):
         data = rng.randbytes(rng.randint(0, 1300))
         if rng.random() < 0.5:
-            data = b"SK\x01" + bytes([rng.randint(0, 11), rng.randint(0, 1)]) + data[5:]
+            data = b"SK\x02" + bytes([rng.randint(0, 12), rng.randint(0, 7)]) + data[5:]
         try:
             codec.decode(data, SOURCE)
         except DecodeError:

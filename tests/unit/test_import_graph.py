@@ -1,5 +1,7 @@
 """Import arrows run one way: plugins -> core; inside the core, edges -> middle; no circles.
 
+Plugins stand alone (no plugin imports another) and the test kit is used by tests only.
+
 Every import counts: module level, ``if TYPE_CHECKING:`` and inside functions.
 """
 
@@ -21,7 +23,10 @@ MIDDLE = ("spegel_core.protocols", "spegel_core.view", "spegel_core.errors", "sp
           "spegel_core.registry_urls")
 #: The edges (and the wiring that assembles them): the middle never imports these.
 EDGES = ("spegel_core.mirror", "spegel_core.server", "spegel_core.cli", "spegel_core.node",
-         "spegel_core.plugin_manager", "spegel_core.testing")
+         "spegel_core.plugin_manager", "spegel_core.testing", "spegel_core.localcluster")
+#: The built-in plugins' top-level packages.
+PLUGINS = tuple(sorted(p.name for p in (ROOT / "plugins").iterdir()
+                       if (p / "__init__.py").exists()))
 
 
 def _modules() -> dict[str, Path]:
@@ -141,3 +146,22 @@ def test_plugins_import_only_the_cores_public_modules(module: str) -> None:
                 "spegel_core.server.zerocopy", "spegel_core.testing")
     bad = {t for t in GRAPH[module] if _in(t, internal)}
     assert not bad, f"{module} imports core internals {sorted(bad)}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if not _in(m, ("spegel_core.testing",))))
+def test_only_the_test_kit_imports_the_test_kit(module: str) -> None:
+    bad = {t for t in GRAPH[module] if _in(t, ("spegel_core.testing",))}
+    assert not bad, f"{module} imports the test kit {sorted(bad)}"
+
+
+def test_the_fleet_demo_is_in_the_graph() -> None:
+    # the demo's fleet is found (a function-level import), and it is the core's
+    assert "spegel_core.localcluster.fleet" in GRAPH["spegel_core.cli.demo_fleet"]
+    assert "spegel_core.localcluster.fleet" in GRAPH["spegel_core.testing.fleet"]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if _in(m, PLUGINS)))
+def test_no_plugin_imports_another_plugin(module: str) -> None:
+    own = module.split(".")[0]
+    bad = {t for t in GRAPH[module] if _in(t, PLUGINS) and t.split(".")[0] != own}
+    assert not bad, f"{module} imports another plugin: {sorted(bad)}"

@@ -187,7 +187,7 @@ async def test_a_penalised_provider_is_never_asked_as_company() -> None:
     peers.penalised = recording  # type: ignore[method-assign]
     task = asyncio.ensure_future(hedged(peers, KEY, attempt))
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
+    deadline = loop.time() + 10
     # B is checked once as it comes out of providers() (deferred), and once more when
     # A is slow and hedging would have asked it: the moment it is held back.
     while checks.count(B) < 2:

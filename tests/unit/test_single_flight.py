@@ -100,7 +100,7 @@ async def test_hold_waits_for_the_ingest_and_wakes_on_its_event(nodes: list[Node
             await asyncio.sleep(0)
         assert not held.done()
         a.store.begin_arriving(DIGEST, 10)
-        assert await asyncio.wait_for(held, 2.0)
+        assert await asyncio.wait_for(held, 10.0)
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)

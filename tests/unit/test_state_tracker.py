@@ -19,7 +19,7 @@ def image(tmp_path: Path) -> BuiltImage:
     return build_image(tmp_path / "l", "docker.io/library/demo:v1", layer_sizes=(100, 200))
 
 
-async def _until(predicate: Callable[[], bool], within: float = 2.0) -> None:
+async def _until(predicate: Callable[[], bool], within: float = 10.0) -> None:
     for _ in range(int(within / 0.01)):
         if predicate():
             return
@@ -33,7 +33,7 @@ async def _tracked(config: SpegelConfig, store: MemoryContentStore
     sink = RecordingSink()
     tracker = StateTracker(config, store, router, sink)
     task = asyncio.create_task(tracker.run())
-    await asyncio.wait_for(tracker.synced.wait(), 2)
+    await asyncio.wait_for(tracker.synced.wait(), 10)
     return tracker, router, task, sink
 
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -180,12 +181,23 @@ async def test_a_stalled_source_times_out_with_what_it_sent_taken(pairs: Pairs) 
         tap.close()
 
 
-async def test_a_client_that_goes_away_ends_the_stream_and_the_thread(pairs: Pairs,
-                                                                       no_fd_leak: None
-                                                                       ) -> None:
+class RecordedThread(threading.Thread):
+    """A thread that lists itself when started (the tap's hashing thread, seen from outside)."""
+
+    started: list[threading.Thread] = []
+
+    def start(self) -> None:
+        RecordedThread.started.append(self)
+        super().start()
+
+
+async def test_a_client_that_goes_away_ends_the_stream_and_the_thread(
+        pairs: Pairs, no_fd_leak: None, monkeypatch: pytest.MonkeyPatch) -> None:
     peer, source, destination, client = pairs
     client.close()
     loop = asyncio.get_running_loop()
+    monkeypatch.setattr(threading, "Thread", RecordedThread)
+    RecordedThread.started.clear()
     writer = loop.run_in_executor(None, peer.sendall, b"z" * 4 * 2**20)
     tap = HashTap(4 * 2**20, "sha256")
     try:
@@ -196,8 +208,7 @@ async def test_a_client_that_goes_away_ends_the_stream_and_the_thread(pairs: Pai
         tap.close()
     source.shutdown(socket.SHUT_RDWR)  # unblocks the writer
     await asyncio.wait([writer])
-    thread = tap._thread
-    assert thread is not None
+    [thread] = [t for t in RecordedThread.started if t.name == "spegel-hash"]
     await loop.run_in_executor(None, thread.join, 10)
     assert not thread.is_alive()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spegel_kademlia.admission import Admission, Hold
+from spegel_kademlia.admission import Admission
 from spegel_kademlia.ids import Contact, random_id
 from spegel_kademlia.messages import FindNode, Message
 from spegel_kademlia.table import RoutingTable, ip_group
@@ -67,21 +67,44 @@ def test_answer_rate_per_source_ip() -> None:
     assert sum(admission.allow("10.0.0.1", False) for _ in range(100)) == 10
 
 
-def test_one_challenge_per_address_holding_a_bounded_number_of_requests() -> None:
-    admission = Admission(max_held=2, max_challenges=1)
+def test_a_cookie_validates_only_the_address_and_id_it_was_given_to() -> None:
+    admission = Admission()
     contact = far("10.0.0.1")
-    assert admission.hold(contact, request(contact)) is Hold.CHALLENGE
-    assert admission.hold(contact, request(contact)) is Hold.WAITING
-    assert admission.hold(contact, request(contact)) is Hold.FULL  # 2 held already
-    assert admission.hold(contact, None) is Hold.WAITING
-    other = far("10.0.0.2")
-    assert admission.hold(other, None) is Hold.FULL  # one challenge at a time
-    # Another id at a challenged address does not ride on its challenge.
-    impostor = Contact(random_id(), contact.host, contact.port)
-    assert admission.hold(impostor, request(impostor)) is Hold.FULL
-    challenge = admission.settle(contact.address)
-    assert challenge is not None and len(challenge.held) == 2
-    assert admission.settle(contact.address) is None
+    cookie = admission.cookie(contact)
+    assert len(cookie) == 8
+    # Another id at the address, the address's other port, another address: refused.
+    for other in (Contact(random_id(), contact.host, contact.port),
+                  Contact(contact.node_id, contact.host, contact.port + 1),
+                  Contact(contact.node_id, "10.0.0.2", contact.port)):
+        assert not admission.check_cookie(other, cookie)
+        assert not admission.is_validated(other)
+    assert not admission.check_cookie(contact, bytes(8))
+    assert not admission.check_cookie(contact, cookie[:7])
+    assert admission.bad_cookies == 5
+    assert not admission.is_validated(contact)
+    assert admission.check_cookie(contact, cookie)
+    assert admission.is_validated(contact)
+
+
+def test_cookies_outlive_one_change_of_secret_not_two() -> None:
+    now = [0.0]
+    admission = Admission(cookie_period=100, clock=lambda: now[0])
+    contact, late = far("10.0.0.1"), far("10.0.0.2")
+    cookie, stale = admission.cookie(contact), admission.cookie(late)
+    now[0] = 150.0  # one change: a cookie of the period before is still taken
+    assert admission.cookie(contact) != cookie
+    assert admission.check_cookie(contact, cookie)
+    now[0] = 260.0  # one more: the secret of both first cookies is gone
+    assert not admission.check_cookie(late, stale)
+    idle = far("10.0.0.3")
+    old = admission.cookie(idle)
+    now[0] = 500.0  # two periods and more with nothing asked: both secrets are new
+    assert not admission.check_cookie(idle, old)
+
+
+def test_two_nodes_cookies_differ() -> None:
+    contact = far("10.0.0.1")
+    assert Admission().cookie(contact) != Admission().cookie(contact)
 
 
 def test_table_takes_one_id_per_ip_port_and_two_per_ip() -> None:
@@ -130,11 +153,19 @@ def test_a_move_that_breaks_the_rule_keeps_the_old_address() -> None:
     a, b = far("10.0.0.1"), far("10.0.0.2")
     table.add(a)
     table.add(b)
+    assert not table.admits(Contact(b.node_id, "10.0.0.1", 7))
     table.add(Contact(b.node_id, "10.0.0.1", 7))
     assert table.get(b.node_id) == b
+    assert table.admits(Contact(b.node_id, "10.0.0.3", 7))  # a new address to prove
     table.add(Contact(b.node_id, "10.0.0.3", 7))
-    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.3", 7)
-    assert table.admits(far("10.0.0.2"))  # the old address was released
+    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.3", 7, (b.address,))
+    assert not table.admits(far("10.0.0.2"))  # still b's, as its fallback
+    table.add(Contact(b.node_id, "10.0.0.4", 7))
+    table.add(Contact(b.node_id, "10.0.0.5", 7))
+    # At most three addresses: the oldest went, and its IP was released.
+    assert table.get(b.node_id) == Contact(b.node_id, "10.0.0.5", 7,
+                                           (("10.0.0.4", 7), ("10.0.0.3", 7)))
+    assert table.admits(far("10.0.0.2"))
 
 
 @pytest.mark.parametrize(("host", "group"), [
@@ -178,3 +209,20 @@ def test_answers_are_cut_to_the_credit_closer_contacts_first() -> None:
     assert _cut(Nodes(contacts), 0) is None  # not even the count byte
     v6 = tuple(far(f"fd00::{n}") for n in range(5))
     assert len(_cut(Nodes(v6), 1 + 2 * 51).contacts) == 2  # type: ignore[union-attr]
+
+
+def test_answers_of_dual_stack_contacts_are_cut_at_their_real_size() -> None:
+    from spegel_kademlia.codec import Codec
+    from spegel_kademlia.gate import _cut
+    from spegel_kademlia.messages import Nodes
+
+    codec = Codec()
+    contacts = tuple(Contact(b"\x80" + random_id()[1:], f"10.0.0.{n}", 5001,
+                             more=((f"fd00::{n}", 5001),)) for n in range(20))
+    for room in (60, 200, 237, 500):
+        cut = _cut(Nodes(contacts), room)
+        assert isinstance(cut, Nodes) and cut.contacts
+        assert codec.size(Message(cut, 1, OWN, 1)) - codec.overhead <= room
+        if len(cut.contacts) < len(contacts):  # the next one would not have fitted
+            bigger = Nodes(contacts[:len(cut.contacts) + 1])
+            assert codec.size(Message(bigger, 1, OWN, 1)) - codec.overhead > room

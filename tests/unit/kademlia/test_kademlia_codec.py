@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spegel_kademlia.codec import MAX_DATAGRAM, Codec, DecodeError, EncodeError
+from spegel_kademlia.codec import MAX_DATAGRAM, PADDED_REQUEST, Codec, DecodeError, EncodeError
 from spegel_kademlia.ids import Contact
 from spegel_kademlia.messages import (
     AddProvider,
@@ -19,6 +19,7 @@ from spegel_kademlia.messages import (
     Body,
     Claim,
     ClaimReply,
+    Echo,
     FindNode,
     GetProviders,
     Message,
@@ -29,6 +30,7 @@ from spegel_kademlia.messages import (
     ProviderInfo,
     Providers,
 )
+from spegel_kademlia.payloads import Reader
 from tests.fuzzing import fuzz_scale
 
 KEY = b"cluster-key-0123456789abcdef0123"
@@ -44,8 +46,12 @@ def _valid_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 ids = st.binary(min_size=32, max_size=32)
 hosts = st.ip_addresses().filter(_valid_ip).map(str)
 ports = st.integers(1, 65535)
-contacts = st.builds(Contact, ids, hosts, ports)
-providers = st.builds(ProviderInfo, ids, hosts, ports)
+# Up to three distinct addresses per entry; ports often shared (the same-port tag bit).
+address_lists = st.lists(st.tuples(hosts, st.one_of(st.sampled_from([5000, 5001]), ports)),
+                         min_size=1, max_size=3, unique_by=lambda a: a[0])
+contacts = st.builds(lambda i, a: Contact(i, a[0][0], a[0][1], tuple(a[1:])), ids, address_lists)
+providers = st.builds(lambda i, a: ProviderInfo(i, a[0][0], a[0][1], tuple(a[1:])),
+                      ids, address_lists)
 bodies: st.SearchStrategy[Body] = st.one_of(
     st.just(Ping()),
     st.just(Pong()),
@@ -61,8 +67,11 @@ bodies: st.SearchStrategy[Body] = st.one_of(
               providers),
     st.builds(ClaimReply, st.just(False), st.integers(0, 255), st.integers(0, 2**32 - 1),
               providers, providers),
+    st.just(Echo()),
 )
-messages = st.builds(Message, bodies, st.integers(0, 2**64 - 1), ids, st.integers(0, 65535))
+cookies = st.one_of(st.just(b""), st.binary(min_size=8, max_size=8))
+messages = st.builds(Message, bodies, st.integers(0, 2**64 - 1), ids, st.integers(0, 65535),
+                     cookie=cookies)
 
 
 def sample_message(body: Body | None = None) -> Message:
@@ -70,14 +79,18 @@ def sample_message(body: Body | None = None) -> Message:
 
 
 @settings(max_examples=300, deadline=None)
-@given(messages, st.booleans())
-def test_round_trip(message: Message, keyed: bool) -> None:
-    codec = Codec(KEY if keyed else None)
+@given(messages, st.booleans(), st.booleans())
+def test_round_trip(message: Message, keyed: bool, pad: bool) -> None:
+    codec = Codec(KEY if keyed else None, pad=pad)
     fitted = codec.fit(message)
     data = codec.encode(fitted)
     assert len(data) == codec.size(fitted) <= MAX_DATAGRAM
+    if pad and fitted.type in (MessageType.FIND_NODE, MessageType.GET_PROVIDERS):
+        assert len(data) == PADDED_REQUEST  # an answer of any size is within 3x of it
     decoded = codec.decode(data, SOURCE)
     assert decoded.body == fitted.body
+    assert decoded.cookie == fitted.cookie
+    assert decoded.size == len(data)
     assert (decoded.request_id, decoded.sender, decoded.mirror_port) == (
         fitted.request_id, fitted.sender, fitted.mirror_port)
     assert (decoded.source_host, decoded.source_port) == SOURCE
@@ -132,11 +145,17 @@ def test_contacts_decoded_again_are_the_same_objects_and_still_checked() -> None
     # A known entry does not excuse the rest of the datagram.
     with pytest.raises(DecodeError):
         codec.decode(data[:-3], SOURCE)
-    # The memory of decoded contacts is bounded.
-    for n in range(5000):
+    # The memory of decoded contacts is bounded: once more than it keeps were decoded,
+    # the first ones are decoded afresh (equal, not the same objects), then shared again.
+    for n in range(Reader.CONTACTS_SEEN + 1):
         one = Contact(n.to_bytes(32, "big"), "10.2.0.1", 1 + n)
         codec.decode(codec.encode(Message(Nodes((one,)), n, b"\x09" * 32, 5000)), SOURCE)
-    assert len(codec._contacts) <= 4096
+    fresh = codec.decode(data, SOURCE).body
+    assert isinstance(fresh, Nodes) and fresh.contacts == contacts
+    assert not any(a is b for a, b in zip(first.contacts, fresh.contacts, strict=True))
+    shared = codec.decode(data, SOURCE).body
+    assert isinstance(shared, Nodes)
+    assert all(a is b for a, b in zip(fresh.contacts, shared.contacts, strict=True))
 
 
 def test_keyed_node_drops_unauthenticated_and_unkeyed_drops_authenticated() -> None:
@@ -194,13 +213,18 @@ def test_tampered_authenticated_datagram_is_rejected() -> None:
 @pytest.mark.parametrize(("data", "reason"), [
     (b"", "short"),
     (b"XX" + bytes(45), "magic"),
-    (b"SK\x02" + bytes(44), "version"),
-    (b"SK\x01\x63" + bytes(43), "type"),
-    (b"SK\x01\x01\x80" + bytes(42), "flags"),
-    (b"SK\x01\x03\x00" + bytes(42) + b"\x00" * 31, "short"),
-    (b"SK\x01\x01\x00" + bytes(42) + b"\x00", "trailing"),
-    (b"SK\x01\x04\x00" + bytes(42) + b"\x01" + bytes(32) + b"\x05", "address"),
-    (b"SK\x01\x06\x00" + bytes(42) + b"\x02", "value"),
+    (b"SK\x01" + bytes(44), "version"),
+    (b"SK\x02\x63" + bytes(43), "type"),
+    (b"SK\x02\x01\x80" + bytes(42), "flags"),
+    (b"SK\x02\x03\x00" + bytes(42) + b"\x00" * 31, "short"),
+    (b"SK\x02\x01\x00" + bytes(42) + b"\x00", "trailing"),
+    (b"SK\x02\x04\x00" + bytes(42) + b"\x01" + bytes(32) + b"\x05", "address"),
+    (b"SK\x02\x06\x00" + bytes(42) + b"\x02", "value"),
+    # A cookie flag without its 8 bytes; padding missing or not zeros; bytes after a cookie.
+    (b"SK\x02\x0b\x02" + bytes(42) + bytes(7), "short"),
+    (b"SK\x02\x03\x04" + bytes(42) + bytes(32), "padding"),
+    (b"SK\x02\x03\x04" + bytes(42) + bytes(32) + b"\x00\x01", "padding"),
+    (b"SK\x02\x0b\x02" + bytes(42) + bytes(9), "trailing"),
     (bytes(MAX_DATAGRAM + 1), "size"),
 ])
 def test_decode_reasons(data: bytes, reason: str) -> None:
@@ -222,10 +246,12 @@ def _valid_datagrams(codec: Codec, rng: random.Random) -> list[bytes]:
 
     def contact(i: int) -> Contact:
         host = f"10.0.{i}.{rng.randint(1, 254)}" if rng.random() < 0.7 else f"fd00::{i + 1:x}"
-        return Contact(ident(), host, rng.randint(1, 65535))
+        port = rng.randint(1, 65535)
+        more = [(f"fd01::{i + 1:x}", port), (f"10.1.{i}.1", rng.randint(1, 65535))]
+        return Contact(ident(), host, port, tuple(more[:rng.randint(0, 2)]))
 
     cs = tuple(contact(i) for i in range(20))
-    ps = tuple(ProviderInfo(c.node_id, c.host, c.port) for c in cs[:8])
+    ps = tuple(ProviderInfo(c.node_id, c.host, c.port, c.more) for c in cs[:8])
     bodies: list[Body] = [
         Ping(), Pong(), FindNode(ident()), Nodes(cs), AddProvider(ident(), ident(), 5000, 1140),
         AddProviderAck(True), GetProviders(ident(), 3), Providers(ps, cs[:10]),
@@ -247,7 +273,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
         elif len(buf) > 47:
             # Plausible counts and families in the payload.
             pos = rng.randrange(47, len(buf))
-            buf[pos] = rng.choice([0, 1, 4, 6, 20, 255])
+            buf[pos] = rng.choice([0, 1, 4, 6, 20, 255, 0x44, 0x46, 0x84, 0x86, 0xC4, 0xC6, 0x94])
     return bytes(buf)
 
 

@@ -18,7 +18,7 @@ from spegel_kademlia.keys import load_cluster_keys
 from spegel_kademlia.messages import AddProvider, Message, MessageType, Nodes, Ping, Providers
 from spegel_kademlia.messages import ProviderInfo as Provided
 from spegel_kademlia.plugin import spegel_add_settings, spegel_make_router
-from spegel_kademlia.rpc import RpcEndpoint, _only_allowed
+from spegel_kademlia.rpc import RpcEndpoint
 
 OLD = b"old-cluster-key-0123456789abcdef"
 NEW = b"new-cluster-key-0123456789abcdef"
@@ -145,7 +145,32 @@ def test_endpoint_counts_drops_by_reason_and_claimed_type() -> None:
         DroppedDatagram("mac"), DroppedDatagram("auth_missing")]
 
 
-def test_endpoint_drops_sources_and_entries_outside_the_peer_cidrs() -> None:
+class Sent:
+    """A transport that keeps what the endpoint sends."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: object = None, /) -> None:
+        self.data.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+async def answered(rpc: RpcEndpoint, body: Nodes | Providers) -> Message:
+    """The response ``rpc`` hands its caller when a trusted peer answers ``body``."""
+    sent = Sent()
+    rpc.connection_made(sent)
+    peer = ("10.0.0.5", 5001)
+    future = rpc.start(peer, Ping(), attempt_timeout=10)
+    request = Codec().decode(sent.data[-1], peer)
+    rpc.datagram_received(Codec().encode(Message(body, request.request_id, b"\x08" * 32,
+                                                 5000)), peer)
+    return await future
+
+
+async def test_endpoint_drops_sources_and_entries_outside_the_peer_cidrs() -> None:
     seen: list[Message] = []
     trusted = PeerFilter(["10.0.0.0/8", "fd00::/8"])
     rpc = RpcEndpoint(Codec(), b"\x09" * 32, 5000, seen.append, Events(), allowed=trusted.allows)
@@ -156,11 +181,11 @@ def test_endpoint_drops_sources_and_entries_outside_the_peer_cidrs() -> None:
                 Contact(b"\x04" * 32, "fd00::1", 5001))
     providers = (Provided(b"\x05" * 32, "1.2.3.4", 5000), Provided(b"\x06" * 32, "10.9.9.9", 5000))
     # Answers lose their entries outside the networks before the lookup sees them.
-    filtered = _only_allowed(message(Providers(providers, contacts)), trusted.allows)
+    filtered = await answered(rpc, Providers(providers, contacts))
     assert isinstance(filtered.body, Providers)
     assert [p.host for p in filtered.body.providers] == ["10.9.9.9"]
     assert [c.host for c in filtered.body.contacts] == ["10.1.1.1", "fd00::1"]
-    nodes = _only_allowed(message(Nodes(contacts)), trusted.allows)
+    nodes = await answered(rpc, Nodes(contacts))
     assert isinstance(nodes.body, Nodes) and len(nodes.body.contacts) == 2
 
 

@@ -48,7 +48,7 @@ def test_make_router_only_for_kademlia(tmp_path: Path) -> None:
     router = spegel_make_router(config, [], MetricsHub())
     assert isinstance(router, KademliaRouter)
     assert router.name == "kademlia" and router.mirror_port == 7000
-    assert router.address == "0.0.0.0:7001"
+    assert router.address == ":7001"  # every address of both families, once started
     assert (tmp_path / NODE_ID_FILE).read_text().strip() == router.node_id.hex()
     again = spegel_make_router(config, [], MetricsHub())
     assert isinstance(again, KademliaRouter) and again.node_id == router.node_id

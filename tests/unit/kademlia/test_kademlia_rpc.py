@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,9 +24,13 @@ class FakeTransport:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, Any]] = []
         self.closed = False
+        #: Called with each datagram sent (after it is recorded).
+        self.on_send: Callable[[bytes], None] | None = None
 
     def sendto(self, data: bytes, addr: Any = None, /) -> None:
         self.sent.append((data, addr))
+        if self.on_send is not None:
+            self.on_send(data)
 
     def close(self) -> None:
         self.closed = True
@@ -85,22 +90,34 @@ async def test_retries_reuse_the_request_id_then_time_out() -> None:
 
 async def test_a_late_answer_to_the_first_attempt_counts() -> None:
     rpc, transport, _, _ = endpoint()
-    task = asyncio.create_task(rpc.request(ADDR, Ping(), attempt_timeout=0.02, retries=1))
-    await asyncio.sleep(0.03)
-    assert len(transport.sent) == 2
-    rpc.datagram_received(reply_to(transport.sent[0][0]), ADDR)
-    assert isinstance((await task).body, Pong)
+    loop = asyncio.get_running_loop()
+    # The answer to the first attempt arrives once the retry has gone out (in the
+    # next loop turn, well before the retry's own timer).
+    def answer_first_once_retried(data: bytes) -> None:
+        if len(transport.sent) == 2:
+            loop.call_soon(rpc.datagram_received, reply_to(transport.sent[0][0]), ADDR)
+
+    transport.on_send = answer_first_once_retried
+    response = await rpc.request(ADDR, Ping(), attempt_timeout=0.02, retries=1)
+    assert isinstance(response.body, Pong) and len(transport.sent) == 2
 
 
 async def test_a_started_request_needs_no_awaiter_and_a_cancelled_one_is_forgotten() -> None:
     rpc, transport, events, _ = endpoint()
     outcomes: list[BaseException | None] = []
-    lost = rpc.start(ADDR, Ping(), attempt_timeout=0.01)
-    lost.add_done_callback(lambda f: outcomes.append(f.exception()))
+    ended = asyncio.Event()
+    lost = rpc.start(ADDR, Ping(), attempt_timeout=0.02)
+
+    def done(future: asyncio.Future[Message]) -> None:
+        outcomes.append(future.exception())
+        ended.set()
+
+    lost.add_done_callback(done)
     dropped = rpc.start(ADDR, Ping(), attempt_timeout=0.01, retries=1)
     dropped.cancel()
-    await asyncio.sleep(0.05)
-    # The first timed out by its timer alone; the cancelled one sent no retry.
+    await asyncio.wait_for(ended.wait(), 10)
+    # The first timed out by its timer alone; the cancelled one sent no retry, which
+    # would have gone out before that timer fired (its attempt timeout is shorter).
     assert len(outcomes) == 1 and isinstance(outcomes[0], RpcTimeout)
     assert len(transport.sent) == 2 and rpc.outstanding == 0 and rpc.timeouts == 1
     rpc.datagram_received(reply_to(transport.sent[1][0]), ADDR)  # too late for anyone
@@ -139,7 +156,7 @@ async def test_close_fails_outstanding_requests_and_refuses_new_ones() -> None:
     assert transport.closed
     with pytest.raises(RpcClosed):
         await rpc.request(ADDR, Ping(), attempt_timeout=1)
-    assert rpc.send(ADDR, Ping(), 1) is False
+    assert rpc.send(ADDR, Ping(), 1) == 0  # nothing sent
 
 
 async def test_ipv4_peers_are_reached_through_mapped_addresses_on_a_v6_socket() -> None:

@@ -34,12 +34,14 @@ def test_add_places_contacts_by_distance_and_ignores_self() -> None:
     assert len(table) == 1 and table.nonempty_buckets == 1
 
 
-def test_seen_again_moves_to_tail_and_updates_address() -> None:
+def test_seen_again_moves_to_tail_and_prefers_the_new_address() -> None:
     table = RoutingTable(OWN, k=4)
     members = full_bucket(table, 255)
     moved = Contact(members[0].node_id, "10.9.9.9", 7000)
     assert table.add(moved) is None
-    assert table.bucket(255) == [*members[1:], moved]
+    # One contact, the address just heard from first, the old one kept as a fallback.
+    merged = Contact(moved.node_id, "10.9.9.9", 7000, (members[0].address,))
+    assert table.bucket(255) == [*members[1:], merged]
 
 
 def test_full_bucket_asks_to_ping_the_least_recently_seen() -> None:
