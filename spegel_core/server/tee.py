@@ -116,7 +116,6 @@ class HashTap:
         #: Bytes one turn moves: a pipeful (``in`` and ``hash`` are as large).
         self.turn = size
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None  # the stream's thread while it runs
         self._running = False
         self._closed = False
         self._stopping = False  # read by the thread at each turn
@@ -205,7 +204,6 @@ async def splice_tee(source_fd: int, destination_fd: int, count: int, tap: HashT
                      destination_timeout)
     thread = threading.Thread(target=stream.run, args=(loop, future), name="spegel-tee",
                               daemon=True)
-    tap._thread = thread
     try:
         thread.start()
     except BaseException:
