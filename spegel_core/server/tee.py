@@ -24,7 +24,7 @@ second thread instead: the mover hands it each turn's byte count and waits only 
 it has read ``hash`` empty, so the hash of one pipeful overlaps the moves of the next
 (faster for a lone stream, about 0.1 CPU-s/GB dearer; with more streams than cores
 every core is busy anyway and the stream hashes in turn, the cheapest way). The thread
-itself is in :mod:`spegel_core.server.tee_stream`.
+is in :mod:`spegel_core.server.tee_stream`, the tap in :mod:`spegel_core.server.tee_tap`.
 
 The last :attr:`HashTap.hold` bytes of the body are never spliced: the thread reads
 them out of ``in`` and keeps them until the caller has compared the digest
@@ -42,10 +42,6 @@ the mirror streams verified bodies through Python as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import fcntl
-import hashlib
 import logging
 import os
 import threading
@@ -54,134 +50,13 @@ from spegel_core.server.splice import AVAILABLE as SPLICE_AVAILABLE
 from spegel_core.server.splice import SpliceResult
 from spegel_core.server.tee_stream import TEE_AVAILABLE, TeeStream
 from spegel_core.server.tee_stream import tee as tee
+from spegel_core.server.tee_tap import STREAM_PIPE_SIZE as STREAM_PIPE_SIZE
+from spegel_core.server.tee_tap import HashTap as HashTap
 
 #: Whether this platform can hash a spliced stream (``os.splice``, libc's ``tee``, eventfd).
 AVAILABLE = SPLICE_AVAILABLE and TEE_AVAILABLE and hasattr(os, "eventfd")
 
 log = logging.getLogger(__name__)
-
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
-#: Pipe capacity asked for per stream (one turn of the thread moves at most this much).
-#: Above ``/proc/sys/fs/pipe-max-size`` (1 MiB by default) only for privileged
-#: processes; the tap takes what the kernel grants.
-STREAM_PIPE_SIZE = 1024 * 1024
-
-
-def _pipe(size: int) -> tuple[int, int, int]:
-    """A non-blocking pipe (read end, write end) of about ``size`` bytes, and its size."""
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    with contextlib.suppress(OSError):  # a smaller pipe only means more, smaller turns
-        fcntl.fcntl(write_end, _F_SETPIPE_SZ, size)
-    return read_end, write_end, fcntl.fcntl(write_end, _F_GETPIPE_SZ)
-
-
-class HashTap:
-    """One verified body on its way: its pipes, its hash, its held tail.
-
-    :param length: the body's length (bytes the tap takes in, over every source).
-    :param algorithm: a :mod:`hashlib` name (``sha256``, ``sha512``).
-    :param hold: bytes at the end of the body kept back until :meth:`held` (at least 1).
-
-    :ivar taken: bytes taken from sources (and hashed) so far: where a resumed source
-        starts.
-    :ivar delivered: bytes sent on to the client so far.
-    """
-
-    def __init__(self, length: int, algorithm: str, hold: int = 1) -> None:
-        if length <= 0:
-            raise ValueError("a tap needs a body of at least one byte")
-        self.length = length
-        self.hold = max(1, min(hold, length))
-        self.taken = 0
-        self.delivered = 0
-        self._hasher = hashlib.new(algorithm)
-        self._prefix = memoryview(b"")
-        self._held = bytearray()
-        self._fds: list[int] = []
-        try:
-            self._in_r, self._in_w, size = self._own(_pipe(STREAM_PIPE_SIZE))
-            self._hash_r, self._hash_w, hash_size = self._own(_pipe(size))
-            if hash_size != size:  # ``tee`` needs room for all of ``in`` at once
-                fcntl.fcntl(self._in_w, _F_SETPIPE_SZ, hash_size)
-                size = fcntl.fcntl(self._in_w, _F_GETPIPE_SZ)
-            if size != hash_size:
-                raise OSError(errno.EINVAL, f"pipes of {size} and {hash_size} bytes")
-            self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._fds.append(self._stop)
-        except OSError:
-            for fd in self._fds:
-                os.close(fd)
-            raise
-        #: Bytes one turn moves: a pipeful (``in`` and ``hash`` are as large).
-        self.turn = size
-        self._lock = threading.Lock()
-        self._running = False
-        self._closed = False
-        self._stopping = False  # read by the thread at each turn
-
-    def _own(self, made: tuple[int, int, int]) -> tuple[int, int, int]:
-        self._fds.extend(made[:2])
-        return made
-
-    def __repr__(self) -> str:
-        return (f"<HashTap {self.taken}/{self.length} taken, {self.delivered} delivered"
-                f"{', running' if self._running else ''}{', closed' if self._closed else ''}>")
-
-    @property
-    def limit(self) -> int:
-        """Bytes that may reach the client before the digest is known to match."""
-        return self.length - self.hold
-
-    def feed(self, data: bytes) -> None:
-        """Bytes that come before the next source's (a peer's body already buffered)."""
-        self._prefix = memoryview(data)
-
-    async def hexdigest(self) -> str | None:
-        """The body's hex digest once all of it was taken and hashed; None if it was not."""
-        if self.taken < self.length or self._running:
-            return None
-        return self._hasher.hexdigest()
-
-    def held(self) -> bytes:
-        """The bytes kept back (call once the digest matched, after the last splice)."""
-        held = bytes(self._held)
-        self._held.clear()
-        self.delivered += len(held)
-        return held
-
-    def close(self) -> None:
-        """Stop a running stream and release the pipes (its thread does when it ends)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._running:
-                self._stop_requested()
-                return  # the thread closes the descriptors on its way out
-        self._close_fds()
-
-    def _close_fds(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
-
-    def _begin(self) -> None:
-        with self._lock:
-            if self._closed or self._running:
-                raise RuntimeError(f"{self!r} cannot start a stream")
-            self._running = True
-
-    def _end(self) -> None:
-        with self._lock:
-            self._running = False
-            closed = self._closed
-        if closed:
-            self._close_fds()
-
-    def _stop_requested(self) -> None:
-        self._stopping = True
-        os.eventfd_write(self._stop, 1)
 
 
 async def splice_tee(source_fd: int, destination_fd: int, count: int, tap: HashTap, *,
@@ -201,7 +76,7 @@ async def splice_tee(source_fd: int, destination_fd: int, count: int, tap: HashT
     tap._begin()
     future: asyncio.Future[SpliceResult] = loop.create_future()
     stream = TeeStream(tap, source_fd, destination_fd, count, source_timeout,
-                     destination_timeout)
+                       destination_timeout)
     thread = threading.Thread(target=stream.run, args=(loop, future), name="spegel-tee",
                               daemon=True)
     try:
@@ -217,5 +92,3 @@ async def splice_tee(source_fd: int, destination_fd: int, count: int, tap: HashT
         tap._stop_requested()
         thread.join()
         raise
-
-

@@ -1,5 +1,7 @@
 """The thread that runs one source's part of a tapped body (:mod:`spegel_core.server.tee`).
 
+The tap itself (pipes, hash, held tail) is :class:`~spegel_core.server.tee_tap.HashTap`.
+
 :class:`TeeStream` fills the tap's ``in`` pipe from the source, duplicates it into
 ``hash`` with ``tee(2)``, splices it on to the client and hashes it, one pipeful per
 turn, with blocking calls (``poll(2)`` when a socket holds it up); the hashing is done
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from spegel_core.server.splice import SpliceResult, Stop
 
 if TYPE_CHECKING:
-    from spegel_core.server.tee import HashTap
+    from spegel_core.server.tee_tap import HashTap
 
 log = logging.getLogger(__name__)
 
