@@ -22,8 +22,9 @@ While fewer verified streams run than the process has cores
 (:data:`~spegel_core.server.tee_stream.HASH_THREAD_BELOW`), a stream hashes in a
 second thread instead: the mover hands it each turn's byte count and waits only until
 it has read ``hash`` empty, so the hash of one pipeful overlaps the moves of the next
-(faster for a lone stream, about 0.1 CPU-s/GB dearer; with more streams than cores
-every core is busy anyway and the stream hashes in turn, the cheapest way). The thread
+(for a lone stream: level with hashing in turn on a quiet machine, ahead when other
+jobs load it, 0.05-0.07 CPU-s/GB dearer; with more streams than cores every core is busy
+anyway and a stream hashes in turn, the cheapest way: docs/benchmarks.md). The thread
 is in :mod:`spegel_core.server.tee_stream`, the tap in :mod:`spegel_core.server.tee_tap`.
 
 The last :attr:`HashTap.hold` bytes of the body are never spliced: the thread reads
