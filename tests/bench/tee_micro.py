@@ -1,9 +1,10 @@
 """``nox -s bench -- tee``: the verified hop's machinery alone, in one process.
 
-A writer thread sends a body into a socket pair, the event loop moves it to a second
-pair (``splice_tee``: hashed by the tap's thread; or ``splice_sockets``: not hashed),
-and a reader thread drains that. CPU seconds per GB are the process's CPU time less the
-writer's and the reader's own, so what is left is the loop plus the hashing thread;
+A writer thread sends a body into a socket pair, the body moves to a second pair
+(``splice_tee``: hashed, by the stream's own thread; or ``splice_sockets``: not hashed,
+by the event loop), and a reader thread drains that. CPU seconds per GB are the
+process's CPU time less the writer's and the reader's own, so what is left is the loop
+plus the stream's threads;
 one core's ``hashlib.sha256`` over the same bytes is measured in the same rounds.
 No network, no HTTP: what the tap costs on top of the hash and of a plain relay.
 """

@@ -11,13 +11,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from spegel_core.server import tee
+from spegel_core.server import tee, tee_stream
 from spegel_core.server.splice import Stop
 from spegel_core.server.tee import HashTap, splice_tee
 
 pytestmark = pytest.mark.skipif(not tee.AVAILABLE, reason="no splice(2)/tee(2) here")
 
 Pairs = tuple[socket.socket, socket.socket, socket.socket, socket.socket]
+
+
+@pytest.fixture(autouse=True, params=["in turn", "hash thread"])
+def hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test in both ways a stream hashes: in its own thread's turns, or in a second
+    thread (what a stream does while the node has idle cores)."""
+    monkeypatch.setattr(tee_stream, "HASH_THREAD_BELOW", 0 if request.param == "in turn" else 10**6)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -173,8 +181,13 @@ async def test_a_stalled_source_times_out_with_what_it_sent_taken(pairs: Pairs) 
         tap.close()
 
 
+#: The names of a stream's threads: the one that runs it and, while cores are idle, the
+#: one that hashes for it.
+STREAM_THREADS = ("spegel-tee", "spegel-hash")
+
+
 class RecordedThread(threading.Thread):
-    """A thread that lists itself when started (the tap's hashing thread, seen from outside)."""
+    """A thread that lists itself when started (a stream's threads, seen from outside)."""
 
     started: list[threading.Thread] = []
 
@@ -200,9 +213,11 @@ async def test_a_client_that_goes_away_ends_the_stream_and_the_thread(
         tap.close()
     source.shutdown(socket.SHUT_RDWR)  # unblocks the writer
     await asyncio.wait([writer])
-    [thread] = [t for t in RecordedThread.started if t.name == "spegel-hash"]
-    await loop.run_in_executor(None, thread.join, 10)
-    assert not thread.is_alive()
+    threads = [t for t in RecordedThread.started if t.name in STREAM_THREADS]
+    assert threads  # the stream's thread, and its hashing thread if it had one
+    for thread in threads:
+        await loop.run_in_executor(None, thread.join, 10)
+        assert not thread.is_alive()
 
 
 async def test_a_client_that_stops_reading_times_out(pairs: Pairs) -> None:
@@ -251,3 +266,104 @@ async def test_over_tcp_the_tail_below_the_low_water_mark_is_not_waited_for() ->
         tap.close()
         for sock in (listener, peer, source, destination, client):
             sock.close()
+
+
+async def test_a_cancelled_stream_ends_its_thread_before_the_descriptors_are_released(
+    pairs: Pairs, no_fd_leak: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller closes the sockets once ``splice_tee`` returns, even by cancellation:
+    the stream's threads are gone by then (they never touch a reused descriptor)."""
+    peer, source, destination, client = pairs
+    monkeypatch.setattr(threading, "Thread", RecordedThread)
+    RecordedThread.started.clear()
+    peer.sendall(b"c" * 100_000)  # then the source goes quiet
+    tap = HashTap(10 * 2**20, "sha256")
+    try:
+        task = asyncio.ensure_future(splice_tee(source.fileno(), destination.fileno(),
+                                                10 * 2**20, tap, source_timeout=30,
+                                                destination_timeout=30))
+        assert await read_exactly(client, 100_000) == b"c" * 100_000  # it is running
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        threads = [t for t in RecordedThread.started if t.name in STREAM_THREADS]
+        assert threads and not any(t.is_alive() for t in threads)  # no join: already gone
+        assert tap.taken == 100_000 and await tap.hexdigest() is None
+    finally:
+        tap.close()
+
+
+async def test_a_tap_runs_one_stream_at_a_time_and_none_once_closed(pairs: Pairs) -> None:
+    peer, source, destination, _ = pairs
+    tap = HashTap(2**20, "sha256")
+    try:
+        first = asyncio.ensure_future(splice_tee(source.fileno(), destination.fileno(),
+                                                 2**20, tap, source_timeout=30,
+                                                 destination_timeout=30))
+        await asyncio.sleep(0)  # the first stream has started
+        with pytest.raises(RuntimeError):
+            await splice_tee(source.fileno(), destination.fileno(), 2**20, tap,
+                             source_timeout=1, destination_timeout=1)
+        tap.close()  # stops the running stream; its thread releases the pipes
+        result = await asyncio.wait_for(first, 10)
+        assert result.stop is Stop.DESTINATION_GONE and result.detail == "stopped"
+        with pytest.raises(RuntimeError):
+            await splice_tee(source.fileno(), destination.fileno(), 2**20, tap,
+                             source_timeout=1, destination_timeout=1)
+    finally:
+        tap.close()
+        peer.close()
+
+
+async def test_a_body_larger_than_many_pipefuls_is_hashed_exactly(pairs: Pairs) -> None:
+    """Many turns, the hold straddling two of them (the last pipeful is short)."""
+    peer, source, destination, client = pairs
+    tap = HashTap(9 * 2**20 + 10, "sha256", hold=tee.STREAM_PIPE_SIZE // 2 + 3)
+    body = os.urandom(tap.length)
+    loop = asyncio.get_running_loop()
+    writer = loop.run_in_executor(None, peer.sendall, body)
+    reader = asyncio.ensure_future(read_exactly(client, tap.limit))
+    try:
+        result = await splice_tee(source.fileno(), destination.fileno(), tap.length, tap,
+                                  source_timeout=5, destination_timeout=5)
+        await writer
+        assert (result.moved, result.stop) == (tap.limit, Stop.DONE)
+        assert await reader == body[: tap.limit]
+        assert await tap.hexdigest() == sha256(body)
+        assert tap.held() == body[tap.limit:] and tap.delivered == tap.length
+    finally:
+        tap.close()
+
+
+async def test_a_tap_that_fails_ends_the_stream_as_cut_off_not_with_a_traceback(
+    pairs: Pairs, monkeypatch: pytest.MonkeyPatch, no_fd_leak: None
+) -> None:
+    """``tee(2)`` failing mid-body: the stream reports the destination gone (the server
+    closes the client's connection short of the body), and the digest is never given."""
+    peer, source, destination, client = pairs
+    calls = 0
+    real_tee = tee_stream.tee
+
+    def failing_tee(fd_in: int, fd_out: int, length: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(5, "Input/output error")
+        return real_tee(fd_in, fd_out, length)
+
+    monkeypatch.setattr(tee_stream, "tee", failing_tee)
+    tap = HashTap(3 * 2**20, "sha256")
+    try:
+        writer = asyncio.get_running_loop().run_in_executor(None, peer.sendall,
+                                                            b"g" * 3 * 2**20)
+        reader = asyncio.ensure_future(read_exactly(client, tap.length, idle=1))
+        result = await splice_tee(source.fileno(), destination.fileno(), tap.length, tap,
+                                  source_timeout=5, destination_timeout=5)
+        assert result.stop is Stop.DESTINATION_GONE and result.detail.startswith("tap failed")
+        assert calls == 2 and await tap.hexdigest() is None
+    finally:
+        tap.close()
+    source.shutdown(socket.SHUT_RDWR)  # unblocks the writer
+    await asyncio.wait([writer])
+    destination.close()
+    assert len(await reader) < tap.length  # never the whole body
