@@ -17,7 +17,6 @@ import functools
 import ipaddress
 import logging
 import random
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
@@ -26,7 +25,6 @@ from typing import Any, TypeVar
 
 from spegel_core.errors import ConfigError
 from spegel_core.protocols import (
-    ClaimAnswer,
     Discovery,
     MetricEvent,
     MetricsSink,
@@ -35,20 +33,14 @@ from spegel_core.protocols import (
     PeerCount,
     RouterStatus,
 )
-from spegel_core.rendezvous import ClaimBook
 from spegel_kademlia.admission import Admission
 from spegel_kademlia.announcing import Announcing
 from spegel_kademlia.burst import BurstProtocol
-from spegel_kademlia.claims import (
-    CLOSEST,
-    Claimant,
-    answer_claim,
-    attempts,
-)
+from spegel_kademlia.claiming import Claiming
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.gate import RequestGate
 from spegel_kademlia.handlers import answer
-from spegel_kademlia.ids import Contact, distance, key_id, random_id
+from spegel_kademlia.ids import Contact, key_id, random_id
 from spegel_kademlia.joining import Joining
 from spegel_kademlia.lookup import Lookup
 from spegel_kademlia.messages import (
@@ -101,7 +93,7 @@ class _NullSink:
         pass
 
 
-class KademliaRouter(Announcing, Joining):
+class KademliaRouter(Announcing, Joining, Claiming):
     """A Kademlia node: finds providers of keys and announces this node's keys.
 
     :param host: address to bind the UDP socket to (``0.0.0.0`` for every interface).
@@ -167,13 +159,8 @@ class KademliaRouter(Announcing, Joining):
         self._seeds_were_new = False
         self._provided = 0
         self._provide_failures = 0
-        #: Single flight (:mod:`spegel_kademlia.claims`): the flights this node holds as
-        #: a rendezvous, and the claims it makes.
-        self.claim_book = ClaimBook()
-        self._claimant = Claimant(
-            node_id=self.node_id, mirror_port=mirror_port, host=self._own_host(host),
-            book=self.claim_book, closest=self._closest_for_claim,
-            request=self._claim_request, send=self._claim_send)
+        #: Single flight (:mod:`spegel_kademlia.claiming`).
+        self._make_claimant(self._own_host(host))
         # How this node names itself in answers for keys it advertises; the asker
         # replaces the host by the answer's source address (search.named_self).
         self._me = ProviderInfo(self.node_id, _placeholder_host(host), mirror_port)
@@ -307,42 +294,9 @@ class KademliaRouter(Announcing, Joining):
         return provider_peer(self.table.get(node_id), self._families,
                              ProviderInfo(node_id, host, port, more))
 
-    # -- SingleFlightRouter API (spegel_core.protocols) -----------------------------------
-    async def claim(self, digest: str, fanout: int, ttl: float,
-                    timeout: float) -> ClaimAnswer | None:  # noqa: ASYNC109
-        """Claim ``digest`` at its rendezvous (:mod:`spegel_kademlia.claims`)."""
-        if self._state != "running":
-            return None
-        return await self._claimant.claim(digest, fanout, ttl, timeout)
-
-    async def release(self, digest: str) -> None:
-        """Leave the flight of ``digest`` (best effort)."""
-        if self._state == "running":
-            self._claimant.release(digest)
-
-    def flights(self) -> list[dict[str, object]]:
-        """The flights this node holds as a rendezvous."""
-        return self.claim_book.snapshot(time.monotonic())
-
     @staticmethod
     def _own_host(host: str) -> str:
         return "" if host in ("", "0.0.0.0", "::") else host
-
-    def _closest_for_claim(self, kid: bytes) -> list[Contact]:
-        # Twice what a redirect carries: the first hop has fallbacks when one is slow.
-        return self.table.closest(kid, 2 * CLOSEST)
-
-    async def _claim_request(self, contact: Contact, body: Body,
-                             timeout: float) -> Message:  # noqa: ASYNC109
-        # A rendezvous that a whole fleet claims at once answers late rather than never:
-        # wait for it (re-sending less often each time) and never count it as failed here.
-        first, retries = attempts(timeout, max(self.settings.kademlia_rpc_timeout,
-                                               min(0.25, timeout / 4)))
-        return await self._rpc.request(contact.address, body, attempt_timeout=first,
-                                       retries=retries, node_id=contact.node_id, backoff=2.0)
-
-    def _claim_send(self, contact: Contact, body: Body) -> None:
-        self._rpc.send(contact.address, body, secrets.randbits(64))
 
     def status(self) -> RouterStatus:
         """Node id, address, routing table size, advertised keys and health.
@@ -397,16 +351,9 @@ class KademliaRouter(Announcing, Joining):
 
     def _answer(self, message: Message) -> Body | None:
         if isinstance(message.body, Claim):
-            own = Peer(self._claimant.host, self.mirror_port, self.node_id)
-            return answer_claim(message, self.claim_book, own, now=time.monotonic(),
-                                closer=functools.partial(self._closer_than_me,
-                                                         message.body.key))
+            return self._answer_claim(message, message.body)
         return answer(message, self.table, self.providers, k=self.settings.kademlia_k,
                       rng=self._rng, me=self._me, advertised=self.advertised.ids)
-
-    def _closer_than_me(self, kid: bytes) -> list[Contact]:
-        mine = distance(self.node_id, kid)
-        return [c for c in self.table.closest(kid, CLOSEST) if distance(c.node_id, kid) < mine]
 
     def _on_message(self, message: Message) -> None:
         self._gate.on_message(message)
