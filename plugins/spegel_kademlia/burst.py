@@ -11,8 +11,9 @@ the claims' round trip, not the work of answering them:
   to 32), so a socket that receives far more than others queues in the kernel while
   the loop serves everything else in the process.
 
-:class:`BurstProtocol` widens the buffer and, after each datagram the loop hands over,
-reads what else is already waiting (up to :data:`BATCH`) without waiting.
+:class:`BurstProtocol` widens the buffer and, after each datagram the loop hands over
+during a burst, reads what else is already waiting (up to :data:`BATCH`) without
+waiting.
 """
 
 from __future__ import annotations
@@ -21,18 +22,21 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from spegel_kademlia.rpc import RpcEndpoint, UdpProtocol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BATCH", "RECEIVE_BUFFER", "BurstProtocol", "widen_receive_buffer"]
+__all__ = ["BATCH", "BURST_GAP", "RECEIVE_BUFFER", "BurstProtocol", "widen_receive_buffer"]
 
 #: Receive buffer asked for the DHT socket (the kernel caps it at ``net.core.rmem_max``).
 RECEIVE_BUFFER = 4 * 1024 * 1024
 #: Datagrams read at most after each one the event loop hands over.
 BATCH = 64
+#: Datagrams closer together than this (seconds) are a burst: the socket is drained.
+BURST_GAP = 0.002
 #: Largest datagram read (the codec refuses anything larger than it sends).
 _MAX_DATAGRAM = 65535
 
@@ -75,6 +79,7 @@ class BurstProtocol(UdpProtocol):
         self._wanted_buffer = receive_buffer
         self._sock: socket.socket | None = None
         self._draining = False
+        self._last = -1.0
         #: The receive buffer the kernel granted; datagrams read in batches.
         self.receive_buffer = 0
         self.drained = 0
@@ -100,9 +105,16 @@ class BurstProtocol(UdpProtocol):
             self._sock = None
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        """Hand the datagram on, then what else waits (up to the batch)."""
+        """Hand the datagram on, then what else waits (up to the batch).
+
+        Only during a burst (the datagram before came less than :data:`BURST_GAP` s
+        earlier): otherwise the extra read would almost always find nothing, and cost a
+        system call and an exception on every datagram of a quiet node.
+        """
         super().datagram_received(data, addr)
-        if self._draining or self._sock is None:
+        now = time.monotonic()
+        last, self._last = self._last, now
+        if self._draining or self._sock is None or now - last > BURST_GAP:
             return
         self._draining = True
         try:
