@@ -146,13 +146,13 @@ class RequestGate:
             return True
         if cookie and room < codec.overhead + len(cookie):
             cookie = b""  # (a cookie never costs an answer its place)
-        body = _cut(reply, room - codec.overhead - len(cookie))
+        body = cut_answer(reply, room - codec.overhead - len(cookie))
         if body is None:
             self._refuse("amplification")
             return False
         size = codec.size(Message(body, request.request_id, self._rpc.node_id,
                                   self._rpc.mirror_port, cookie=cookie))
-        if size > room:  # (never: _cut counts entries as the codec encodes them)
+        if size > room:  # (never: cut_answer counts entries as the codec encodes them)
             self._refuse("amplification")
             return False
         self.admission.spend(address, size)
@@ -176,10 +176,15 @@ class RequestGate:
         return f"<RequestGate {self.admission!r} refused={sum(self.refused.values())}>"
 
 
-def _cut(body: Body, room: int) -> Body | None:
+def cut_answer(body: Body, room: int) -> Body | None:
     """``body`` with the entries that do not fit in ``room`` bytes dropped from the end.
 
-    Closer contacts are dropped before providers; None when not even an empty body fits.
+    What an unvalidated sender of an unpadded request gets: its answer cut to its credit.
+    Closer contacts are dropped before providers.
+
+    :param body: the answer (NODES and PROVIDERS are cut; any other is returned as is).
+    :param room: bytes of payload the answer may take (the datagram less its envelope).
+    :returns: the cut answer, or None when not even an empty body fits.
     """
     if isinstance(body, Nodes):
         room -= 1

@@ -189,38 +189,38 @@ def test_no_limit_without_max_per_ip() -> None:
 
 def test_answers_are_cut_to_the_credit_closer_contacts_first() -> None:
     from spegel_kademlia.codec import Codec
-    from spegel_kademlia.gate import _cut
+    from spegel_kademlia.gate import cut_answer
     from spegel_kademlia.messages import Nodes, ProviderInfo, Providers
 
     codec = Codec()
     contacts = tuple(far(f"10.0.0.{n}") for n in range(20))
     providers = tuple(ProviderInfo(random_id(), f"10.0.1.{n}", 5000) for n in range(3))
     for room in (1, 39, 40, 200, 237, 10_000):  # a count byte (two for providers), entries
-        cut = _cut(Nodes(contacts), room)
+        cut = cut_answer(Nodes(contacts), room)
         assert isinstance(cut, Nodes) and cut.contacts == contacts[:len(cut.contacts)]
         size = codec.size(Message(cut, 1, OWN, 1)) - codec.overhead
         assert size <= room and (cut.contacts == contacts or size + 39 > room)
         assert (room < 40) == (not cut.contacts)
-        both = _cut(Providers(providers, contacts), room + 1)
+        both = cut_answer(Providers(providers, contacts), room + 1)
         assert isinstance(both, Providers)
         assert both.providers == providers[:len(both.providers)]
         assert not both.contacts or both.providers == providers  # providers first
         assert codec.size(Message(both, 1, OWN, 1)) - codec.overhead <= room + 1
-    assert _cut(Nodes(contacts), 0) is None  # not even the count byte
+    assert cut_answer(Nodes(contacts), 0) is None  # not even the count byte
     v6 = tuple(far(f"fd00::{n}") for n in range(5))
-    assert len(_cut(Nodes(v6), 1 + 2 * 51).contacts) == 2  # type: ignore[union-attr]
+    assert len(cut_answer(Nodes(v6), 1 + 2 * 51).contacts) == 2  # type: ignore[union-attr]
 
 
 def test_answers_of_dual_stack_contacts_are_cut_at_their_real_size() -> None:
     from spegel_kademlia.codec import Codec
-    from spegel_kademlia.gate import _cut
+    from spegel_kademlia.gate import cut_answer
     from spegel_kademlia.messages import Nodes
 
     codec = Codec()
     contacts = tuple(Contact(b"\x80" + random_id()[1:], f"10.0.0.{n}", 5001,
                              more=((f"fd00::{n}", 5001),)) for n in range(20))
     for room in (60, 200, 237, 500):
-        cut = _cut(Nodes(contacts), room)
+        cut = cut_answer(Nodes(contacts), room)
         assert isinstance(cut, Nodes) and cut.contacts
         assert codec.size(Message(cut, 1, OWN, 1)) - codec.overhead <= room
         if len(cut.contacts) < len(contacts):  # the next one would not have fitted
