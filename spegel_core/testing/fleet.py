@@ -11,28 +11,7 @@ by ``spegel demo --fleet``; tests add :func:`until`::
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from spegel_core.localcluster.fleet import Fleet, FleetNode
+from spegel_core.testing.waiting import until
 
 __all__ = ["Fleet", "FleetNode", "until"]
-
-
-def until(predicate: Callable[[], bool], timeout: float, what: str,
-          interval: float = 0.02) -> float:
-    """Poll ``predicate`` until true (returns the seconds it took) or raise after ``timeout``.
-
-    :param predicate: the condition to wait for.
-    :param timeout: how long to wait, seconds.
-    :param what: the message of the :class:`TimeoutError`.
-    :param interval: seconds between polls.
-    :returns: the seconds it took.
-    :raises TimeoutError: ``predicate`` was still false after ``timeout``.
-    """
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(what)
-        time.sleep(interval)
-    return time.monotonic() - started

@@ -7,13 +7,14 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from spegel_core.protocols import DnsQuery, PeerAddress
 from spegel_core.testing.dns import InProcessDns, free_port
 from spegel_core.testing.fakes import RecordingSink
+from spegel_core.testing.waiting import eventually as _until
 from spegel_dns import DNSDiscovery, LocalAddresses
 from spegel_dns.resolver import Outcome, Resolver
 from tests.dns_discovery import NAME, DnsConformance, discovery
@@ -252,11 +253,3 @@ async def test_resolver_that_cannot_be_made_is_a_failure(dns: InProcessDns,
     sink = RecordingSink()
     assert await discovery(dns, metrics=sink).bootstrap_peers() == []
     assert sink.of_type(DnsQuery)[0].result == "error"
-
-
-async def _until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import pytest
 
 from spegel_core.protocols import PeerAddress
 from spegel_core.testing.fakes import StaticListDiscovery
+from spegel_core.testing.waiting import eventually as wait_for
 from spegel_kademlia import KademliaRouter, KademliaSettings
 from spegel_kademlia.ids import Contact, key_id, random_id
 from spegel_kademlia.lookup import Lookup, QueryState
@@ -51,13 +51,6 @@ SETTINGS = KademliaSettings(kademlia_refresh_interval=3600.0, kademlia_rpc_timeo
 
 def _v4_loopback() -> str:
     return f"127.0.{random.randint(1, 254)}.{random.randint(2, 254)}"
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def rpc_timeouts(router: KademliaRouter) -> int:

@@ -7,12 +7,9 @@ itself for what it holds, so C finds B.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-
 from spegel_core.protocols import Peer, PeerAddress
 from spegel_core.testing.fakes import StaticListDiscovery
+from spegel_core.testing.waiting import eventually as wait_for
 from spegel_kademlia import KademliaRouter, KademliaSettings
 from spegel_kademlia.ids import key_id
 
@@ -26,13 +23,6 @@ def make_node(mirror_port: int, *seeds: KademliaRouter) -> KademliaRouter:
                           discovery=[discovery],
                           # every node here is on 127.0.0.1: lift the 2-ids-per-IP rule
                           settings=KademliaSettings(kademlia_max_per_ip=0))
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_provider_names_itself_when_its_records_are_gone() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,6 +18,7 @@ from spegel_core.protocols import (
     PeerCount,
     Router,
 )
+from spegel_core.testing.waiting import eventually as wait_for
 from spegel_kademlia import KademliaRouter, KademliaSettings
 from spegel_kademlia.codec import Codec
 from spegel_kademlia.ids import Contact, random_id
@@ -85,14 +85,6 @@ def records(nodes: list[KademliaRouter]) -> int:
     counts = [node.status().extra["provider_records"] for node in nodes]
     assert all(isinstance(count, int) for count in counts)
     return sum(counts)  # type: ignore[arg-type]
-
-
-async def wait_for(condition: object, seconds: float = 10.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from spegel_core.testing.fakes import (
     MemoryRouter,
     RecordingSink,
 )
+from spegel_core.testing.waiting import eventually as _until
 
 DATA = hashlib.shake_256(b"layer").digest(3 * 2**20 + 5)
 DIGEST = f"sha256:{hashlib.sha256(DATA).hexdigest()}"
@@ -87,14 +88,6 @@ async def test_closing_early_stops_both_lookups() -> None:
 
 
 # -- the state tracker --------------------------------------------------------------------
-async def _until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 async def _tracker(config: SpegelConfig, store: MemoryContentStore
                    ) -> tuple[MemoryRouter, asyncio.Task[None], RecordingSink]:
     router = MemoryRouter(MemoryNetwork(), Peer("127.0.0.2", 5000))

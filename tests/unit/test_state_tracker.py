@@ -12,19 +12,12 @@ from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.protocols import AdvertisedKeys, Peer, StoreEvent, StoreEventKind
 from spegel_core.state import StateTracker
 from spegel_core.testing.fakes import MemoryContentStore, MemoryNetwork, MemoryRouter, RecordingSink
+from spegel_core.testing.waiting import eventually as _until
 
 
 @pytest.fixture
 def image(tmp_path: Path) -> BuiltImage:
     return build_image(tmp_path / "l", "docker.io/library/demo:v1", layer_sizes=(100, 200))
-
-
-async def _until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 async def _tracked(config: SpegelConfig, store: MemoryContentStore
