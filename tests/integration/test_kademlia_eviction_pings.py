@@ -13,7 +13,7 @@ import pytest
 import spegel_kademlia.node as node_module
 from spegel_kademlia import KademliaRouter, KademliaSettings
 from spegel_kademlia.codec import Codec
-from spegel_kademlia.ids import Contact, random_id
+from spegel_kademlia.ids import Contact, key_id, random_id
 from spegel_kademlia.messages import (
     Body,
     Echo,
@@ -107,11 +107,16 @@ async def fill_then_newcomer(router: KademliaRouter) -> list[FakePeer]:
     # The newcomer is learnt by asking: its answer proves its address, so it is a
     # validated newcomer for the full bucket.
     newcomer = peers[20]
+    # The newcomer is the closest of the 21 to the key, so the lookup (which asks the
+    # k=20 closest it knows) must ask it, whatever the random ids of the others.
+    key = "sha256:" + "e" * 64
+    kid = key_id(key)
+    newcomer.node_id = bytes([(kid[0] & 0x7F) | ((router.node_id[0] ^ 0x80) & 0x80)]) + kid[1:]
     assert newcomer.transport is not None
     port = newcomer.transport.get_extra_info("sockname")[1]
     for peer in peers[:20]:
         peer.introduce = Contact(newcomer.node_id, LOOPBACK, port)
-    _ = [p async for p in router.lookup("sha256:" + "e" * 64, 1, 1.0)]
+    _ = [p async for p in router.lookup(key, 1, 10.0)]
     assert any(isinstance(body, GetProviders) for body in newcomer.got)
     # A barrier instead of a pause: the newcomer's answer reached the router before
     # this PING (one socket, in order), and an eviction ping is sent in the loop turn
