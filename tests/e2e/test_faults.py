@@ -53,6 +53,7 @@ from spegel_core.testing.faults import (
 )
 from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
 from spegel_kademlia import KademliaRouter, KademliaSettings
+from tests.dht_probe import providers_of
 
 StartNode = Callable[..., NodeProcess]
 REF = "docker.io/library/demo:v1"
@@ -138,20 +139,6 @@ def link_layout(source: Path, target: Path) -> None:
 
 def blob_url(node: NodeProcess, digest: str, name: str = "library/demo") -> str:
     return f"{node.url}/v2/{name}/blobs/{digest}?ns=docker.io"
-
-
-async def providers_of(key: str, seed: NodeProcess) -> set[str]:
-    """The mirror addresses a fresh DHT node (this process) finds for ``key``."""
-    router = KademliaRouter(host="127.0.0.1", port=0, mirror_port=1,
-                            discovery=[SeedDiscovery([(seed.ip, seed.port + 1)])],
-                            settings=KademliaSettings(kademlia_bootstrap_backoff_max=0.2))
-    async with router:
-        deadline = asyncio.get_running_loop().time() + 20
-        while not len(router.table):  # a first contact
-            assert asyncio.get_running_loop().time() < deadline, "no DHT contact in 20 s"
-            await asyncio.sleep(0.02)
-        # The lookup ends once the closest nodes answered; 10 s is its deadline only.
-        return {f"{peer.host}:{peer.port}" async for peer in router.lookup(key, 10, 10.0)}
 
 
 # -- a provider killed mid-stream ------------------------------------------------------

@@ -20,9 +20,8 @@ import pytest
 
 from spegel_core.mirror.peers import PeerSettings
 from spegel_core.oci.image_builder import build_image
-from spegel_core.testing.faults import SeedDiscovery
 from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
-from spegel_kademlia import KademliaRouter, KademliaSettings
+from tests.dht_probe import providers_of
 
 StartNode = Callable[..., NodeProcess]
 REF = "docker.io/library/frozen:v1"
@@ -133,15 +132,3 @@ def unread_bytes(node: NodeProcess) -> int:
     return sum(int(line.split()[1]) for line in out.splitlines() if line.strip())
 
 
-async def providers_of(key: str, seed: NodeProcess) -> set[str]:
-    """The mirror addresses a fresh DHT node (this process) finds for ``key``."""
-    router = KademliaRouter(host="127.0.0.1", port=0, mirror_port=1,
-                            discovery=[SeedDiscovery([(seed.ip, seed.port + 1)])],
-                            settings=KademliaSettings(kademlia_bootstrap_backoff_max=0.2))
-    async with router:
-        deadline = asyncio.get_running_loop().time() + 20
-        while not len(router.table):  # a first contact
-            assert asyncio.get_running_loop().time() < deadline, "no DHT contact in 20 s"
-            await asyncio.sleep(0.02)
-        # The lookup ends once the closest nodes answered; 10 s is its deadline only.
-        return {f"{peer.host}:{peer.port}" async for peer in router.lookup(key, 10, 10.0)}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
+from spegel_core.testing.waiting import until
 
 REF = "docker.io/library/demo:v1"
 StartNode = Callable[..., NodeProcess]
@@ -42,13 +42,6 @@ def scrape(node: NodeProcess) -> Samples:
 
 def get(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _status(url: str, method: str = "HEAD") -> int:
@@ -87,7 +80,7 @@ def test_a_peer_fetch_shows_in_metrics_within_a_second_and_on_the_debug_page(
         pair: tuple[NodeProcess, NodeProcess, BuiltImage], tmp_path: Path) -> None:
     provider, fetcher, image = pair
     # The providing node reports what it advertises.
-    _wait(lambda: get(scrape(provider), "spegel_advertised_content_digests", registry="")
+    until(lambda: get(scrape(provider), "spegel_advertised_content_digests", registry="")
           == len(image.blobs), 10, "the provider's advertised content")
     advertised = scrape(provider)
     assert get(advertised, "spegel_advertised_image_tags", registry="docker.io") == 1
@@ -95,7 +88,7 @@ def test_a_peer_fetch_shows_in_metrics_within_a_second_and_on_the_debug_page(
     assert get(advertised, "spegel_store_connected") == 1
     # The fetcher has found the provider through the DHT (this warms up nothing the
     # fetch below uses: the layer is another key).
-    _wait(lambda: _status(f"{fetcher.url}/v2/library/demo/manifests/v1") == 200, 15,
+    until(lambda: _status(f"{fetcher.url}/v2/library/demo/manifests/v1") == 200, 15,
           "the tag to resolve through the DHT")
     assert get(scrape(fetcher), "spegel_routing_table_peers") >= 1
     before = scrape(fetcher)
@@ -119,7 +112,7 @@ def test_a_peer_fetch_shows_in_metrics_within_a_second_and_on_the_debug_page(
 
     # Live figures: counted when the response ends, not at a later export (seconds,
     # not the minutes that made operators think the mirror was broken).
-    _wait(moved, 5.0, "the hit counter, bytes by source and the resolve histogram")
+    until(moved, 5.0, "the hit counter, bytes by source and the resolve histogram")
     served = scrape(provider)  # the provider served it from its own store
     assert get(served, "spegel_mirror_bytes_total", source="local") >= size
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spegel_core.oci.image_builder import BuiltImage, build_image
 from spegel_core.testing.nodes import NodeProcess, free_loopback_ip
+from spegel_core.testing.waiting import until
 
 StartNode = Callable[..., NodeProcess]
 ROUNDS = 5
@@ -42,13 +42,6 @@ def _metric(node: NodeProcess, name: str, **labels: str) -> float:
     return sum(s.value for family in text_string_to_metric_families(text)
                for s in family.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _get(url: str) -> tuple[int, bytes, str | None]:
@@ -79,9 +72,9 @@ def test_records_of_a_node_that_joined_a_tiny_network_stay_findable(
                        outcome="received")
         return keys > 0 and acks >= keys
 
-    _wait(b_announced, "B's records to be stored (on A, the only node B knows)")
+    until(b_announced, 20, "B's records were never stored (on A, the only node B knows)")
     c = _node(spegel_node, ip_c, layout_c, ip_a)
-    _wait(lambda: _metric(c, "spegel_routing_table_peers") >= 2, "C to learn B through A")
+    until(lambda: _metric(c, "spegel_routing_table_peers") >= 2, 20, "C never learnt B through A")
     a.kill()
     for n, image in enumerate(images):  # each round: content C never asked for before
         name = f"library/app{n}"
