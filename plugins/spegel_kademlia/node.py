@@ -279,15 +279,18 @@ class KademliaRouter(Announcing, Joining, Claiming):
                         ignore_providers=seen)
         self.table.touch_bucket(kid)
         body = GetProviders(kid, min(255, max(count, s.kademlia_lookup_count)))
-        async with aclosing(self._drive(lookup, body, deadline)) as found:
-            async for providers in found:
-                for provider in providers:
-                    if provider.node_id not in seen:
-                        seen.add(provider.node_id)
-                        yield self._peer(provider.node_id, provider.host, provider.port,
-                                         provider.more)
-                        if len(seen) > count:
-                            return
+        try:
+            async with aclosing(self._drive(lookup, body, deadline)) as found:
+                async for providers in found:
+                    for provider in providers:
+                        if provider.node_id not in seen:
+                            seen.add(provider.node_id)
+                            yield self._peer(provider.node_id, provider.host, provider.port,
+                                             provider.more)
+                            if len(seen) > count:
+                                return
+        finally:  # where a claim of the same key goes first (spegel_kademlia.claims)
+            self._claimant.hint(kid, lookup.result)
 
     def _peer(self, node_id: bytes, host: str, port: int,
               more: tuple[tuple[str, int], ...] = ()) -> Peer:
@@ -318,6 +321,7 @@ class KademliaRouter(Announcing, Joining, Claiming):
                    "provides": self._provided, "provide_failures": self._provide_failures,
                    "unstored_keys": len(self._unstored),
                    "reannounced_keys": 0 if self.growth is None else self.growth.triggered,
+                   "claim_hops": self._claimant.hops,
                    "network_size_estimate": round(self.network_size(), 1),
                    "datagrams_sent": self._rpc.sent,
                    "datagrams_received": self._rpc.received,

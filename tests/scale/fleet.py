@@ -11,6 +11,12 @@ coordinator merges the answers into the figures:
 - ``fleet_tree_depth_max``: deepest node; goal <= ceil(log_F N) + 2;
 - ``fleet_claim_p99_ms``: claim round trip (finding the rendezvous and its answer);
   goal <= 50 ms; ``fleet_claims_unanswered``: claims no rendezvous answered;
+  ``fleet_claim_hops_mean``: nodes a claim visited;
+- with ``lookup=True`` (``--fleet-lookup``), each node first looks the digest's
+  providers up, as the mirror does before it claims (it finds none: the image is new),
+  and its claim then goes to the closest nodes that lookup heard from;
+  ``fleet_lookup_p99_ms`` and ``fleet_miss_p99_ms`` (lookup and claim: a mirror's miss
+  until it knows what to do) report it;
 - ``fleet_start_lag_s``: how late the last worker started the phase (0: every claim
   went at its instant).
 """
@@ -22,10 +28,10 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
-from spegel_core.protocols import ClaimAnswer, SingleFlightRouter
+from spegel_core.protocols import ClaimAnswer, Router, SingleFlightRouter
 
 FANOUT = 4
 DIGEST = "sha256:" + "f1ee7" * 12 + "0000"
@@ -42,27 +48,47 @@ CLAIM_TIMEOUT = 5.0
 LEAD = 3.0
 
 
-async def claim_all(routers: Mapping[int, SingleFlightRouter], *, t0: float, spread: float,
-                    fanout: int, digest: str, rng: random.Random,
-                    timeout: float = CLAIM_TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109
-    """Every router claims ``digest`` at ``t0 + uniform(0, spread)``; the answers."""
+class FleetRouter(SingleFlightRouter, Router, Protocol):
+    """A router that looks up and claims (the simulation's nodes)."""
 
-    async def one(index: int, router: SingleFlightRouter) -> dict[str, Any]:
+
+async def claim_all(routers: Mapping[int, FleetRouter], *, t0: float, spread: float,
+                    fanout: int, digest: str, rng: random.Random, lookup: bool = False,
+                    timeout: float = CLAIM_TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109
+    """Every router claims ``digest`` at ``t0 + uniform(0, spread)``; the answers.
+
+    With ``lookup``, each looks the digest's providers up first, as the mirror does.
+    """
+
+    async def one(index: int, router: FleetRouter) -> dict[str, Any]:
         delay = t0 + rng.uniform(0.0, spread) - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        began = time.perf_counter()
+        if lookup:
+            found = [peer async for peer in router.lookup(digest, 1, timeout)]
+            assert not found, f"{digest} has a provider in the fleet phase: {found}"
         started = time.perf_counter()
+        hops = _hops(router)
         answer: ClaimAnswer | None = await router.claim(digest, fanout, TTL, timeout)
-        rtt_ms = 1000 * (time.perf_counter() - started)
+        now = time.perf_counter()
+        figures = {"index": index, "rtt_ms": 1000 * (now - started),
+                   "lookup_ms": 1000 * (started - began), "miss_ms": 1000 * (now - began),
+                   "hops": _hops(router) - hops}
         if answer is None:
-            return {"index": index, "ok": False, "rtt_ms": rtt_ms}
+            return {**figures, "ok": False}
         parent = None if answer.parent is None else f"{answer.parent.node_id.hex()}"
-        return {"index": index, "ok": True, "go": answer.go, "depth": answer.depth,
-                "parent": parent, "rtt_ms": rtt_ms}
+        return {**figures, "ok": True, "go": answer.go, "depth": answer.depth,
+                "parent": parent}
 
     late = max(0.0, time.monotonic() - t0)  # this worker started after the claims' second
     results = await asyncio.gather(*(one(i, r) for i, r in routers.items()))
     return {"claims": list(results), "start_lag_s": late}
+
+
+def _hops(router: Router) -> int:
+    hops = router.status().extra.get("claim_hops", 0)
+    return hops if isinstance(hops, int) else 0
 
 
 def summarise(results: list[dict[str, Any]], nodes: int, fanout: int = FANOUT
@@ -73,7 +99,15 @@ def summarise(results: list[dict[str, Any]], nodes: int, fanout: int = FANOUT
     children = Counter(c["parent"] for c in answered if c.get("parent"))
     rtts = sorted(c["rtt_ms"] for c in claims)
     p99 = rtts[max(0, math.ceil(0.99 * len(rtts)) - 1)] if rtts else None
-    return {
+    looked = [c for c in claims if c.get("lookup_ms", 0) > 0]
+    extra: dict[str, Any] = {}
+    if looked:
+        extra = {"fleet_lookup_p99_ms": _p99(c["lookup_ms"] for c in looked),
+                 "fleet_miss_p99_ms": _p99(c["miss_ms"] for c in looked)}
+    return {**extra,
+        "fleet_lookup_first": bool(looked),
+        "fleet_claim_hops_mean": round(sum(c.get("hops", 0) for c in claims)
+                                       / max(1, len(claims)), 2),
         "fleet_nodes": len(claims),
         "fleet_fanout": fanout,
         "fleet_upstream_grants": sum(1 for c in answered if c["go"]),
@@ -88,6 +122,11 @@ def summarise(results: list[dict[str, Any]], nodes: int, fanout: int = FANOUT
     }
 
 
+def _p99(values: Iterable[float]) -> float:
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)], 2)
+
+
 def line(figures: Mapping[str, Any]) -> str:
     """The fleet phase in one printed line."""
     if "fleet_nodes" not in figures:
@@ -97,4 +136,8 @@ def line(figures: Mapping[str, Any]) -> str:
             f"most children {figures['fleet_max_children']} (fan-out "
             f"{figures['fleet_fanout']}), depth {figures['fleet_tree_depth_max']} (goal <= "
             f"{figures['fleet_tree_depth_goal']}), claim p99 {figures['fleet_claim_p99_ms']} ms "
-            f"(goal <= 50), unanswered {figures['fleet_claims_unanswered']}")
+            f"(goal <= 50), hops {figures.get('fleet_claim_hops_mean')}, "
+            f"unanswered {figures['fleet_claims_unanswered']}"
+            + (f", lookup first: lookup p99 {figures['fleet_lookup_p99_ms']} ms, miss to "
+               f"answer p99 {figures['fleet_miss_p99_ms']} ms"
+               if figures.get("fleet_lookup_first") else ""))

@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(0: no limit; all at once after the last join).")
     parser.add_argument("--reannounce-growth", type=float, default=2.0,
                         help="kademlia_reannounce_growth of every node (0: off).")
+    parser.add_argument("--fleet-lookup", action=argparse.BooleanOptionalAction, default=False,
+                        help="In the fleet phase, each node looks the digest up before it "
+                             "claims it, as the mirror does.")
     parser.add_argument("--max-seconds", type=float, default=900.0,
                         help="Give up (and stop everything) after this long.")
     args = parser.parse_args(argv)
@@ -321,7 +324,7 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         raw["lookups"] = _lookups(coordinator, args, alive)
         raw["before_churn_counters"] = _sum(coordinator.call("counters", {}, 30.0))
         raw["settled_seconds"] = time.monotonic() - settled_at
-        raw["fleet"] = _fleet(coordinator, len(alive))
+        raw["fleet"] = _fleet(coordinator, len(alive), lookup=args.fleet_lookup)
         if args.overload > 0:
             raw["overload"] = _overload(coordinator, args, raw, alive)
         if args.churn > 0:
@@ -337,10 +340,10 @@ def _phases(args: argparse.Namespace, rng: random.Random, population: Population
         coordinator.close()
 
 
-def _fleet(coordinator: Coordinator, nodes: int) -> dict[str, Any]:
+def _fleet(coordinator: Coordinator, nodes: int, *, lookup: bool) -> dict[str, Any]:
     """Every node claims one new digest within a second (:mod:`tests.scale.fleet`)."""
     results = coordinator.call("fleet", {"t0": time.monotonic() + fleet.LEAD, "spread": 1.0,
-                                         "fanout": fleet.FANOUT}, 120.0)
+                                         "fanout": fleet.FANOUT, "lookup": lookup}, 120.0)
     return fleet.summarise(results, nodes)
 
 

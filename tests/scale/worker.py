@@ -347,11 +347,12 @@ class Worker:
             self.routers[index].reprovide_every(interval)
         return {}
 
-    async def fleet(self, t0: float, spread: float, fanout: int) -> dict[str, Any]:
+    async def fleet(self, t0: float, spread: float, fanout: int,
+                    lookup: bool = False) -> dict[str, Any]:
         """Every live node claims the same new digest within ``spread`` s (tests.scale.fleet)."""
         return await fleet.claim_all({i: self.routers[i] for i in sorted(self.alive)},
                                      t0=t0, spread=spread, fanout=fanout, digest=fleet.DIGEST,
-                                     rng=self.rng)
+                                     rng=self.rng, lookup=lookup)
 
     def counters(self) -> dict[str, Any]:
         """Datagrams sent and received, RPC timeouts, provides and DNS resolutions so far."""

@@ -6,9 +6,18 @@ import pytest
 
 from spegel_core.protocols import Peer
 from spegel_core.rendezvous import ClaimBook
-from spegel_kademlia.claims import answer_claim, local_address_towards
+from spegel_kademlia.claims import HINT_TTL, Claimant, answer_claim, local_address_towards
 from spegel_kademlia.codec import Codec, DecodeError, EncodeError
-from spegel_kademlia.messages import Claim, ClaimReply, Message, MessageType, ProviderInfo
+from spegel_kademlia.ids import Contact, key_id
+from spegel_kademlia.messages import (
+    Body,
+    Claim,
+    ClaimReply,
+    Message,
+    MessageType,
+    Nodes,
+    ProviderInfo,
+)
 
 KEY = b"cluster-key-0123456789abcdef0123"
 A, B, R = b"a" * 32, b"b" * 32, b"r" * 32
@@ -84,9 +93,6 @@ def test_ttl_is_capped() -> None:
 
 
 def test_a_node_that_knows_closer_nodes_sends_the_claim_on_unless_it_holds_the_flight() -> None:
-    from spegel_kademlia.ids import Contact
-    from spegel_kademlia.messages import Nodes
-
     book = ClaimBook()
     own = Peer("127.0.0.5", 5000, R)
     closer = [Contact(b"c" * 32, "127.0.0.7", 5001)]
@@ -95,3 +101,68 @@ def test_a_node_that_knows_closer_nodes_sends_the_claim_on_unless_it_holds_the_f
     book.claim(b"k" * 32, Peer("127.0.0.3", 5000, B), fanout=2, ttl=5, now=0)
     held = answer_claim(claim_from(A, "127.0.0.2"), book, own, now=0, closer=closer)
     assert isinstance(held, ClaimReply) and not held.go  # a renewal never moves a flight
+
+
+class Hops:
+    """A Claimant's request callable: who was asked, and the rendezvous that answers."""
+
+    def __init__(self, rendezvous: bytes, closer: dict[bytes, list[Contact]]) -> None:
+        self.rendezvous = rendezvous
+        self.closer = closer
+        self.asked: list[bytes] = []
+
+    async def __call__(self, contact: Contact, body: Body,
+                       timeout: float) -> Message:  # noqa: ASYNC109 (the request signature)
+        self.asked.append(contact.node_id)
+        reply: Body
+        if contact.node_id == self.rendezvous:
+            reply = ClaimReply(True, 0, 5000, ProviderInfo(A, "127.0.0.2", 5000), None)
+        else:
+            reply = Nodes(tuple(self.closer.get(contact.node_id, ())))
+        return Message(reply, 1, contact.node_id, 5000)
+
+
+def claimant_towards(kid: bytes, now: list[float]) -> tuple[Claimant, Hops, list[Contact]]:
+    """A claimant far from ``kid`` whose table knows only a far node; the route from it
+    is far -> middle -> rendezvous (the rendezvous is the closest of the three)."""
+    rendezvous = Contact(bytes([kid[0]]) + bytes(x ^ 1 for x in kid[1:2]) + kid[2:],
+                         "127.0.0.4", 5001)
+    middle = Contact(bytes([kid[0] ^ 0x01]) + kid[1:], "127.0.0.5", 5001)
+    far = Contact(bytes([kid[0] ^ 0x10]) + kid[1:], "127.0.0.6", 5001)
+    hops = Hops(rendezvous.node_id, {far.node_id: [middle], middle.node_id: [rendezvous]})
+    claimant = Claimant(node_id=bytes([kid[0] ^ 0x80]) + kid[1:], mirror_port=5000,
+                        host="127.0.0.2", book=ClaimBook(), closest=lambda _: [far],
+                        request=hops, send=lambda *_: None, clock=lambda: now[0])
+    return claimant, hops, [rendezvous, middle, far]
+
+
+async def test_a_claim_goes_first_to_the_closest_nodes_a_lookup_heard_from() -> None:
+    digest = "sha256:" + "5e" * 32
+    kid = key_id(digest)
+    now = [100.0]
+    routed, hops, _ = claimant_towards(kid, now)
+    assert (await routed.claim(digest, 4, 10.0, 1.0)) is not None
+    assert len(hops.asked) == 3 and routed.hops == 3  # far, middle, rendezvous
+    hinted, hops, (rendezvous, middle, _) = claimant_towards(kid, now)
+    hinted.hint(kid, [rendezvous, middle])
+    answer = await hinted.claim(digest, 4, 10.0, 1.0)
+    assert answer is not None and answer.go
+    assert hops.asked == [rendezvous.node_id] and hinted.hops == 1
+
+
+async def test_a_stale_or_farther_hint_is_not_followed() -> None:
+    digest = "sha256:" + "5e" * 32
+    kid = key_id(digest)
+    now = [100.0]
+    claimant, hops, (rendezvous, _, _) = claimant_towards(kid, now)
+    claimant.hint(kid, [rendezvous])
+    now[0] += HINT_TTL + 1  # the lookup was long ago: routed afresh from the table
+    assert (await claimant.claim(digest, 4, 10.0, 1.0)) is not None
+    assert len(hops.asked) == 3
+    # A hint farther from the key than the claimant itself is never asked.
+    near = Claimant(node_id=kid, mirror_port=5000, host="127.0.0.2", book=ClaimBook(),
+                    closest=lambda _: [], request=hops, send=lambda *_: None,
+                    clock=lambda: now[0])
+    near.hint(kid, [rendezvous])
+    answer = await near.claim(digest, 4, 10.0, 1.0)
+    assert answer is not None and answer.go and len(hops.asked) == 3  # its own rendezvous
