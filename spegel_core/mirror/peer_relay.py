@@ -20,6 +20,7 @@ is closed: a short body is never completed as a whole response.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -31,6 +32,7 @@ from spegel_core.server.tee import HashTap
 
 if TYPE_CHECKING:
     from spegel_core.mirror.blob_stream import BlobStream, Resumer
+    from spegel_core.protocols import Peer
 
 
 def take_socket(response: aiohttp.ClientResponse) -> tuple[int | None, bytes]:
@@ -67,16 +69,22 @@ def take_socket(response: aiohttp.ClientResponse) -> tuple[int | None, bytes]:
         response.close()
 
 
-async def relay_blob(fetcher: Resumer, stream: BlobStream,
-                     response: aiohttp.ClientResponse, registry: str, name: str, digest: str,
-                     sink: SpliceSink) -> None:
-    """Send the body of ``stream`` (``stream.length`` bytes) through ``sink``.
+#: Moves one peer's body on: given its descriptor (None when aiohttp had read it all)
+#: and the bytes already read, sends what it can; returns why it stopped short ("").
+Pump = Callable[[int | None, bytes], Awaitable[str]]
 
-    Resumes from other providers when a peer stops short; raises :class:`PeerError`
-    when none is left, and lets :class:`~spegel_core.mirror.responses.ClientGone`
-    through when the client stops.
+
+async def _relay_resuming(fetcher: Resumer, stream: BlobStream,
+                          response: aiohttp.ClientResponse, registry: str, name: str,
+                          digest: str, pump: Pump, taken: Callable[[], int]) -> Peer:
+    """Pump the body of ``stream`` from ``response`` and the providers after it.
+
+    Until ``taken()`` reaches ``stream.length``: a peer that stops short is penalised
+    and the body resumes from another provider; with none left the resumer raises
+    :class:`PeerError`.
+
+    :returns: the peer that sent the last bytes.
     """
-    sent = 0
     peer = stream.peer
     try:
         while True:
@@ -87,27 +95,48 @@ async def relay_blob(fetcher: Resumer, stream: BlobStream,
                 why = str(exc)
             else:
                 try:
-                    part = buffered[: stream.length - sent]
-                    if part:
-                        await sink.write(part)
-                        sent += len(part)
-                    if sent < stream.length:
-                        if fd is None:
-                            why = "the body ended early"
-                        else:
-                            moved, why = await sink.splice(fd, stream.length - sent)
-                            sent += moved
+                    why = await pump(fd, buffered)
                 finally:
                     if fd is not None:
                         os.close(fd)
-            if sent >= stream.length:
-                return
+            if taken() >= stream.length:
+                return peer
             fetcher.penalise(peer, PeerStreamBroken(
-                f"stream broke after {sent} of {stream.length} bytes: {why}"), digest)
-            response, peer = await fetcher.resume(registry, name, digest, stream.start + sent,
+                f"stream broke after {taken()} of {stream.length} bytes: {why}"), digest)
+            response, peer = await fetcher.resume(registry, name, digest,
+                                                  stream.start + taken(),
                                                   stream.start + stream.length - 1, stream)
     finally:
         response.close()
+
+
+async def relay_blob(fetcher: Resumer, stream: BlobStream,
+                     response: aiohttp.ClientResponse, registry: str, name: str, digest: str,
+                     sink: SpliceSink) -> None:
+    """Send the body of ``stream`` (``stream.length`` bytes) through ``sink``.
+
+    Resumes from other providers when a peer stops short; raises :class:`PeerError`
+    when none is left, and lets :class:`~spegel_core.mirror.responses.ClientGone`
+    through when the client stops.
+    """
+    sent = 0
+
+    async def pump(fd: int | None, buffered: bytes) -> str:
+        nonlocal sent
+        part = buffered[: stream.length - sent]
+        if part:
+            await sink.write(part)
+            sent += len(part)
+        if sent >= stream.length:
+            return ""
+        if fd is None:
+            return "the body ended early"
+        moved, why = await sink.splice(fd, stream.length - sent)
+        sent += moved
+        return why
+
+    await _relay_resuming(fetcher, stream, response, registry, name, digest, pump,
+                          lambda: sent)
 
 
 async def relay_verified(fetcher: Resumer, stream: BlobStream,
@@ -126,29 +155,15 @@ async def relay_verified(fetcher: Resumer, stream: BlobStream,
     ClientGone` passes through when the client stops.
     """
     tap = HashTap(stream.length, split_digest(digest)[0])
-    peer = stream.peer
+
+    async def pump(fd: int | None, buffered: bytes) -> str:
+        tap.feed(buffered[: stream.length - tap.taken])
+        _, why = await sink.splice(-1 if fd is None else fd, stream.length - tap.taken, tap)
+        return why
+
     try:
-        while True:
-            why = ""
-            try:
-                fd, buffered = take_socket(response)
-            except PeerError as exc:
-                why = str(exc)
-            else:
-                try:
-                    tap.feed(buffered[: stream.length - tap.taken])
-                    _, why = await sink.splice(-1 if fd is None else fd,
-                                               stream.length - tap.taken, tap)
-                finally:
-                    if fd is not None:
-                        os.close(fd)
-            if tap.taken >= stream.length:
-                break
-            fetcher.penalise(peer, PeerStreamBroken(
-                f"stream broke after {tap.taken} of {stream.length} bytes: {why}"), digest)
-            response, peer = await fetcher.resume(registry, name, digest,
-                                                  stream.start + tap.taken,
-                                                  stream.start + stream.length - 1, stream)
+        peer = await _relay_resuming(fetcher, stream, response, registry, name, digest,
+                                     pump, lambda: tap.taken)
         actual = await tap.hexdigest()
         if actual is None:  # the hashing thread failed: nobody to blame, nothing to send
             raise PeerStreamBroken(f"blob {digest} could not be hashed")
@@ -160,4 +175,3 @@ async def relay_verified(fetcher: Resumer, stream: BlobStream,
         await sink.write(tap.held())
     finally:
         tap.close()
-        response.close()
