@@ -72,7 +72,7 @@ async def claim_all(routers: Mapping[int, FleetRouter], *, t0: float, spread: fl
         hops = _hops(router)
         answer: ClaimAnswer | None = await router.claim(digest, fanout, TTL, timeout)
         now = time.perf_counter()
-        figures = {"index": index, "rtt_ms": 1000 * (now - started),
+        figures = {"index": index, "rtt_ms": 1000 * (now - started), "looked": lookup,
                    "lookup_ms": 1000 * (started - began), "miss_ms": 1000 * (now - began),
                    "hops": _hops(router) - hops}
         if answer is None:
@@ -99,7 +99,7 @@ def summarise(results: list[dict[str, Any]], nodes: int, fanout: int = FANOUT
     children = Counter(c["parent"] for c in answered if c.get("parent"))
     rtts = sorted(c["rtt_ms"] for c in claims)
     p99 = rtts[max(0, math.ceil(0.99 * len(rtts)) - 1)] if rtts else None
-    looked = [c for c in claims if c.get("lookup_ms", 0) > 0]
+    looked = [c for c in claims if c.get("looked")]
     extra: dict[str, Any] = {}
     if looked:
         extra = {"fleet_lookup_p99_ms": _p99(c["lookup_ms"] for c in looked),
