@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ class TokenBucket:
                 await asyncio.sleep((count - self._tokens) / self.rate)
 
 
+#: An HTTP/1 request line (what :attr:`ThrottledProxy.requests` records).
+_REQUEST_LINE = re.compile(
+    rb"(?m)^(?:GET|HEAD|POST|PUT|PATCH|DELETE) [^ \r\n]+ HTTP/1\.[01](?=\r$)")
+
+
 class ThrottledProxy:
     """A TCP proxy to ``target_host:target_port`` on ``host:port`` (0: a free port).
 
@@ -66,7 +72,10 @@ class ThrottledProxy:
         request line) is reset: an upstream that refuses that request.
 
     :attr:`bytes_down` counts bytes forwarded from the registry to clients,
-    :attr:`bytes_up` the other way, :attr:`connections` connections accepted.
+    :attr:`bytes_up` the other way, :attr:`connections` connections accepted, and
+    :attr:`requests` the request lines clients sent (``GET /v2/... HTTP/1.1``; a line
+    split across two reads is missed, which a client writing each request head at once
+    never does).
     """
 
     def __init__(self, target_host: str, target_port: int, rate: float, *,
@@ -85,6 +94,8 @@ class ThrottledProxy:
         self.refused = 0
         self.bytes_down = 0
         self.bytes_up = 0
+        #: Request lines seen going upstream, in order.
+        self.requests: list[str] = []
         self.connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -102,6 +113,7 @@ class ThrottledProxy:
     def reset(self) -> None:
         """Zero the counters (between two measured runs)."""
         self.bytes_down = self.bytes_up = self.connections = 0
+        self.requests.clear()
 
     def start(self, timeout: float = 10.0) -> ThrottledProxy:
         """Listen (in a background thread) and return once connections are accepted."""
@@ -181,6 +193,8 @@ class ThrottledProxy:
                         self.refused += 1
                         raise ConnectionResetError("refused")
                     self.bytes_up += len(data)
+                    self.requests.extend(m.group(0).decode("latin-1")
+                                         for m in _REQUEST_LINE.finditer(data))
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
