@@ -313,14 +313,29 @@ class PeerFetcher:
         self.manifests.put(manifest)
         return manifest
 
+    async def manifest_from(self, peer: Peer, registry: str, name: str, digest: str,
+                            wait: float) -> Manifest:
+        """The manifest ``digest`` from ``peer``, which may hold the request ``wait`` s.
+
+        ``peer`` holds it until it has the manifest (single flight: a parent in the
+        tree, or the node fetching it upstream).
+
+        :raises PeerError: the peer failed or answered wrongly.
+        """
+        manifest = await self._fetch_manifest(peer, registry, name, digest, digest, wait=wait)
+        self.manifests.put(manifest)
+        return manifest
+
     async def _fetch_manifest(self, peer: Peer, registry: str, name: str, reference: str,
-                              digest: str | None) -> Manifest:
+                              digest: str | None, *, wait: float = 0.0) -> Manifest:
         url = f"{peer.url}/v2/{name}/manifests/{reference}"
+        headers = {MIRRORED_HEADER: "true", "Accept": ACCEPT}
+        if wait > 0:
+            headers[WAIT_HEADER] = f"{wait:.3f}"
         try:
             async with self.session.get(
-                url, params={"ns": registry},
-                headers={MIRRORED_HEADER: "true", "Accept": ACCEPT},
-                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
+                url, params={"ns": registry}, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout + wait),
                 allow_redirects=False,  # a peer answers itself; never follow it elsewhere
             ) as response:
                 if response.status != 200:

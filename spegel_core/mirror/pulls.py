@@ -116,6 +116,12 @@ class PullService:
             return self._manifest_response(pull, await self.local.local_manifest(digest),
                                            Source.LOCAL)
         except NotFound:
+            if (reference is None and digest is not None and pull.local_only
+                    and pull.wait > 0 and self.flight is not None
+                    and await self.flight.hold(digest, pull.wait, whole=True)):
+                # A child in single flight's tree: held until this node had it.
+                return self._manifest_response(
+                    pull, await self.local.local_manifest(digest), Source.LOCAL)
             peers = self._peers_for(pull)
             if peers is None:
                 raise
@@ -125,9 +131,22 @@ class PullService:
                 key, identifier = tag_key(reference), reference.identifier
             else:
                 raise
-        manifest = await self._from_peers(
-            pull, "manifest", peers.manifest(pull.registry, pull.name, identifier, key, digest))
+        fetch = peers.manifest(pull.registry, pull.name, identifier, key, digest)
+        if reference is None and digest is not None:
+            fetch = self._peer_manifest(pull, fetch, digest)
+        manifest = await self._from_peers(pull, "manifest", fetch)
         return self._manifest_response(pull, manifest, Source.PEER)
+
+    async def _peer_manifest(self, pull: Pull, fetch: Awaitable[Manifest],
+                             digest: str) -> Manifest:
+        """A manifest by digest from the providers; with none, through single flight."""
+        if self.flight is None or pull.method != "GET":
+            return await fetch
+        try:
+            return await fetch
+        except NotFound:
+            return await self.flight.fetch_manifest(pull.registry, pull.name, digest,
+                                                    pull.client)
 
     async def _resolve(self, reference: Reference | None, digest: str | None) -> str:
         if digest is not None:

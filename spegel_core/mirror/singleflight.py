@@ -1,7 +1,8 @@
 """Single flight on the mirror: one upstream fetch per digest for the whole fleet.
 
-On a miss that no provider can serve, :meth:`SingleFlight.fetch` claims the digest
-at its rendezvous (:class:`~spegel_core.protocols.SingleFlightRouter`):
+On a miss that no provider can serve, :meth:`SingleFlight.fetch` (a blob) or
+:meth:`SingleFlight.fetch_manifest` (a manifest by digest) claims the digest at its
+rendezvous (:class:`~spegel_core.protocols.SingleFlightRouter`):
 
 - told **go**, the mirror answers 404 at once: its containerd fetches from upstream,
   and its ingest makes this node an arriving provider;
@@ -10,6 +11,9 @@ at its rendezvous (:class:`~spegel_core.protocols.SingleFlightRouter`):
   its own bytes start arriving, then streams them as they land. The stream is
   verified and resumed like any peer stream, and this node's containerd, receiving
   it, makes this node an arriving provider for its own children in turn.
+
+A manifest is served whole: a parent holds a child's request until the manifest is
+committed in its store, not merely arriving.
 
 Never worse than without it: no rendezvous, no bytes within ``--single-flight-wait``,
 or a dead parent and fetcher all end in a 404 (containerd goes upstream). A request
@@ -27,13 +31,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from spegel_core.errors import BlobUnknown, NotFound, PeerError
+from spegel_core.errors import BlobUnknown, ManifestUnknown, NotFound, PeerError
 from spegel_core.mirror.blob_stream import BlobStream
 from spegel_core.mirror.peers import PeerFetcher
+from spegel_core.mirror.service import Manifest
 from spegel_core.protocols import (
     ArrivingStore,
     ClaimAnswer,
@@ -52,6 +57,8 @@ __all__ = ["ArrivalWatch", "LocalClaim", "SingleFlight"]
 
 #: How often a holding request looks at the store even without an event.
 RECHECK = 0.5
+
+T = TypeVar("T")
 
 
 class ArrivalWatch:
@@ -140,34 +147,84 @@ class SingleFlight:
         Raises :class:`~spegel_core.errors.BlobUnknown` whenever containerd should go
         upstream (told go, its own fetcher asking, nothing within the wait).
         """
+        joined = await self._join(digest, client, BlobUnknown, "blob")
+        if joined is None:
+            # As without single flight: any provider, arriving ones included, else 404.
+            return await self.peers.blob(registry, name, digest, range_header)
+        answer, known = joined
+        known.holding += 1
+        try:
+            return await self._from_tree(
+                answer, digest, BlobUnknown, f"blob {digest}: no bytes",
+                lambda peer, left: self.peers.blob_from(peer, registry, name, digest,
+                                                        range_header, wait=left),
+                lambda: self.peers.blob(registry, name, digest, range_header,
+                                        arriving=False))
+        finally:
+            known.holding -= 1
+
+    async def fetch_manifest(self, registry: str, name: str, digest: str,
+                             client: str) -> Manifest:
+        """A manifest (by digest) no provider had: claim it, then ask the tree for it.
+
+        As for blobs, the first claimant is told go (its containerd fetches it
+        upstream) and the others ask their parent or the fetcher, which holds the
+        request until the manifest is in its store: a fleet's manifest requests cost
+        the upstream one GET per digest (registries such as Docker Hub count those).
+
+        :raises ManifestUnknown: containerd should go upstream (no rendezvous, told
+            go, its own fetcher asking, nothing within the wait).
+        """
+        joined = await self._join(digest, client, ManifestUnknown, "manifest")
+        if joined is None:
+            raise ManifestUnknown(f"manifest {digest} not found on any peer")
+        answer, known = joined
+        known.holding += 1
+        try:
+            return await self._from_tree(
+                answer, digest, ManifestUnknown, f"manifest {digest}: nothing",
+                lambda peer, left: self.peers.manifest_from(peer, registry, name, digest,
+                                                            wait=left),
+                lambda: self.peers.manifest(registry, name, digest, digest, digest))
+        finally:
+            known.holding -= 1
+
+    async def _join(self, digest: str, client: str, unknown: type[NotFound],
+                    what: str) -> tuple[ClaimAnswer, LocalClaim] | None:
+        """Claim ``digest``: the answer and this node's claim, None with no rendezvous.
+
+        Raises ``unknown`` when containerd should fetch upstream now (told go, or the
+        request comes from the fetcher itself).
+        """
         started = time.perf_counter()
         answer = await self.router.claim(digest, self.fanout, self.ttl, self.claim_timeout)
         took = time.perf_counter() - started
         if answer is None:
             self._counted(FlightClaim("unreachable", 0, took))
-            # As without single flight: any provider, arriving ones included, else 404.
-            return await self.peers.blob(registry, name, digest, range_header)
+            return None
         known = self.claims.get(digest)
         if not answer.go and client and answer.fetcher.host == client:
             if known is None:
                 await self.router.release(digest)  # this node does not join for it
             self._counted(FlightClaim("self", answer.depth, took))
-            raise BlobUnknown(f"blob {digest} is being fetched by {client} itself")
+            raise unknown(f"{what} {digest} is being fetched by {client} itself")
         if known is None:
             known = self.claims[digest] = LocalClaim(digest, answer, self.clock())
         else:
             known.answer = answer
         self._counted(FlightClaim(known.role, answer.depth, took))
         if answer.go:
-            raise BlobUnknown(f"blob {digest}: this node fetches it upstream (single flight)")
-        known.holding += 1
-        try:
-            return await self._from_tree(registry, name, digest, range_header, answer)
-        finally:
-            known.holding -= 1
+            raise unknown(f"{what} {digest}: this node fetches it upstream (single flight)")
+        return answer, known
 
-    async def _from_tree(self, registry: str, name: str, digest: str,
-                         range_header: str | None, answer: ClaimAnswer) -> BlobStream:
+    async def _from_tree(self, answer: ClaimAnswer, digest: str, unknown: type[NotFound],
+                         nothing: str, from_peer: Callable[[Peer, float], Awaitable[T]],
+                         from_anyone: Callable[[], Awaitable[T]]) -> T:
+        """The content from the parent, else the fetcher, else any whole provider.
+
+        Each is asked with the time left of ``--single-flight-wait`` (it holds the
+        request until it has the content); ``unknown`` is raised when the wait ends.
+        """
         started = self.clock()
         deadline = started + self.wait
         candidates: list[Peer] = []
@@ -179,40 +236,37 @@ class SingleFlight:
             if left <= 0:
                 break
             try:
-                stream = await self.peers.blob_from(peer, registry, name, digest,
-                                                    range_header, wait=left)
+                found = await from_peer(peer, left)
             except PeerError as exc:
                 log.info("single flight: %s from %s failed (%s)", digest, peer.url, exc)
                 continue
             self._counted(FlightWait("bytes", self.clock() - started))
-            log.debug("single flight: %s streams from %s (depth %d)", digest, peer.url,
-                      answer.depth)
-            return stream
+            log.debug("single flight: %s from %s (depth %d)", digest, peer.url, answer.depth)
+            return found
         with contextlib.suppress(NotFound):  # anyone that holds it whole by now
-            stream = await self.peers.blob(registry, name, digest, range_header,
-                                           arriving=False)
+            found = await from_anyone()
             self._counted(FlightWait("bytes", self.clock() - started))
-            return stream
+            return found
         self._counted(FlightWait("timeout", self.clock() - started))
-        raise BlobUnknown(f"blob {digest}: no bytes from the tree within "
-                          f"{self.wait:.1f}s; fetch it upstream")
+        raise unknown(f"{nothing} from the tree within {self.wait:.1f}s; fetch it upstream")
 
     # -- the serving side ---------------------------------------------------------------
-    async def hold(self, digest: str, wait: float) -> bool:
+    async def hold(self, digest: str, wait: float, *, whole: bool = False) -> bool:
         """Hold a peer's request for ``digest`` until this node's bytes of it start.
 
         This node has claimed ``digest`` but has no bytes of it yet: wait (at most
         ``wait`` and ``--single-flight-wait``) for them to start.
 
-        Returns True once the store has the digest arriving or committed, False when
-        this node has no claim of it or the time ran out.
+        Returns True once the store has the digest arriving (unless ``whole``, as for
+        a manifest) or committed, False when this node has no claim of it or the time
+        ran out.
         """
         if digest not in self.claims:
             return False
         deadline = self.clock() + min(wait, self.wait)
         with self.watch.watching(digest) as event:
             while True:
-                if await self._present(digest):
+                if await self._present(digest, whole):
                     self.counts["held"] += 1
                     return True
                 left = deadline - self.clock()
@@ -223,8 +277,8 @@ class SingleFlight:
                     async with asyncio.timeout(min(left, RECHECK)):
                         await event.wait()
 
-    async def _present(self, digest: str) -> bool:
-        if isinstance(self.store, ArrivingStore):
+    async def _present(self, digest: str, whole: bool) -> bool:
+        if not whole and isinstance(self.store, ArrivingStore):
             with contextlib.suppress(NotFound):
                 content = await self.store.open_arriving(digest)
                 await content.aclose()

@@ -74,6 +74,8 @@ def one_run(workdir: Path, *, mode: str, nodes: int, layer: int,
         fleet.upstream.reset()
         ends = _timed_pulls(fleet, fleet.reference)
         upstream = fleet.upstream.bytes_down
+        manifest_gets = sum(1 for line in fleet.upstream.requests
+                            if line.startswith("GET ") and "/manifests/sha256:" in line)
         complete = all("complete" in member.check(fleet.reference) for member in fleet.nodes)
         return {
             "mode": mode,
@@ -85,6 +87,7 @@ def one_run(workdir: Path, *, mode: str, nodes: int, layer: int,
             "upstream_bytes": upstream,
             "image_bytes": image,
             "upstream_x_image": round(upstream / image, 2),
+            "upstream_manifest_gets": manifest_gets,
             "complete": complete,
         }
 
@@ -145,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result), flush=True)
     print(f"\n{args.nodes} nodes, one {args.layer_mib} MiB layer, upstream "
           f"{args.upstream_mbps:g} MB/s ({platform.machine()}, {platform.python_version()})")
-    print("| flags | upstream / image | lone pull | slowest / lone | "
+    print("| flags | upstream / image | manifest GETs upstream | lone pull | slowest / lone | "
           "each node / lone | complete |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         each = r["pull_x_lone"]
         assert isinstance(each, dict)
-        print(f"| `{r['flags']}` | {r['upstream_x_image']}x | "
+        print(f"| `{r['flags']}` | {r['upstream_x_image']}x | {r['upstream_manifest_gets']} | "
               f"{r['lone_pull_s']} s | {r['slowest_x_lone']}x | "
               f"{' '.join(str(v) for v in each.values())} | {r['complete']} |")
     if args.json is not None:

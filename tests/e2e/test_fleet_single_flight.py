@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,12 @@ def test_the_fleet_pulls_at_once_and_the_upstream_sends_one_copy(four: Fleet) ->
     for member in four.nodes:
         assert "complete" in member.check(four.reference)
     assert four.upstream.bytes_down <= 1.2 * image, "more than one copy crossed the link"
+    # Manifests by digest are claimed too: one GET each crossed the link (the tag's
+    # HEAD still goes upstream from every node, as without single flight).
+    manifest_gets = Counter(line.split()[1] for line in four.upstream.requests
+                            if line.startswith("GET ") and "/manifests/sha256:" in line)
+    assert manifest_gets, f"no manifest GET went upstream: {four.upstream.requests}"
+    assert set(manifest_gets.values()) == {1}, manifest_gets
     goes = sum(m.metric(CLAIMS, 'role="go"') for m in four.nodes)
     assert four.image is not None and 1 <= goes <= len(four.image.blobs)
     avoided = sum(m.metric("spegel_single_flight_upstream_avoided_total") for m in four.nodes)

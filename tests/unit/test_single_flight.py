@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from spegel_core.errors import BlobUnknown
+from spegel_core.errors import BlobUnknown, ManifestUnknown
 from spegel_core.mirror.peers import PeerFetcher, PeerSettings
 from spegel_core.mirror.singleflight import SingleFlight
+from spegel_core.oci.digest import compute_digest
 from spegel_core.protocols import FlightClaim, Peer
 from spegel_core.testing.fakes import (
     MemoryArrivingStore,
@@ -133,3 +134,58 @@ async def test_renew_keeps_growing_claims_and_drops_dead_and_committed_ones(
     b.flight.claims[digest] = b.flight.claims[DIGEST]
     await b.flight.renew()
     assert digest not in b.flight.claims  # committed: no claim to keep
+
+
+# -- manifests by digest -------------------------------------------------------------------
+MANIFEST = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}'
+
+
+async def test_a_manifest_is_claimed_like_a_blob(nodes: list[Node]) -> None:
+    a, b, _ = nodes
+    digest = compute_digest(MANIFEST)
+    with pytest.raises(ManifestUnknown, match="upstream"):
+        await a.flight.fetch_manifest("docker.io", "x", digest, client="127.0.0.1")
+    assert a.flight.claims[digest].role == "go"
+    # The fetcher's own containerd, asking b next, is answered at once.
+    with pytest.raises(ManifestUnknown, match="itself"):
+        await b.flight.fetch_manifest("docker.io", "x", digest, client=a.peer.host)
+    assert digest not in b.flight.claims
+    # Another node waits for the tree: nobody serves it here, so a 404 after the wait.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ManifestUnknown, match="nothing from the tree"):
+        await b.flight.fetch_manifest("docker.io", "x", digest, client="127.0.0.1")
+    assert loop.time() - started < b.flight.wait + 2.0
+    assert b.flight.claims[digest].role == "wait"
+    assert [e.role for e in b.sink.of_type(FlightClaim)] == ["self", "wait"]
+
+
+async def test_a_manifest_with_no_rendezvous_is_a_404(nodes: list[Node]) -> None:
+    a = nodes[0]
+    a.router.network.rendezvous_down = True
+    with pytest.raises(ManifestUnknown, match="not found on any peer"):
+        await a.flight.fetch_manifest("docker.io", "x", compute_digest(MANIFEST), client="")
+    assert not a.flight.claims
+
+
+async def test_a_held_manifest_request_waits_for_the_commit_not_the_first_bytes(
+        nodes: list[Node]) -> None:
+    a = nodes[0]
+    a.flight.wait = 5.0
+    digest = compute_digest(MANIFEST)
+    with pytest.raises(ManifestUnknown):
+        await a.flight.fetch_manifest("docker.io", "x", digest, client="127.0.0.1")
+    runner = asyncio.ensure_future(a.flight.run())
+    try:
+        await asyncio.sleep(0)
+        held = asyncio.ensure_future(a.flight.hold(digest, 5.0, whole=True))
+        writer = a.store.begin_arriving(digest, len(MANIFEST))
+        await writer.append(MANIFEST)
+        for _ in range(10):  # loop turns, not time: arriving bytes do not release it
+            await asyncio.sleep(0)
+        assert not held.done()
+        await writer.commit()
+        assert await asyncio.wait_for(held, 10.0)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
