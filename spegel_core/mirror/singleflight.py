@@ -151,17 +151,11 @@ class SingleFlight:
         if joined is None:
             # As without single flight: any provider, arriving ones included, else 404.
             return await self.peers.blob(registry, name, digest, range_header)
-        answer, known = joined
-        known.holding += 1
-        try:
-            return await self._from_tree(
-                answer, digest, BlobUnknown, f"blob {digest}: no bytes",
-                lambda peer, left: self.peers.blob_from(peer, registry, name, digest,
-                                                        range_header, wait=left),
-                lambda: self.peers.blob(registry, name, digest, range_header,
-                                        arriving=False))
-        finally:
-            known.holding -= 1
+        return await self._from_tree(
+            *joined, BlobUnknown, f"blob {digest}: no bytes",
+            lambda peer, left: self.peers.blob_from(peer, registry, name, digest,
+                                                    range_header, wait=left),
+            lambda: self.peers.blob(registry, name, digest, range_header, arriving=False))
 
     async def fetch_manifest(self, registry: str, name: str, digest: str,
                              client: str) -> Manifest:
@@ -178,16 +172,11 @@ class SingleFlight:
         joined = await self._join(digest, client, ManifestUnknown, "manifest")
         if joined is None:
             raise ManifestUnknown(f"manifest {digest} not found on any peer")
-        answer, known = joined
-        known.holding += 1
-        try:
-            return await self._from_tree(
-                answer, digest, ManifestUnknown, f"manifest {digest}: nothing",
-                lambda peer, left: self.peers.manifest_from(peer, registry, name, digest,
-                                                            wait=left),
-                lambda: self.peers.manifest(registry, name, digest, digest, digest))
-        finally:
-            known.holding -= 1
+        return await self._from_tree(
+            *joined, ManifestUnknown, f"manifest {digest}: nothing",
+            lambda peer, left: self.peers.manifest_from(peer, registry, name, digest,
+                                                        wait=left),
+            lambda: self.peers.manifest(registry, name, digest, digest, digest))
 
     async def _join(self, digest: str, client: str, unknown: type[NotFound],
                     what: str) -> tuple[ClaimAnswer, LocalClaim] | None:
@@ -217,14 +206,26 @@ class SingleFlight:
             raise unknown(f"{what} {digest}: this node fetches it upstream (single flight)")
         return answer, known
 
-    async def _from_tree(self, answer: ClaimAnswer, digest: str, unknown: type[NotFound],
-                         nothing: str, from_peer: Callable[[Peer, float], Awaitable[T]],
+    async def _from_tree(self, answer: ClaimAnswer, claim: LocalClaim,
+                         unknown: type[NotFound], nothing: str,
+                         from_peer: Callable[[Peer, float], Awaitable[T]],
                          from_anyone: Callable[[], Awaitable[T]]) -> T:
         """The content from the parent, else the fetcher, else any whole provider.
 
         Each is asked with the time left of ``--single-flight-wait`` (it holds the
         request until it has the content); ``unknown`` is raised when the wait ends.
+        The claim is kept alive (renewed) while the request waits.
         """
+        claim.holding += 1
+        try:
+            return await self._wait_on_tree(answer, claim.digest, unknown, nothing,
+                                            from_peer, from_anyone)
+        finally:
+            claim.holding -= 1
+
+    async def _wait_on_tree(self, answer: ClaimAnswer, digest: str, unknown: type[NotFound],
+                            nothing: str, from_peer: Callable[[Peer, float], Awaitable[T]],
+                            from_anyone: Callable[[], Awaitable[T]]) -> T:
         started = self.clock()
         deadline = started + self.wait
         candidates: list[Peer] = []
