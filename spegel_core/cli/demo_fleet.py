@@ -3,8 +3,9 @@
 N nodes, each a ``spegel registry`` with its own real containerd, behind one
 upstream registry throttled to ``--upstream-mbps`` MB/s; every node pulls the same
 new image at the same instant. Each node's progress and source (upstream; an arriving
-peer, its parent in the tree; a peer) is shown live; the run ends with the bytes the upstream sent
-and the slowest pull, with ``--single-flight`` on, then off.
+peer, its parent in the tree; a peer) is shown live; the run ends with the bytes and the
+manifest GETs the upstream served and the slowest pull, with ``--single-flight`` on,
+then off.
 """
 
 from __future__ import annotations
@@ -53,14 +54,15 @@ def run_fleet_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     print("spegel demo --fleet: summary", file=out)
-    for flag, upstream, slowest, ok in summary:
-        print(f"  --single-flight {flag:<5}  upstream sent {upstream:.2f}x the image, "
-              f"slowest pull {slowest:.2f} s{'' if ok else ', A PULL FAILED'}", file=out)
+    for flag, upstream, gets, slowest, ok in summary:
+        print(f"  --single-flight {flag:<5}  upstream sent {upstream:.2f}x the image "
+              f"({gets} manifest GETs), slowest pull {slowest:.2f} s"
+              f"{'' if ok else ', A PULL FAILED'}", file=out)
     return 0 if all(ok for *_, ok in summary) else 1
 
 
 def _one(workdir: Path, single_flight: bool, nodes: int, layer: int, rate: float,
-         out: TextIO) -> tuple[str, float, float, bool]:
+         out: TextIO) -> tuple[str, float, int, float, bool]:
     from spegel_core.localcluster.fleet import Fleet  # only when the tools are there
 
     flag = "true" if single_flight else "false"
@@ -97,10 +99,12 @@ def _one(workdir: Path, single_flight: bool, nodes: int, layer: int, rate: float
                 print(_line(member, digest, layer, ends.get(member.name)), file=out)
         ok = all(pull.wait(timeout=60) == 0 for pull in pulls.values())
         upstream = fleet.upstream.bytes_down / image
+        gets = sum(1 for line in fleet.upstream.requests
+                   if line.startswith("GET ") and "/manifests/" in line)
         slowest = max(ends.values(), default=0.0)
-        print(f"  upstream sent {upstream:.2f}x the image; slowest pull {slowest:.2f} s",
-              file=out)
-        return flag, upstream, slowest, ok
+        print(f"  upstream sent {upstream:.2f}x the image ({gets} manifest GETs); slowest "
+              f"pull {slowest:.2f} s", file=out)
+        return flag, upstream, gets, slowest, ok
     finally:
         fleet.stop()
 

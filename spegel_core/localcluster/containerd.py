@@ -180,9 +180,20 @@ class ContainerdDaemon:
                 *([] if unpack else ["--no-unpack"]), str(archive)]
         return self.ctr(*args, namespace=namespace)
 
-    def remove_images(self, *references: str, namespace: str | None = None) -> str:
-        """``ctr images rm`` (the content is left to containerd's garbage collector)."""
-        return self.ctr("images", "rm", *references, namespace=namespace)
+    def remove_images(self, *references: str, namespace: str | None = None,
+                      sync: bool = False) -> str:
+        """``ctr images rm``: the content is left to containerd's garbage collector.
+
+        :param references: the images to remove.
+        :param namespace: containerd namespace (default: the daemon's).
+        :param sync: run the collector and wait for it (``--sync``). Without it the
+            collector runs when containerd's scheduler decides (its mutation and
+            deletion thresholds, or an interval derived from how long its collections
+            take), which once took longer than 30 s on a loaded machine.
+        :returns: what ``ctr`` printed.
+        """
+        return self.ctr("images", "rm", *(["--sync"] if sync else []), *references,
+                        namespace=namespace)
 
     def image_names(self, namespace: str | None = None) -> list[str]:
         """``ctr images ls -q``."""

@@ -158,7 +158,9 @@ async def test_events_announce_content_of_new_images_and_what_gc_removed(
             assert event.kind is StoreEventKind.CONTENT_CREATED
             created.append(event.key)
     assert set(created) == set(other.blobs)
-    await asyncio.to_thread(containerd_daemon.remove_images, other.reference)
+    # --sync: collect now (the scheduler alone may wait longer than the test on a
+    # loaded machine); the events must still come through the store's subscription.
+    await asyncio.to_thread(containerd_daemon.remove_images, other.reference, sync=True)
     deleted = await next_event(events, lambda e: e.kind is StoreEventKind.IMAGE_DELETED)
     assert deleted.key == other.reference and deleted.digest == other.index_digest
     gone: set[str] = set()
