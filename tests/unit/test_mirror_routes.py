@@ -265,11 +265,15 @@ async def test_plugins_add_routes(
 
 
 @pytest.mark.parametrize("wait", ["abc", "-5", "nan", "inf", "1e999", "", "0x10", "5" * 400])
-async def test_a_malformed_wait_header_is_ignored(client: httpx.AsyncClient, wait: str) -> None:
-    # X-Spegel-Wait (single flight) from a peer: any value that is not a positive number
-    # means "answer at once"; nothing makes the mirror fail or hang.
+@pytest.mark.parametrize(("kind", "code"), [("blobs", "BLOB_UNKNOWN"),
+                                            ("manifests", "MANIFEST_UNKNOWN")])
+async def test_a_malformed_wait_header_is_ignored(client: httpx.AsyncClient, wait: str,
+                                                  kind: str, code: str) -> None:
+    # X-Spegel-Wait (single flight) from a peer, on a blob or a manifest by digest: any
+    # value that is not a positive number means "answer at once"; nothing makes the
+    # mirror fail or hang.
     missing = "sha256:" + "e" * 64
-    response = await client.get(f"/v2/library/x/blobs/{missing}",
+    response = await client.get(f"/v2/library/x/{kind}/{missing}",
                                 headers={"X-Spegel-Mirrored": "true", "X-Spegel-Wait": wait})
     assert response.status_code == 404
-    assert response.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert response.json()["errors"][0]["code"] == code
