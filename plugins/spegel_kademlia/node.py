@@ -289,8 +289,9 @@ class KademliaRouter(Announcing, Joining, Claiming):
                                              provider.more)
                             if len(seen) > count:
                                 return
-        finally:  # where a claim of the same key goes first (spegel_kademlia.claims)
-            self._claimant.hint(kid, lookup.result)
+        finally:
+            if len(seen) <= count:  # too few providers: a claim of the key may follow,
+                self._claimant.hint(kid, lookup.result)  # and starts here (claims.py)
 
     def _peer(self, node_id: bytes, host: str, port: int,
               more: tuple[tuple[str, int], ...] = ()) -> Peer:

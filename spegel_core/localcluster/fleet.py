@@ -57,13 +57,13 @@ class FleetNode:
 
     def ingest_size(self, digest: str) -> int | None:
         """Bytes of ``digest`` in containerd's ingest directory (None: no such ingest)."""
-        root = self.daemon.content_path / "ingest"
-        with contextlib.suppress(OSError):
-            for entry in root.iterdir():
-                with contextlib.suppress(OSError):
-                    if (entry / "ref").read_text().strip().endswith(digest):
-                        return (entry / "data").stat().st_size
-        return None
+        entry = self.ingest_dir(digest)
+        if entry is None:
+            return None
+        try:
+            return (entry / "data").stat().st_size
+        except OSError:  # committed or aborted in between
+            return None
 
     def ingest_dir(self, digest: str) -> Path | None:
         """The ingest directory of ``digest`` in this node's containerd, or None."""
